@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * TCP state transitions, from one of three attach points (user space enables
+ * exactly one before load):
+ *   - tp_btf/inet_sock_set_state: BTF tracepoint, attached through the bpf
+ *     syscall, needs no tracefs;
+ *   - tracepoint/sock/inet_sock_set_state: the classic tracepoint;
+ *   - kprobe/tcp_set_state: for kernels without the tracepoint.
+ * Each front end reads the transition into a `struct event`; handle() applies
+ * the filters, keeps the per-socket time of the last transition and sends the
+ * event through the ring buffer.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "tcpstates.h"
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+#define TCP_CLOSE 7
+
+/* Set by user space between open and load. 0 means any family. */
+const volatile __u16 target_family = 0;
+const volatile bool filter_sport = false;
+const volatile bool filter_dport = false;
+
+/* Makes `struct event` and `enum counter` part of the object's BTF, so the
+ * skeleton generates them for Rust. */
+struct event unused_event = {};
+enum counter unused_counter = COUNTER_EVENTS;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	/* Resized by user space before load. */
+	__uint(max_entries, 1 << 22);
+} events SEC(".maps");
+
+/* Socket address -> state. Preallocated (the default for a hash map): some
+ * kernels refuse run-time allocation from tracing programs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct sock_state);
+} sockets SEC(".maps");
+
+/* Local and remote port sets, filled by user space after load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u16);
+	__type(value, __u8);
+} sports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u16);
+	__type(value, __u8);
+} dports SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, COUNTER_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} counters SEC(".maps");
+
+static __always_inline void count(__u32 which)
+{
+	__u64 *n = bpf_map_lookup_elem(&counters, &which);
+
+	/* Per-CPU slot: no other writer, no atomic needed. */
+	if (n)
+		*n += 1;
+}
+
+/*
+ * Common path. `e` holds skaddr, states, family, ports, addresses and netns;
+ * the rest is filled here.
+ */
+static __always_inline int handle(struct event *e, __u16 protocol)
+{
+	struct sock_state *st, fresh = {};
+	__u64 now, key = e->skaddr;
+
+	if (protocol != IPPROTO_TCP)
+		return 0;
+	if (target_family && e->family != target_family)
+		return 0;
+
+	/*
+	 * Bookkeeping comes before the port filters: a client's local port is
+	 * 0 at CLOSE -> SYN_SENT, and a socket filtered out then must still
+	 * have its time recorded for the transitions that do match later.
+	 */
+	now = bpf_ktime_get_ns();
+	st = bpf_map_lookup_elem(&sockets, &key);
+	if (st) {
+		e->delta_ns = now - st->since_ns;
+	} else {
+		e->flags |= EVENT_F_DURATION_UNKNOWN;
+	}
+	if (e->newstate == TCP_CLOSE) {
+		/* The address is reused by the next socket allocated there. */
+		if (st)
+			bpf_map_delete_elem(&sockets, &key);
+	} else if (st) {
+		st->since_ns = now;
+	} else {
+		fresh.since_ns = now;
+		if (bpf_map_update_elem(&sockets, &key, &fresh, BPF_ANY)) {
+			count(COUNTER_MAP_FULL);
+			e->flags |= EVENT_F_MAP_FULL;
+		}
+	}
+
+	if (filter_sport && !bpf_map_lookup_elem(&sports, &e->sport))
+		return 0;
+	if (filter_dport && !bpf_map_lookup_elem(&dports, &e->dport))
+		return 0;
+
+	e->ts_ns = now;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(&e->comm, sizeof(e->comm));
+
+	count(COUNTER_EVENTS);
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), 0))
+		count(COUNTER_RINGBUF_DROPS);
+	return 0;
+}
+
+/* Family, ports, addresses and netns of a socket, as the tracepoint reports
+ * them. */
+static __always_inline void read_sock(struct event *e, const struct sock *sk)
+{
+	const struct inet_sock *inet = (const struct inet_sock *)sk;
+
+	e->skaddr = (__u64)sk;
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	/*
+	 * skc_num is already 0 when a socket reaches CLOSE (the port is
+	 * released first); inet_sport still holds it, in network order.
+	 */
+	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (e->family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)e->saddr, inet, inet_saddr);
+		BPF_CORE_READ_INTO((__u32 *)e->daddr, sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&e->saddr, sk,
+				   __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&e->daddr, sk,
+				   __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+SEC("?tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_tp_btf, const struct sock *sk, const int oldstate,
+	     const int newstate)
+{
+	struct event e = {};
+
+	read_sock(&e, sk);
+	e.oldstate = oldstate;
+	e.newstate = newstate;
+	/* A u8 bitfield before Linux 5.6, a u16 since: let CO-RE size it. */
+	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
+}
+
+SEC("?tracepoint/sock/inet_sock_set_state")
+int handle_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
+{
+	struct event e = {};
+	const struct sock *sk = BPF_CORE_READ(ctx, skaddr);
+
+	e.skaddr = (__u64)sk;
+	e.oldstate = BPF_CORE_READ(ctx, oldstate);
+	e.newstate = BPF_CORE_READ(ctx, newstate);
+	e.family = BPF_CORE_READ(ctx, family);
+	/* Already in host order in the tracepoint. */
+	e.sport = BPF_CORE_READ(ctx, sport);
+	e.dport = BPF_CORE_READ(ctx, dport);
+	if (e.family == AF_INET) {
+		bpf_core_read(&e.saddr, sizeof(ctx->saddr), &ctx->saddr);
+		bpf_core_read(&e.daddr, sizeof(ctx->daddr), &ctx->daddr);
+	} else {
+		BPF_CORE_READ_INTO(&e.saddr, ctx, saddr_v6);
+		BPF_CORE_READ_INTO(&e.daddr, ctx, daddr_v6);
+	}
+	e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	/* A u8 before Linux 5.6, a u16 since (the fields after it moved). */
+	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(ctx, protocol));
+}
+
+SEC("?kprobe/tcp_set_state")
+int BPF_KPROBE(handle_kprobe, struct sock *sk, int state)
+{
+	struct event e = {};
+
+	read_sock(&e, sk);
+	/* On entry the socket still holds the state it leaves. */
+	e.oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e.newstate = state;
+	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

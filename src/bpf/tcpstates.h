@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * The one definition of what the kernel side sends to user space. The BPF
+ * program includes it; Rust gets the same layout from the skeleton's
+ * generated `types` module. Fixed-width, naturally aligned fields only, with
+ * explicit padding, so that both sides agree byte for byte.
+ */
+#ifndef TCPSTATES_H
+#define TCPSTATES_H
+
+#define TASK_COMM_LEN 16
+
+/* Event flags. */
+/* The time the socket entered `oldstate` is not known: the socket existed
+ * before tracing started, or the per-socket map had no room for it. */
+#define EVENT_F_DURATION_UNKNOWN 0x1
+/* The per-socket map was full when this socket needed an entry. */
+#define EVENT_F_MAP_FULL 0x2
+
+/* Indexes of the in-kernel counters (a per-CPU array). */
+enum counter {
+	/* Transitions of the traced family that passed the filters. */
+	COUNTER_EVENTS = 0,
+	/* Events lost because the ring buffer was full. */
+	COUNTER_RINGBUF_DROPS = 1,
+	/* Per-socket map updates that failed (map full). */
+	COUNTER_MAP_FULL = 2,
+	COUNTER_MAX = 3,
+};
+
+/* Per-socket state kept between transitions, keyed by the socket address.
+ * A struct, not a bare timestamp, so that later fields (owner process,
+ * ...) fit without changing the map's shape. */
+struct sock_state {
+	/* bpf_ktime_get_ns() when the socket entered its current state. */
+	__u64 since_ns;
+};
+
+/* One TCP state transition. */
+struct event {
+	__u64 skaddr;
+	/* bpf_ktime_get_ns() at the transition. */
+	__u64 ts_ns;
+	/* Time spent in `oldstate`; meaningless when EVENT_F_DURATION_UNKNOWN. */
+	__u64 delta_ns;
+	/* Network namespace inode number of the socket (0 if unknown). */
+	__u32 netns;
+	/* Task on the CPU at the transition ("current"), thread group id. */
+	__u32 pid;
+	__s32 oldstate;
+	__s32 newstate;
+	__u32 flags;
+	/* AF_INET or AF_INET6. */
+	__u16 family;
+	/* Host byte order. */
+	__u16 sport;
+	__u16 dport;
+	__u16 __pad0;
+	/* IPv4 addresses use the first 4 bytes; network byte order. */
+	__u8 saddr[16];
+	__u8 daddr[16];
+	char comm[TASK_COMM_LEN];
+	__u32 __pad1;
+};
+
+#endif /* TCPSTATES_H */

@@ -1,0 +1,299 @@
+//! The typed event between the kernel's raw bytes and the output.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use crate::bpf::types;
+
+/// `struct event` as the skeleton generated it from `src/bpf/tcpstates.h`.
+pub(crate) type RawEvent = types::event;
+
+// SAFETY: `RawEvent` is a `#[repr(C)]` struct of integers and integer arrays
+// (generated from a header that only has fixed-width fields and explicit
+// padding): every bit pattern is a valid value.
+unsafe impl plain::Plain for RawEvent {}
+
+/// Size in bytes of one record in the ring buffer.
+pub const RAW_EVENT_SIZE: usize = std::mem::size_of::<RawEvent>();
+
+const AF_INET: u16 = libc::AF_INET as u16;
+const AF_INET6: u16 = libc::AF_INET6 as u16;
+const FLAG_DURATION_UNKNOWN: u32 = 0x1;
+const FLAG_MAP_FULL: u32 = 0x2;
+
+/// A TCP state, as numbered in the kernel's `include/net/tcp_states.h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    Established,
+    SynSent,
+    SynRecv,
+    FinWait1,
+    FinWait2,
+    TimeWait,
+    Close,
+    CloseWait,
+    LastAck,
+    Listen,
+    Closing,
+    NewSynRecv,
+    BoundInactive,
+    /// A number this tool does not know: printed as the number.
+    Unknown(i32),
+}
+
+impl TcpState {
+    /// The state the kernel numbers `n`.
+    pub fn from_raw(n: i32) -> Self {
+        use TcpState::*;
+        match n {
+            1 => Established,
+            2 => SynSent,
+            3 => SynRecv,
+            4 => FinWait1,
+            5 => FinWait2,
+            6 => TimeWait,
+            7 => Close,
+            8 => CloseWait,
+            9 => LastAck,
+            10 => Listen,
+            11 => Closing,
+            12 => NewSynRecv,
+            13 => BoundInactive,
+            n => Unknown(n),
+        }
+    }
+
+    /// The kernel's name without the `TCP_` prefix, or `None` for an unknown number.
+    pub fn name(self) -> Option<&'static str> {
+        use TcpState::*;
+        Some(match self {
+            Established => "ESTABLISHED",
+            SynSent => "SYN_SENT",
+            SynRecv => "SYN_RECV",
+            FinWait1 => "FIN_WAIT1",
+            FinWait2 => "FIN_WAIT2",
+            TimeWait => "TIME_WAIT",
+            Close => "CLOSE",
+            CloseWait => "CLOSE_WAIT",
+            LastAck => "LAST_ACK",
+            Listen => "LISTEN",
+            Closing => "CLOSING",
+            NewSynRecv => "NEW_SYN_RECV",
+            BoundInactive => "BOUND_INACTIVE",
+            Unknown(_) => return None,
+        })
+    }
+}
+
+impl fmt::Display for TcpState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.name(), self) {
+            (Some(name), _) => f.pad(name),
+            (None, TcpState::Unknown(n)) => f.pad(&n.to_string()),
+            (None, _) => unreachable!("every known state has a name"),
+        }
+    }
+}
+
+/// One TCP state transition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// Kernel address of the socket: identifies it while it lives.
+    pub skaddr: u64,
+    /// Kernel monotonic time of the transition, in nanoseconds.
+    pub ts_ns: u64,
+    /// Time spent in `old`, or `None` when it is not known (the socket
+    /// predates the trace, or the per-socket map was full).
+    pub duration_ns: Option<u64>,
+    /// Thread group id of the task on the CPU at the transition.
+    pub pid: u32,
+    /// Name of that task, NUL padded.
+    pub comm: [u8; 16],
+    /// Network namespace inode number of the socket.
+    pub netns: u32,
+    pub laddr: IpAddr,
+    pub lport: u16,
+    pub raddr: IpAddr,
+    pub rport: u16,
+    pub old: TcpState,
+    pub new: TcpState,
+    /// The per-socket map had no room for this socket.
+    pub map_full: bool,
+}
+
+/// Why a record from the kernel could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    /// The record is shorter than `struct event`.
+    Short(usize),
+    /// The family is neither AF_INET nor AF_INET6.
+    Family(u16),
+}
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DecodeError::Short(n) => write!(f, "record of {n} bytes, expected {RAW_EVENT_SIZE}"),
+            DecodeError::Family(n) => write!(f, "unknown address family {n}"),
+        }
+    }
+}
+
+impl std::error::Error for DecodeError {}
+
+impl Event {
+    /// Decodes one ring buffer record. Copies it out (the record need not be
+    /// aligned) after checking its length.
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let mut raw = RawEvent::default();
+        plain::copy_from_bytes(&mut raw, bytes).map_err(|_| DecodeError::Short(bytes.len()))?;
+        Self::from_raw(&raw)
+    }
+
+    pub(crate) fn from_raw(raw: &RawEvent) -> Result<Self, DecodeError> {
+        let (laddr, raddr) = match raw.family {
+            AF_INET => (ipv4(&raw.saddr), ipv4(&raw.daddr)),
+            AF_INET6 => (
+                IpAddr::V6(Ipv6Addr::from(raw.saddr)),
+                IpAddr::V6(Ipv6Addr::from(raw.daddr)),
+            ),
+            other => return Err(DecodeError::Family(other)),
+        };
+        let mut comm = [0u8; 16];
+        for (dst, src) in comm.iter_mut().zip(raw.comm) {
+            *dst = src as u8;
+        }
+        Ok(Event {
+            skaddr: raw.skaddr,
+            ts_ns: raw.ts_ns,
+            duration_ns: (raw.flags & FLAG_DURATION_UNKNOWN == 0).then_some(raw.delta_ns),
+            pid: raw.pid,
+            comm,
+            netns: raw.netns,
+            laddr,
+            lport: raw.sport,
+            raddr,
+            rport: raw.dport,
+            old: TcpState::from_raw(raw.oldstate),
+            new: TcpState::from_raw(raw.newstate),
+            map_full: raw.flags & FLAG_MAP_FULL != 0,
+        })
+    }
+
+    /// The task name, up to its first NUL, with invalid UTF-8 replaced.
+    pub fn comm(&self) -> Cow<'_, str> {
+        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        String::from_utf8_lossy(&self.comm[..len])
+    }
+
+    /// 4 or 6.
+    pub fn ip_version(&self) -> u8 {
+        if self.laddr.is_ipv4() { 4 } else { 6 }
+    }
+}
+
+fn ipv4(bytes: &[u8; 16]) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A raw IPv4 event for tests.
+    pub(crate) fn raw_v4() -> RawEvent {
+        let mut raw = RawEvent {
+            skaddr: 0xffff_8881_043b_9280,
+            ts_ns: 5_000_000_000,
+            delta_ns: 271_456,
+            pid: 9376,
+            family: AF_INET,
+            sport: 48792,
+            dport: 80,
+            oldstate: 2,
+            newstate: 1,
+            ..Default::default()
+        };
+        raw.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.daddr[..4].copy_from_slice(&[10, 1, 2, 3]);
+        for (dst, src) in raw.comm.iter_mut().zip(b"python3") {
+            *dst = *src as i8;
+        }
+        raw
+    }
+
+    fn bytes_of(raw: &RawEvent) -> Vec<u8> {
+        // SAFETY: RawEvent is Plain (see above): reading its bytes is sound.
+        unsafe { plain::as_bytes(raw) }.to_vec()
+    }
+
+    #[test]
+    fn decodes_ipv4() {
+        let ev = Event::decode(&bytes_of(&raw_v4())).unwrap();
+        assert_eq!(ev.laddr, "127.0.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(ev.raddr, "10.1.2.3".parse::<IpAddr>().unwrap());
+        assert_eq!((ev.lport, ev.rport), (48792, 80));
+        assert_eq!((ev.old, ev.new), (TcpState::SynSent, TcpState::Established));
+        assert_eq!(ev.duration_ns, Some(271_456));
+        assert_eq!(ev.comm(), "python3");
+        assert_eq!(ev.ip_version(), 4);
+        assert!(!ev.map_full);
+    }
+
+    #[test]
+    fn decodes_ipv6_and_flags() {
+        let mut raw = raw_v4();
+        raw.family = AF_INET6;
+        raw.saddr = "::1".parse::<Ipv6Addr>().unwrap().octets();
+        raw.daddr = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        raw.flags = FLAG_DURATION_UNKNOWN | FLAG_MAP_FULL;
+        let ev = Event::decode(&bytes_of(&raw)).unwrap();
+        assert_eq!(ev.laddr.to_string(), "::1");
+        assert_eq!(ev.raddr.to_string(), "2001:db8::1");
+        assert_eq!(ev.duration_ns, None);
+        assert!(ev.map_full);
+        assert_eq!(ev.ip_version(), 6);
+    }
+
+    #[test]
+    fn rejects_short_records_and_unknown_families() {
+        let bytes = bytes_of(&raw_v4());
+        assert_eq!(
+            Event::decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::Short(RAW_EVENT_SIZE - 1))
+        );
+        let mut raw = raw_v4();
+        raw.family = 1;
+        assert_eq!(Event::decode(&bytes_of(&raw)), Err(DecodeError::Family(1)));
+    }
+
+    #[test]
+    fn decodes_unaligned_records() {
+        let mut bytes = vec![0u8];
+        bytes.extend(bytes_of(&raw_v4()));
+        assert_eq!(Event::decode(&bytes[1..]).unwrap().lport, 48792);
+    }
+
+    #[test]
+    fn state_names() {
+        assert_eq!(TcpState::from_raw(1).to_string(), "ESTABLISHED");
+        assert_eq!(TcpState::from_raw(12).to_string(), "NEW_SYN_RECV");
+        assert_eq!(TcpState::from_raw(13).to_string(), "BOUND_INACTIVE");
+        assert_eq!(TcpState::from_raw(0).to_string(), "0");
+        assert_eq!(TcpState::from_raw(99).to_string(), "99");
+        assert_eq!(TcpState::from_raw(-5), TcpState::Unknown(-5));
+        assert_eq!(format!("{:<6}|", TcpState::Unknown(42)), "42    |");
+    }
+
+    #[test]
+    fn comm_stops_at_nul_and_survives_bad_utf8() {
+        let mut raw = raw_v4();
+        raw.comm = [0; 16];
+        for (dst, src) in raw.comm.iter_mut().zip([b'a', 0xff_u8, b'b']) {
+            *dst = src as i8;
+        }
+        let ev = Event::decode(&bytes_of(&raw)).unwrap();
+        assert_eq!(ev.comm(), "a\u{fffd}b");
+    }
+}

@@ -1,0 +1,21 @@
+//! tcpstates: trace TCP socket state changes, and the time each socket spent
+//! in the state it left, with an eBPF program (CO-RE, libbpf-rs).
+//!
+//! `main.rs` is a thin entry point over this library:
+//! - [`cli`] parses the command line into a [`cli::Config`];
+//! - [`event`] decodes the kernel's records into typed [`event::Event`]s;
+//! - [`output`] formats them (pure, unit-tested without root);
+//! - [`tracer`] is the only privileged code: open, configure, load, attach, poll;
+//! - [`run`] ties them together for one tracing session.
+
+pub mod cli;
+pub mod event;
+pub mod output;
+pub mod run;
+pub mod signals;
+pub mod tracer;
+
+/// The skeleton libbpf-cargo generates from `src/bpf/tcpstates.bpf.c`.
+mod bpf {
+    include!(concat!(env!("OUT_DIR"), "/tcpstates.skel.rs"));
+}

@@ -1,0 +1,242 @@
+//! One tracing session: attach, print until stopped, report what was lost.
+
+use std::cell::RefCell;
+use std::io::{self, BufWriter, IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libbpf_rs::ErrorKind;
+
+use crate::cli::Config;
+use crate::event::Event;
+use crate::output::{Formatter, WallClock};
+use crate::signals;
+use crate::tracer::{Counters, Tracer};
+
+/// How long one poll waits: also the longest a line written into a pipe or
+/// file waits in the buffer, and how quickly a signal is noticed.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// With -v, how often the counters are shown.
+const VERBOSE_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Traces until SIGINT, SIGTERM or a closed stdout.
+pub fn run(config: &Config) -> Result<()> {
+    signals::install().context("installing signal handlers")?;
+    let tracer = Tracer::start(&config.tracer)?;
+    let verbose = config.tracer.verbose;
+    if verbose {
+        eprintln!("tcpstates: attached with {}", tracer.mode());
+    }
+
+    let stdout = io::stdout();
+    // A terminal sees each line as it comes (stdout is line-buffered); a
+    // pipe or file gets large writes, flushed after every poll.
+    let out: Box<dyn Write> = if stdout.is_terminal() {
+        Box::new(stdout.lock())
+    } else {
+        Box::new(BufWriter::with_capacity(1 << 16, stdout.lock()))
+    };
+    let sink = RefCell::new(Sink {
+        formatter: Formatter::new(config.output),
+        clock: EventClock::new(config.output.time),
+        out,
+        error: None,
+        printed: 0,
+        undecodable: 0,
+    });
+    eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
+    sink.borrow_mut().header();
+
+    let ring = tracer.ring_buffer(|data| sink.borrow_mut().accept(data))?;
+    let mut last_report = Instant::now();
+    while !signals::stop_requested() && !sink.borrow().stopped() {
+        if let Err(err) = ring.poll(POLL_INTERVAL) {
+            // EINTR is a signal arriving; an error from the callback is
+            // the sink's, looked at below.
+            if err.kind() != ErrorKind::Interrupted && !sink.borrow().stopped() {
+                return Err(err).context("polling the ring buffer");
+            }
+        }
+        sink.borrow_mut().flush();
+        if verbose && last_report.elapsed() >= VERBOSE_REPORT_EVERY {
+            last_report = Instant::now();
+            eprintln!("tcpstates: {}", describe(&tracer.counters()?, &sink.borrow()));
+        }
+    }
+    if !sink.borrow().stopped() {
+        // What the kernel sent before the stop is printed, not dropped.
+        let _ = ring.consume();
+        sink.borrow_mut().flush();
+    }
+    drop(ring);
+    let sink = sink.into_inner();
+    match sink.error {
+        // `tcpstates | head`: the reader is gone; end quietly.
+        Some(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        Some(err) => return Err(err).context("writing the output"),
+        None => {}
+    }
+
+    let counters = tracer.counters()?;
+    if verbose {
+        eprintln!("tcpstates: {}", describe(&counters, &sink));
+    }
+    if let Some(losses) = losses(&counters, sink.undecodable) {
+        eprintln!("tcpstates: {losses}");
+    }
+    Ok(())
+}
+
+/// Every counter, for -v.
+fn describe(counters: &Counters, sink: &Sink) -> String {
+    format!(
+        "{} transitions matched, {} printed, {} lost (ring buffer full), \
+         {} sockets without room in the map, {} undecodable records",
+        counters.events, sink.printed, counters.ringbuf_drops, counters.map_full, sink.undecodable
+    )
+}
+
+/// The one line printed at exit when anything was lost or unknown.
+pub fn losses(counters: &Counters, undecodable: u64) -> Option<String> {
+    let mut parts = Vec::new();
+    if counters.ringbuf_drops > 0 {
+        parts.push(format!(
+            "{} events lost (ring buffer full)",
+            counters.ringbuf_drops
+        ));
+    }
+    if counters.map_full > 0 {
+        parts.push(format!(
+            "{} durations unknown (socket map full: raise --max-sockets)",
+            counters.map_full
+        ));
+    }
+    if undecodable > 0 {
+        parts.push(format!("{undecodable} records could not be decoded"));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// Where decoded events go.
+struct Sink {
+    formatter: Formatter,
+    clock: EventClock,
+    out: Box<dyn Write>,
+    /// The first write error; stops the run.
+    error: Option<io::Error>,
+    printed: u64,
+    undecodable: u64,
+}
+
+impl Sink {
+    fn header(&mut self) {
+        let result = self.formatter.write_header(&mut self.out);
+        self.record(result);
+        self.flush();
+    }
+
+    /// The ring buffer callback: non-zero stops the poll.
+    fn accept(&mut self, data: &[u8]) -> i32 {
+        if self.stopped() {
+            return -1;
+        }
+        let Ok(event) = Event::decode(data) else {
+            self.undecodable += 1;
+            return 0;
+        };
+        let wall = self.clock.wall(event.ts_ns);
+        let result = self.formatter.write_event(&mut self.out, &event, wall);
+        self.printed += 1;
+        self.record(result);
+        if self.stopped() { -1 } else { 0 }
+    }
+
+    fn flush(&mut self) {
+        if !self.stopped() {
+            let result = self.out.flush();
+            self.record(result);
+        }
+    }
+
+    fn record(&mut self, result: io::Result<()>) {
+        if let Err(err) = result {
+            self.error.get_or_insert(err);
+        }
+    }
+
+    fn stopped(&self) -> bool {
+        self.error.is_some()
+    }
+}
+
+/// Turns the kernel's monotonic event times into local wall-clock times, so
+/// `-T` shows when the transition happened, not when it was printed.
+struct EventClock {
+    enabled: bool,
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in nanoseconds.
+    offset_ns: i128,
+    /// The last second converted, and its time of day.
+    cached: Option<(i64, WallClock)>,
+}
+
+impl EventClock {
+    fn new(enabled: bool) -> Self {
+        let offset_ns = if enabled {
+            clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+        } else {
+            0
+        };
+        Self {
+            enabled,
+            offset_ns,
+            cached: None,
+        }
+    }
+
+    fn wall(&mut self, monotonic_ns: u64) -> WallClock {
+        if !self.enabled {
+            return WallClock::default();
+        }
+        let secs = ((monotonic_ns as i128 + self.offset_ns) / 1_000_000_000) as i64;
+        match self.cached {
+            Some((cached, wall)) if cached == secs => wall,
+            _ => {
+                let wall = WallClock::at_unix(secs);
+                self.cached = Some((secs, wall));
+                wall
+            }
+        }
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec we own; both
+    // clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losses_line() {
+        assert_eq!(losses(&Counters::default(), 0), None);
+        let counters = Counters {
+            events: 10,
+            ringbuf_drops: 3,
+            map_full: 2,
+        };
+        assert_eq!(
+            losses(&counters, 1).unwrap(),
+            "3 events lost (ring buffer full); 2 durations unknown (socket map full: \
+             raise --max-sockets); 1 records could not be decoded"
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! The privileged part: open, configure, load and attach the BPF program,
+//! and read from it. Nothing else in the crate needs root.
+
+use std::fmt;
+use std::fs;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffer, RingBufferBuilder};
+
+use crate::bpf::types::counter;
+use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
+
+/// Where the program attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AttachMode {
+    /// BTF-enabled tracepoint `inet_sock_set_state`: attached through the
+    /// bpf syscall, needs no tracefs (Linux 5.5+ with BTF).
+    TpBtf,
+    /// Classic tracepoint `sock:inet_sock_set_state` (Linux 4.16+); needs
+    /// tracefs (or debugfs) mounted to find the event id.
+    Tracepoint,
+    /// kprobe on `tcp_set_state`, for kernels without the tracepoint.
+    Kprobe,
+}
+
+impl AttachMode {
+    /// Every mode, best first: the order `auto` tries them in.
+    pub const ALL: [AttachMode; 3] = [AttachMode::TpBtf, AttachMode::Tracepoint, AttachMode::Kprobe];
+
+    /// The name `--attach` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::TpBtf => "tp-btf",
+            AttachMode::Tracepoint => "tracepoint",
+            AttachMode::Kprobe => "kprobe",
+        }
+    }
+}
+
+impl fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which attach point to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachRequest {
+    /// Try each mode, best first, and keep the first that attaches.
+    Auto,
+    /// Only this one.
+    Only(AttachMode),
+}
+
+impl AttachRequest {
+    /// The modes to try, in order.
+    pub fn candidates(self) -> Vec<AttachMode> {
+        match self {
+            AttachRequest::Auto => AttachMode::ALL.to_vec(),
+            AttachRequest::Only(mode) => vec![mode],
+        }
+    }
+}
+
+/// An address family to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Ipv4,
+    Ipv6,
+}
+
+impl Family {
+    fn af(self) -> u16 {
+        match self {
+            Family::Ipv4 => libc::AF_INET as u16,
+            Family::Ipv6 => libc::AF_INET6 as u16,
+        }
+    }
+}
+
+/// What the kernel side keeps; everything else never reaches user space.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this family (None: both).
+    pub family: Option<Family>,
+    /// Only sockets with one of these local ports (empty: any).
+    pub local_ports: Vec<u16>,
+    /// Only sockets with one of these remote ports (empty: any).
+    pub remote_ports: Vec<u16>,
+}
+
+/// How to load and attach.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracerOptions {
+    pub filter: Filter,
+    pub attach: AttachRequest,
+    /// BTF of the running kernel, when it has none at /sys/kernel/btf/vmlinux.
+    pub btf: Option<PathBuf>,
+    /// Size of the per-socket map.
+    pub max_sockets: u32,
+    /// Size of the ring buffer in bytes (a power of two, at least a page).
+    pub ringbuf_bytes: u32,
+    /// Show libbpf's debug log on stderr.
+    pub verbose: bool,
+}
+
+impl Default for TracerOptions {
+    fn default() -> Self {
+        Self {
+            filter: Filter::default(),
+            attach: AttachRequest::Auto,
+            btf: None,
+            max_sockets: 65536,
+            ringbuf_bytes: 8 << 20,
+            verbose: false,
+        }
+    }
+}
+
+/// The in-kernel counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Transitions that passed the filters (sent or dropped).
+    pub events: u64,
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    /// Sockets the per-socket map had no room for.
+    pub map_full: u64,
+}
+
+/// A loaded and attached program. Detaches when dropped.
+pub struct Tracer {
+    skel: TcpstatesSkel<'static>,
+    _link: Link,
+    mode: AttachMode,
+}
+
+const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+impl Tracer {
+    /// Checks privileges and BTF, then loads and attaches with the first
+    /// mode of `opts.attach` that works.
+    pub fn start(opts: &TracerOptions) -> Result<Self> {
+        check_privileges()?;
+        if opts.btf.is_none() && !Path::new(KERNEL_BTF).exists() {
+            bail!("this kernel has no BTF at {KERNEL_BTF}: pass --btf FILE");
+        }
+        set_libbpf_log(opts.verbose);
+        let mut failures = Vec::new();
+        for mode in opts.attach.candidates() {
+            match Self::start_mode(opts, mode) {
+                Ok(tracer) => return Ok(tracer),
+                Err(err) => {
+                    if opts.verbose {
+                        eprintln!("tcpstates: {mode} did not attach: {err:#}");
+                    }
+                    failures.push(format!("{mode}: {err:#}"));
+                }
+            }
+        }
+        let hint = if opts.verbose { "" } else { " (-v shows libbpf's log)" };
+        Err(anyhow!("could not attach: {}{hint}", failures.join("; ")))
+    }
+
+    fn start_mode(opts: &TracerOptions, mode: AttachMode) -> Result<Self> {
+        let mut skel = load(opts, mode)?;
+        fill_port_set(&skel.maps.sports, &opts.filter.local_ports)?;
+        fill_port_set(&skel.maps.dports, &opts.filter.remote_ports)?;
+        let progs = &mut skel.progs;
+        let link = match mode {
+            AttachMode::TpBtf => progs.handle_tp_btf.attach(),
+            AttachMode::Tracepoint => progs.handle_tracepoint.attach(),
+            AttachMode::Kprobe => progs.handle_kprobe.attach(),
+        }
+        .with_context(|| format!("attaching the {mode} program"))?;
+        Ok(Tracer {
+            skel,
+            _link: link,
+            mode,
+        })
+    }
+
+    /// The mode that attached.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// A ring buffer reader that hands each record to `callback`; a non-zero
+    /// return from it stops the current poll.
+    pub fn ring_buffer<'a, F>(&'a self, callback: F) -> Result<RingBuffer<'a>>
+    where
+        F: FnMut(&[u8]) -> i32 + 'a,
+    {
+        let mut builder = RingBufferBuilder::new();
+        builder
+            .add(&self.skel.maps.events, callback)
+            .context("setting up the ring buffer")?;
+        builder.build().context("setting up the ring buffer")
+    }
+
+    /// Reads the in-kernel counters.
+    pub fn counters(&self) -> Result<Counters> {
+        let read = |which: counter| -> Result<u64> {
+            let per_cpu = self
+                .skel
+                .maps
+                .counters
+                .lookup_percpu(&which.0.to_ne_bytes(), MapFlags::ANY)
+                .context("reading the counters map")?
+                .unwrap_or_default();
+            Ok(per_cpu
+                .iter()
+                .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
+                .sum())
+        };
+        Ok(Counters {
+            events: read(counter::COUNTER_EVENTS)?,
+            ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
+            map_full: read(counter::COUNTER_MAP_FULL)?,
+        })
+    }
+}
+
+/// Opens, configures and loads the object with only `mode`'s program
+/// enabled. Public so tests can check that a program passes the verifier
+/// on a kernel where it cannot attach.
+pub fn load(opts: &TracerOptions, mode: AttachMode) -> Result<TcpstatesSkel<'static>> {
+    // The skeleton borrows its object storage for as long as it lives. Each
+    // attempt gets its own: a failed one leaks this small allocation (its
+    // object is closed), which happens at most once per attach mode.
+    let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut builder = TcpstatesSkelBuilder::default();
+    if let Some(btf) = &opts.btf {
+        builder
+            .obj_builder
+            .btf_custom_path(btf)
+            .with_context(|| format!("using BTF file {}", btf.display()))?;
+    }
+    let mut open = builder.open(storage).context("opening the BPF object")?;
+    configure(&mut open, opts, mode)?;
+    open.load()
+        .with_context(|| format!("loading the {mode} program"))
+}
+
+fn configure(open: &mut OpenTcpstatesSkel<'_>, opts: &TracerOptions, mode: AttachMode) -> Result<()> {
+    let filter = &opts.filter;
+    let rodata = open
+        .maps
+        .rodata_data
+        .as_deref_mut()
+        .context("the BPF object has no read-only data section")?;
+    rodata.target_family = filter.family.map_or(0, Family::af);
+    rodata.filter_sport = !filter.local_ports.is_empty();
+    rodata.filter_dport = !filter.remote_ports.is_empty();
+
+    let maps = &mut open.maps;
+    maps.events
+        .set_max_entries(opts.ringbuf_bytes)
+        .context("sizing the ring buffer")?;
+    maps.sockets
+        .set_max_entries(opts.max_sockets)
+        .context("sizing the socket map")?;
+    for (map, ports) in [
+        (&mut maps.sports, &filter.local_ports),
+        (&mut maps.dports, &filter.remote_ports),
+    ] {
+        let entries = u32::try_from(ports.len().max(1)).context("too many ports")?;
+        map.set_max_entries(entries).context("sizing a port map")?;
+    }
+
+    let progs = &mut open.progs;
+    let prog = match mode {
+        AttachMode::TpBtf => &mut progs.handle_tp_btf,
+        AttachMode::Tracepoint => &mut progs.handle_tracepoint,
+        AttachMode::Kprobe => &mut progs.handle_kprobe,
+    };
+    prog.set_autoload(true);
+    Ok(())
+}
+
+fn fill_port_set(map: &dyn MapCore, ports: &[u16]) -> Result<()> {
+    for port in ports {
+        map.update(&port.to_ne_bytes(), &[1], MapFlags::ANY)
+            .with_context(|| format!("adding port {port} to the filter"))?;
+    }
+    Ok(())
+}
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Says plainly what is missing, instead of an EPERM from deep in libbpf.
+fn check_privileges() -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let caps = effective_caps(&status).context("no CapEff line in /proc/self/status")?;
+    if has_bpf_caps(caps) {
+        Ok(())
+    } else {
+        bail!("needs root, or CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN")
+    }
+}
+
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn has_bpf_caps(caps: u64) -> bool {
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+fn set_libbpf_log(verbose: bool) {
+    fn to_stderr(_level: PrintLevel, msg: String) {
+        eprint!("libbpf: {msg}");
+    }
+    if verbose {
+        libbpf_rs::set_print(Some((PrintLevel::Debug, to_stderr)));
+    } else {
+        // Without -v, auto mode's failed attempts would print warnings for
+        // modes that were never going to work; the final error says why
+        // each one failed.
+        libbpf_rs::set_print(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_checks() {
+        let status = "Name:\tx\nCapEff:\t000001fffeffffff\n";
+        assert_eq!(effective_caps(status), Some(0x1fffeffffff));
+        assert!(has_bpf_caps(0x1fffeffffff));
+        assert!(has_bpf_caps(1 << CAP_SYS_ADMIN));
+        assert!(has_bpf_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)));
+        assert!(!has_bpf_caps(1 << CAP_BPF));
+        assert!(!has_bpf_caps(0));
+        assert_eq!(effective_caps("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn auto_tries_best_first() {
+        assert_eq!(
+            AttachRequest::Auto.candidates(),
+            [AttachMode::TpBtf, AttachMode::Tracepoint, AttachMode::Kprobe]
+        );
+        assert_eq!(
+            AttachRequest::Only(AttachMode::Kprobe).candidates(),
+            [AttachMode::Kprobe]
+        );
+    }
+}
