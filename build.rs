@@ -48,7 +48,11 @@ fn check_tools() {
             .status()
             .is_ok_and(|s| s.success())
     };
-    if Command::new("pkg-config").arg("--version").output().is_err() {
+    if Command::new("pkg-config")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         missing.push("pkg-config");
     } else {
         if !pkg("libelf") {

@@ -147,7 +147,10 @@ pub enum Parsed {
     Run(Config),
     /// Help or version (to stdout, exit 0), or a usage error (one line to
     /// stderr, exit 2).
-    Exit { code: u8, message: String },
+    Exit {
+        code: u8,
+        message: String,
+    },
 }
 
 /// Parses a full command line (program name first).

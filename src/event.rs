@@ -183,7 +183,11 @@ impl Event {
 
     /// The task name, up to its first NUL, with invalid UTF-8 replaced.
     pub fn comm(&self) -> Cow<'_, str> {
-        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(self.comm.len());
+        let len = self
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(self.comm.len());
         String::from_utf8_lossy(&self.comm[..len])
     }
 

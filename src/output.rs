@@ -363,8 +363,16 @@ mod tests {
             },
             &[v4()],
         );
-        assert!(lines[0].starts_with("TIME     SKADDR           C-PID"), "{}", lines[0]);
-        assert!(lines[1].starts_with("09:05:07 ffff8881043b9280 9376"), "{}", lines[1]);
+        assert!(
+            lines[0].starts_with("TIME     SKADDR           C-PID"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("09:05:07 ffff8881043b9280 9376"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]
@@ -379,8 +387,16 @@ mod tests {
             &[v4(), later],
         );
         assert!(lines[0].starts_with("TIME(s)   SKADDR"), "{}", lines[0]);
-        assert!(lines[1].starts_with("0.000000  ffff8881043b9280 "), "{}", lines[1]);
-        assert!(lines[2].starts_with("0.002500  ffff8881043b9280 "), "{}", lines[2]);
+        assert!(
+            lines[1].starts_with("0.000000  ffff8881043b9280 "),
+            "{}",
+            lines[1]
+        );
+        assert!(
+            lines[2].starts_with("0.002500  ffff8881043b9280 "),
+            "{}",
+            lines[2]
+        );
     }
 
     #[test]
@@ -393,8 +409,16 @@ mod tests {
             },
             &[v4()],
         );
-        assert!(lines[0].starts_with("TIME     TIME(s)   SKADDR"), "{}", lines[0]);
-        assert!(lines[1].starts_with("09:05:07 0.000000  ffff"), "{}", lines[1]);
+        assert!(
+            lines[0].starts_with("TIME     TIME(s)   SKADDR"),
+            "{}",
+            lines[0]
+        );
+        assert!(
+            lines[1].starts_with("09:05:07 0.000000  ffff"),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]
@@ -415,7 +439,11 @@ mod tests {
         let mut ev = v4();
         ev.duration_ns = None;
         let lines = render(OutputOptions::default(), &[ev.clone()]);
-        assert!(lines[1].ends_with("SYN_SENT    -> ESTABLISHED -"), "{}", lines[1]);
+        assert!(
+            lines[1].ends_with("SYN_SENT    -> ESTABLISHED -"),
+            "{}",
+            lines[1]
+        );
         let csv = render(
             OutputOptions {
                 csv: true,
@@ -438,7 +466,11 @@ mod tests {
         ] {
             ev.duration_ns = Some(ns);
             let lines = render(OutputOptions::default(), std::slice::from_ref(&ev));
-            assert!(lines[1].ends_with(&format!(" {text}")), "{ns}: {}", lines[1]);
+            assert!(
+                lines[1].ends_with(&format!(" {text}")),
+                "{ns}: {}",
+                lines[1]
+            );
         }
     }
 }

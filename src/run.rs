@@ -61,7 +61,10 @@ pub fn run(config: &Config) -> Result<()> {
         sink.borrow_mut().flush();
         if verbose && last_report.elapsed() >= VERBOSE_REPORT_EVERY {
             last_report = Instant::now();
-            eprintln!("tcpstates: {}", describe(&tracer.counters()?, &sink.borrow()));
+            eprintln!(
+                "tcpstates: {}",
+                describe(&tracer.counters()?, &sink.borrow())
+            );
         }
     }
     if !sink.borrow().stopped() {

@@ -28,7 +28,11 @@ pub enum AttachMode {
 
 impl AttachMode {
     /// Every mode, best first: the order `auto` tries them in.
-    pub const ALL: [AttachMode; 3] = [AttachMode::TpBtf, AttachMode::Tracepoint, AttachMode::Kprobe];
+    pub const ALL: [AttachMode; 3] = [
+        AttachMode::TpBtf,
+        AttachMode::Tracepoint,
+        AttachMode::Kprobe,
+    ];
 
     /// The name `--attach` takes.
     pub fn name(self) -> &'static str {
@@ -161,7 +165,11 @@ impl Tracer {
                 }
             }
         }
-        let hint = if opts.verbose { "" } else { " (-v shows libbpf's log)" };
+        let hint = if opts.verbose {
+            ""
+        } else {
+            " (-v shows libbpf's log)"
+        };
         Err(anyhow!("could not attach: {}{hint}", failures.join("; ")))
     }
 
@@ -245,7 +253,11 @@ pub fn load(opts: &TracerOptions, mode: AttachMode) -> Result<TcpstatesSkel<'sta
         .with_context(|| format!("loading the {mode} program"))
 }
 
-fn configure(open: &mut OpenTcpstatesSkel<'_>, opts: &TracerOptions, mode: AttachMode) -> Result<()> {
+fn configure(
+    open: &mut OpenTcpstatesSkel<'_>,
+    opts: &TracerOptions,
+    mode: AttachMode,
+) -> Result<()> {
     let filter = &opts.filter;
     let rodata = open
         .maps
@@ -348,7 +360,11 @@ mod tests {
     fn auto_tries_best_first() {
         assert_eq!(
             AttachRequest::Auto.candidates(),
-            [AttachMode::TpBtf, AttachMode::Tracepoint, AttachMode::Kprobe]
+            [
+                AttachMode::TpBtf,
+                AttachMode::Tracepoint,
+                AttachMode::Kprobe
+            ]
         );
         assert_eq!(
             AttachRequest::Only(AttachMode::Kprobe).candidates(),

@@ -1,0 +1,527 @@
+//! Root tests: load the real program, make real loopback connections, and
+//! assert the exact transitions of every socket.
+
+mod common;
+
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::thread::sleep;
+use std::time::Duration;
+
+use common::*;
+use tcpstates::event::{Event, TcpState::*};
+use tcpstates::tracer::{self, AttachMode, AttachRequest, Family, Filter, Tracer, TracerOptions};
+
+/// Time the connection is held open before the first close.
+const HOLD: Duration = Duration::from_millis(30);
+
+fn opts(attach: AttachRequest, filter: Filter) -> TracerOptions {
+    TracerOptions {
+        attach,
+        filter,
+        ..TracerOptions::default()
+    }
+}
+
+/// Which side sends the first FIN, or an RST.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Close {
+    ClientFirst,
+    ServerFirst,
+    ClientReset,
+}
+
+struct Observed {
+    listener: SocketLife,
+    client: SocketLife,
+    server: SocketLife,
+    port: u16,
+    client_port: u16,
+    lo: IpAddr,
+}
+
+/// A listener, one connection closed as `close` says, then the listener closed.
+fn connection(capture: &Capture, v6: bool, close: Close) -> Observed {
+    let conn = connect(v6);
+    let (port, client_port) = (conn.port, conn.client_port);
+    sleep(HOLD);
+    match close {
+        Close::ClientFirst => {
+            drop(conn.client);
+            read_to_eof(&conn.server);
+            drop(conn.server);
+        }
+        Close::ServerFirst => {
+            drop(conn.server);
+            read_to_eof(&conn.client);
+            drop(conn.client);
+        }
+        Close::ClientReset => {
+            set_linger_zero(&conn.client);
+            drop(conn.client);
+            sleep(Duration::from_millis(20));
+            drop(conn.server);
+        }
+    }
+    drop(conn.listener);
+    let events = capture.wait_until("three sockets to close", |ev| all_closed(ev, port, 3));
+    let lives = lives(&events, port);
+    assert_eq!(
+        lives.len(),
+        3,
+        "expected listener, client, server: {}",
+        dump(&events)
+    );
+    Observed {
+        listener: life_starting(&lives, (Close, Listen)),
+        client: life_starting(&lives, (Close, SynSent)),
+        server: life_starting(&lives, (Listen, SynRecv)),
+        port,
+        client_port,
+        lo: loopback(v6),
+    }
+}
+
+/// Addresses, ports, C-PID and durations that hold in every scenario.
+fn check_common(o: &Observed) {
+    let me = std::process::id();
+    let any = if o.lo.is_ipv4() {
+        IpAddr::from([0u8; 4])
+    } else {
+        IpAddr::from([0u16; 8])
+    };
+    for e in &o.listener.events {
+        assert_eq!(
+            (e.laddr, e.lport, e.raddr, e.rport),
+            (o.lo, o.port, any, 0),
+            "listener {e:?}"
+        );
+    }
+    for e in &o.client.events {
+        // The local port is chosen after CLOSE -> SYN_SENT.
+        let lport = if e.old == Close { 0 } else { o.client_port };
+        assert_eq!(
+            (e.laddr, e.lport, e.raddr, e.rport),
+            (o.lo, lport, o.lo, o.port),
+            "client {e:?}"
+        );
+    }
+    for e in &o.server.events {
+        assert_eq!((e.laddr, e.lport), (o.lo, o.port), "server {e:?}");
+        if e.old == Listen {
+            // Older kernels report the child before its peer is copied in.
+            assert!(
+                (e.raddr, e.rport) == (o.lo, o.client_port) || (e.raddr, e.rport) == (any, 0),
+                "server {e:?}"
+            );
+        } else {
+            assert_eq!((e.raddr, e.rport), (o.lo, o.client_port), "server {e:?}");
+        }
+    }
+    // The process context is reliable at listen() and connect().
+    assert_eq!(o.listener.events[0].pid, me);
+    assert_eq!(o.client.events[0].pid, me);
+    assert!(o.client.events[0].comm().len() > 0);
+
+    for life in [&o.listener, &o.client, &o.server] {
+        let (first, rest) = life.events.split_first().unwrap();
+        assert_eq!(
+            first.duration_ns, None,
+            "a new socket's time in its first state is unknown: {first:?}"
+        );
+        for e in rest {
+            let d = e
+                .duration_ns
+                .unwrap_or_else(|| panic!("known duration expected: {e:?}"));
+            assert!(d < 10_000_000_000, "implausible duration {e:?}");
+        }
+        assert!(life.events.windows(2).all(|w| w[0].ts_ns <= w[1].ts_ns));
+        assert!(
+            life.events
+                .iter()
+                .all(|e| e.skaddr == first.skaddr && e.netns != 0)
+        );
+    }
+    // The listener lived at least as long as the connection was held.
+    assert!(o.listener.events[1].duration_ns.unwrap() >= HOLD.as_nanos() as u64);
+}
+
+fn at_least_hold(e: &Event) {
+    let d = e.duration_ns.unwrap();
+    assert!(
+        d >= HOLD.as_nanos() as u64,
+        "held {HOLD:?}, got {d} ns: {e:?}"
+    );
+}
+
+fn client_closes_first(mode: AttachRequest, v6: bool) {
+    let capture = Capture::start(&opts(mode, Filter::default()));
+    let o = connection(&capture, v6, Close::ClientFirst);
+    check_common(&o);
+    assert_eq!(o.listener.transitions(), [(Close, Listen), (Listen, Close)]);
+    assert_eq!(
+        o.client.transitions(),
+        [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+            (FinWait2, Close)
+        ]
+    );
+    assert_eq!(
+        o.server.transitions(),
+        [
+            (Listen, SynRecv),
+            (SynRecv, Established),
+            (Established, CloseWait),
+            (CloseWait, LastAck),
+            (LastAck, Close)
+        ]
+    );
+    at_least_hold(&o.client.events[2]);
+    // close() runs in this process.
+    assert_eq!(o.client.events[2].pid, std::process::id());
+    assert_eq!(o.server.events[3].pid, std::process::id());
+}
+
+#[test]
+fn ipv4_client_closes_first() {
+    let Some(_root) = root() else { return };
+    client_closes_first(AttachRequest::Auto, false);
+}
+
+#[test]
+fn ipv6_client_closes_first() {
+    let Some(_root) = root() else { return };
+    client_closes_first(AttachRequest::Auto, true);
+}
+
+fn server_closes_first(v6: bool) {
+    let capture = Capture::start(&opts(AttachRequest::Auto, Filter::default()));
+    let o = connection(&capture, v6, Close::ServerFirst);
+    check_common(&o);
+    assert_eq!(
+        o.client.transitions(),
+        [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, CloseWait),
+            (CloseWait, LastAck),
+            (LastAck, Close)
+        ]
+    );
+    assert_eq!(
+        o.server.transitions(),
+        [
+            (Listen, SynRecv),
+            (SynRecv, Established),
+            (Established, FinWait1),
+            (FinWait1, FinWait2),
+            (FinWait2, Close)
+        ]
+    );
+    at_least_hold(&o.server.events[2]);
+}
+
+#[test]
+fn ipv4_server_closes_first() {
+    let Some(_root) = root() else { return };
+    server_closes_first(false);
+}
+
+#[test]
+fn ipv6_server_closes_first() {
+    let Some(_root) = root() else { return };
+    server_closes_first(true);
+}
+
+fn reset(v6: bool) {
+    let capture = Capture::start(&opts(AttachRequest::Auto, Filter::default()));
+    let o = connection(&capture, v6, Close::ClientReset);
+    check_common(&o);
+    assert_eq!(
+        o.client.transitions(),
+        [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, Close)
+        ]
+    );
+    assert_eq!(
+        o.server.transitions(),
+        [
+            (Listen, SynRecv),
+            (SynRecv, Established),
+            (Established, Close)
+        ]
+    );
+    at_least_hold(&o.client.events[2]);
+}
+
+#[test]
+fn ipv4_rst_close() {
+    let Some(_root) = root() else { return };
+    reset(false);
+}
+
+#[test]
+fn ipv6_rst_close() {
+    let Some(_root) = root() else { return };
+    reset(true);
+}
+
+fn refused(v6: bool) {
+    let capture = Capture::start(&opts(AttachRequest::Auto, Filter::default()));
+    // A port that was just free: bind, note it, close.
+    let (listener, port) = listen(v6);
+    drop(listener);
+    let err = TcpStream::connect(SocketAddr::new(loopback(v6), port)).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused);
+    let events = capture.wait_until("refused connect", |ev| all_closed(ev, port, 2));
+    let lives = lives(&events, port);
+    assert_eq!(lives.len(), 2, "{}", dump(&events));
+    assert_eq!(
+        life_starting(&lives, (Close, Listen)).transitions(),
+        [(Close, Listen), (Listen, Close)]
+    );
+    let client = life_starting(&lives, (Close, SynSent));
+    assert_eq!(client.transitions(), [(Close, SynSent), (SynSent, Close)]);
+    assert_eq!(client.events[0].pid, std::process::id());
+    assert!(client.events[1].duration_ns.is_some());
+    assert_eq!(client.events[1].rport, port);
+    assert_ne!(
+        client.events[1].lport, 0,
+        "the local port is known at SYN_SENT -> CLOSE"
+    );
+}
+
+#[test]
+fn ipv4_refused_connect() {
+    let Some(_root) = root() else { return };
+    refused(false);
+}
+
+#[test]
+fn ipv6_refused_connect() {
+    let Some(_root) = root() else { return };
+    refused(true);
+}
+
+#[test]
+fn listener_opened_and_closed() {
+    let Some(_root) = root() else { return };
+    let capture = Capture::start(&opts(AttachRequest::Auto, Filter::default()));
+    for v6 in [false, true] {
+        let (listener, port) = listen(v6);
+        sleep(HOLD);
+        drop(listener);
+        let events = capture.wait_until("listener close", |ev| all_closed(ev, port, 1));
+        let lives = lives(&events, port);
+        assert_eq!(lives.len(), 1, "{}", dump(&events));
+        assert_eq!(lives[0].transitions(), [(Close, Listen), (Listen, Close)]);
+        assert_eq!(lives[0].events[0].laddr, loopback(v6));
+        assert_eq!(lives[0].events[0].duration_ns, None);
+        at_least_hold(&lives[0].events[1]);
+    }
+}
+
+/// A socket address is reused as soon as the socket is freed: the entry
+/// must go at CLOSE, or the next socket there inherits a bogus duration.
+#[test]
+fn reused_socket_addresses_start_with_unknown_duration() {
+    let Some(_root) = root() else { return };
+    let capture = Capture::start(&opts(AttachRequest::Auto, Filter::default()));
+    let (listener, port) = listen(false);
+    for _ in 0..200 {
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(client);
+        read_to_eof(&server);
+        drop(server);
+    }
+    drop(listener);
+    let events = capture.wait_until("200 connections", |ev| all_closed(ev, port, 401));
+    let lives = lives(&events, port);
+    assert_eq!(lives.len(), 401);
+    let mut addresses: Vec<u64> = lives.iter().map(|l| l.events[0].skaddr).collect();
+    addresses.sort_unstable();
+    addresses.dedup();
+    assert!(
+        addresses.len() < 401,
+        "no address was reused: the test proves nothing"
+    );
+    for life in &lives {
+        assert_eq!(life.events[0].duration_ns, None, "{:?}", life.events[0]);
+        assert!(life.events[1..].iter().all(|e| e.duration_ns.is_some()));
+    }
+}
+
+fn family_only(family: Family) {
+    let capture = Capture::start(&opts(
+        AttachRequest::Auto,
+        Filter {
+            family: Some(family),
+            ..Filter::default()
+        },
+    ));
+    let kept = connect(family == Family::Ipv6);
+    let dropped = connect(family == Family::Ipv4);
+    drop((dropped.client, dropped.server, dropped.listener));
+    drop((kept.client, kept.server, kept.listener));
+    let events = capture.wait_until("the kept family's sockets", |ev| {
+        all_closed(ev, kept.port, 3)
+    });
+    // Everything received, not only this test's sockets, is of the family.
+    assert!(
+        events
+            .iter()
+            .all(|e| e.laddr.is_ipv6() == (family == Family::Ipv6)),
+        "{}",
+        dump(&events)
+    );
+    assert!(lives(&events, dropped.port).is_empty());
+}
+
+#[test]
+fn ipv4_filter() {
+    let Some(_root) = root() else { return };
+    family_only(Family::Ipv4);
+}
+
+#[test]
+fn ipv6_filter() {
+    let Some(_root) = root() else { return };
+    family_only(Family::Ipv6);
+}
+
+#[test]
+fn local_port_filter_keeps_the_server_side() {
+    let Some(_root) = root() else { return };
+    // The listener's port must be known before the tracer starts.
+    let (listener, port) = listen(false);
+    let capture = Capture::start(&opts(
+        AttachRequest::Auto,
+        Filter {
+            local_ports: vec![port],
+            ..Filter::default()
+        },
+    ));
+    let other = connect(false);
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop((client, other));
+    read_to_eof(&server);
+    drop((server, listener));
+    let events = capture.wait_until("the server side", |ev| all_closed(ev, port, 2));
+    assert!(events.iter().all(|e| e.lport == port), "{}", dump(&events));
+    let lives = lives(&events, port);
+    assert_eq!(
+        lives.len(),
+        2,
+        "listener and server only: {}",
+        dump(&events)
+    );
+    // The listener existed before the trace: its first duration is unknown.
+    let server = life_starting(&lives, (Listen, SynRecv));
+    assert_eq!(server.transitions().len(), 5);
+}
+
+#[test]
+fn remote_port_filter_keeps_the_client_side() {
+    let Some(_root) = root() else { return };
+    let (listener, port) = listen(true);
+    let capture = Capture::start(&opts(
+        AttachRequest::Auto,
+        Filter {
+            remote_ports: vec![port, 9],
+            ..Filter::default()
+        },
+    ));
+    let other = connect(true);
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop((server, other));
+    read_to_eof(&client);
+    drop((client, listener));
+    let events = capture.wait_until("the client side", |ev| all_closed(ev, port, 1));
+    assert!(
+        events.iter().all(|e| e.rport == port || e.rport == 9),
+        "{}",
+        dump(&events)
+    );
+    let lives = lives(&events, port);
+    assert_eq!(lives.len(), 1, "client only: {}", dump(&events));
+    assert_eq!(
+        lives[0].transitions(),
+        [
+            (Close, SynSent),
+            (SynSent, Established),
+            (Established, CloseWait),
+            (CloseWait, LastAck),
+            (LastAck, Close)
+        ]
+    );
+}
+
+#[test]
+fn each_attachable_mode_traces() {
+    let Some(_root) = root() else { return };
+    let was_mounted = tracefs_mounted();
+    set_tracefs(true);
+    let mut modes = vec![AttachMode::TpBtf, AttachMode::Tracepoint];
+    if kernel_has_kprobes() {
+        modes.push(AttachMode::Kprobe);
+    }
+    for mode in modes {
+        let capture = Capture::start(&opts(AttachRequest::Only(mode), Filter::default()));
+        assert_eq!(capture.tracer.mode(), mode);
+        for v6 in [false, true] {
+            let o = connection(&capture, v6, Close::ClientFirst);
+            check_common(&o);
+            assert_eq!(o.client.transitions().len(), 5, "{mode}");
+        }
+    }
+    set_tracefs(was_mounted);
+}
+
+/// The kprobe program must pass the verifier even where it cannot attach.
+#[test]
+fn kprobe_program_loads() {
+    let Some(_root) = root() else { return };
+    tracer::load(&TracerOptions::default(), AttachMode::Kprobe).expect("the kprobe program loads");
+    let result = Tracer::start(&opts(
+        AttachRequest::Only(AttachMode::Kprobe),
+        Filter::default(),
+    ));
+    if kernel_has_kprobes() {
+        assert!(result.is_ok(), "{:#}", result.err().unwrap());
+    } else {
+        let err = format!(
+            "{:#}",
+            result
+                .err()
+                .expect("no kprobes on this kernel, yet it attached")
+        );
+        assert!(err.contains("kprobe"), "{err}");
+    }
+}
+
+#[test]
+fn works_without_tracefs() {
+    let Some(_root) = root() else { return };
+    let was_mounted = tracefs_mounted();
+    set_tracefs(false);
+    let forced = Tracer::start(&opts(
+        AttachRequest::Only(AttachMode::Tracepoint),
+        Filter::default(),
+    ));
+    let capture = Capture::start(&opts(AttachRequest::Auto, Filter::default()));
+    assert_eq!(capture.tracer.mode(), AttachMode::TpBtf);
+    let o = connection(&capture, false, Close::ClientFirst);
+    check_common(&o);
+    set_tracefs(was_mounted);
+    assert!(
+        forced.is_err(),
+        "the classic tracepoint attached without tracefs"
+    );
+}
