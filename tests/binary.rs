@@ -1,0 +1,446 @@
+//! The `tcpstates` binary end to end: arguments, exit codes, signals, a
+//! closed stdout, real output, and a differential run against libbpf-tools'
+//! tcpstates on the same traffic.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::process::{Child, ChildStdout, Command, Output, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread::{self, sleep};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
+const LIBBPF_TOOLS: &str = "/usr/sbin/tcpstates";
+const HEADER: &str = "SKADDR           C-PID   C-COMM     LADDR           LPORT RADDR           RPORT OLDSTATE    -> NEWSTATE    MS";
+
+fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("running tcpstates")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn help_names_every_option() {
+    for flag in ["-h", "--help"] {
+        let out = run(&[flag]);
+        assert!(out.status.success());
+        let help = text(&out.stdout);
+        for option in [
+            "-T, --time",
+            "-t, --timestamp",
+            "-w, --wide",
+            "-s, --csv",
+            "-L, --localport",
+            "-D, --remoteport",
+            "-4, --ipv4",
+            "-6, --ipv6",
+            "-v, --verbose",
+            "--btf <FILE>",
+            "--attach <ATTACH>",
+            "--max-sockets",
+            "-V, --version",
+            "EXAMPLES:",
+            "C-PID",
+        ] {
+            assert!(help.contains(option), "{flag}: no {option:?} in\n{help}");
+        }
+    }
+}
+
+#[test]
+fn version_names_attach_modes() {
+    let out = run(&["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        text(&out.stdout),
+        format!(
+            "tcpstates {}\nattach modes: tp-btf tracepoint kprobe (auto tries them in that order)\n",
+            env!("CARGO_PKG_VERSION")
+        )
+    );
+}
+
+#[test]
+fn bad_arguments_get_one_line_and_exit_2() {
+    for args in [
+        &["-L", "0"][..],
+        &["-L", "70000"],
+        &["-D", "80,,443"],
+        &["-D", "http"],
+        &["-4", "-6"],
+        &["--attach", "fentry"],
+        &["--btf", "/nonexistent"],
+        &["--max-sockets", "0"],
+        &["--frobnicate"],
+        &["unexpected"],
+    ] {
+        let out = run(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("tcpstates: "), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+}
+
+#[test]
+fn without_privileges_says_so_and_exits_1() {
+    let mut cmd = Command::new(BIN);
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        cmd.uid(65534).gid(65534);
+    }
+    let out = cmd.output().expect("running tcpstates as nobody");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "tcpstates: needs root, or CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN\n"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// A running tracer process whose stdout lines arrive on a channel.
+struct Tracing {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl Tracing {
+    /// Starts `program args` and waits for its header: then it is attached.
+    fn start(program: &str, args: &[&str], header_prefix: &str) -> Self {
+        let mut child = Command::new(program)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
+        let lines = spawn_reader(child.stdout.take().unwrap());
+        let mut tracing = Tracing {
+            child,
+            lines,
+            seen: Vec::new(),
+        };
+        let header = tracing
+            .next_line(Duration::from_secs(15))
+            .unwrap_or_else(|| {
+                let _ = tracing.child.kill();
+                let mut err = String::new();
+                let _ = tracing
+                    .child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err);
+                panic!("{program} printed no header: {err}")
+            });
+        assert!(header.starts_with(header_prefix), "{program}: {header}");
+        tracing
+    }
+
+    fn next_line(&mut self, timeout: Duration) -> Option<String> {
+        let line = self.lines.recv_timeout(timeout).ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Waits until a line satisfies `pred`, failing after `timeout`.
+    fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !self.seen.iter().any(|l| pred(l)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.next_line(left).is_none() {
+                panic!(
+                    "no line {what} within {timeout:?}; got:\n{}",
+                    self.seen.join("\n")
+                );
+            }
+        }
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
+            0
+        );
+    }
+
+    /// Sends `signal`, waits for exit, and returns (exit code, all stdout
+    /// lines after the header, stderr).
+    fn stop(mut self, signal: libc::c_int) -> (Option<i32>, Vec<String>, String) {
+        self.signal(signal);
+        let status = self.child.wait().expect("waiting for the tracer");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
+            self.seen.push(line);
+        }
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        (status.code(), self.seen, stderr)
+    }
+}
+
+fn spawn_reader(stdout: ChildStdout) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// One output row, split into columns (the task name may hold spaces).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Row {
+    skaddr: String,
+    pid: String,
+    comm: String,
+    laddr: String,
+    lport: u16,
+    raddr: String,
+    rport: u16,
+    old: String,
+    new: String,
+    ms: String,
+}
+
+fn parse_row(line: &str, wide: bool) -> Row {
+    let t: Vec<&str> = line.split_whitespace().collect();
+    let n = t.len();
+    assert!(n >= 11, "short row: {line}");
+    assert_eq!(t[n - 3], "->", "{line}");
+    let comm_end = n - 8 - usize::from(wide);
+    Row {
+        skaddr: t[0].into(),
+        pid: t[1].into(),
+        comm: t[2..comm_end].join(" "),
+        laddr: t[n - 8].into(),
+        lport: t[n - 7].parse().unwrap_or_else(|_| panic!("{line}")),
+        raddr: t[n - 6].into(),
+        rport: t[n - 5].parse().unwrap_or_else(|_| panic!("{line}")),
+        old: t[n - 4].into(),
+        new: t[n - 2].into(),
+        ms: t[n - 1].into(),
+    }
+}
+
+fn rows_for_port(lines: &[String], port: u16, wide: bool) -> Vec<Row> {
+    lines
+        .iter()
+        .map(|l| parse_row(l, wide))
+        .filter(|r| r.lport == port || r.rport == port)
+        .collect()
+}
+
+#[test]
+fn traces_a_connection_end_to_end() {
+    let Some(_root) = root() else { return };
+    let mut tracer = Tracing::start(BIN, &["-4"], HEADER);
+    let conn = connect(false);
+    let (port, client_port) = (conn.port, conn.client_port);
+    drop(conn.client);
+    read_to_eof(&conn.server);
+    drop((conn.server, conn.listener));
+    // Into a pipe, lines arrive within a poll interval, not at exit.
+    tracer.wait_for("for the listener's close", Duration::from_secs(2), |l| {
+        l.contains(&format!(" {port} ")) && l.contains("LISTEN      -> CLOSE")
+    });
+    let (code, lines, stderr) = tracer.stop(libc::SIGINT);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stderr, "Tracing tcpstates ... Hit Ctrl-C to end\n");
+    assert_eq!(lines[0], HEADER);
+    let rows = rows_for_port(&lines[1..], port, false);
+    let me = std::process::id().to_string();
+    let connect = rows
+        .iter()
+        .find(|r| r.old == "CLOSE" && r.new == "SYN_SENT")
+        .expect("connect row");
+    assert_eq!(
+        (
+            connect.pid.as_str(),
+            connect.laddr.as_str(),
+            connect.lport,
+            connect.raddr.as_str(),
+            connect.rport,
+            connect.ms.as_str()
+        ),
+        (me.as_str(), "127.0.0.1", 0, "127.0.0.1", port, "-")
+    );
+    let established = rows
+        .iter()
+        .find(|r| r.old == "SYN_SENT" && r.new == "ESTABLISHED")
+        .expect("established row");
+    assert_eq!((established.lport, established.rport), (client_port, port));
+    assert!(
+        established.ms.parse::<f64>().unwrap() < 1000.0,
+        "{established:?}"
+    );
+    assert_eq!(rows.len(), 12, "{rows:#?}");
+    // Every line, not only this connection's, has the header's columns.
+    for line in &lines[1..] {
+        let row = parse_row(line, false);
+        assert!(row.ms == "-" || row.ms.parse::<f64>().is_ok(), "{line}");
+    }
+}
+
+#[test]
+fn time_columns_and_csv() {
+    let Some(_root) = root() else { return };
+    let mut tracer = Tracing::start(
+        BIN,
+        &["-T", "-t", "-s", "-6"],
+        "TIME,TIME(s),SKADDR,C-PID,C-COMM,IP,",
+    );
+    let (listener, port) = listen(true);
+    drop(listener);
+    tracer.wait_for("for the listener", Duration::from_secs(2), |l| {
+        l.contains(",LISTEN,CLOSE,")
+    });
+    let (code, lines, _) = tracer.stop(libc::SIGTERM);
+    assert_eq!(code, Some(0), "SIGTERM ends the run cleanly");
+    let row = lines
+        .iter()
+        .find(|l| l.contains(&format!(",::1,{port},")) && l.contains(",LISTEN,CLOSE,"))
+        .expect("listener row");
+    let fields: Vec<&str> = row.split(',').collect();
+    assert_eq!(fields.len(), 13, "{row}");
+    assert_eq!(fields[0].len(), 8, "HH:MM:SS: {row}");
+    assert!(
+        fields[1].split_once('.').is_some_and(|(_, f)| f.len() == 6),
+        "{row}"
+    );
+    assert_eq!(fields[5], "6");
+    assert_eq!(&fields[10..12], ["LISTEN", "CLOSE"]);
+}
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    let Some(_root) = root() else { return };
+    let mut child = Command::new(BIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    stdout.read_line(&mut header).unwrap();
+    assert_eq!(header.trim_end(), HEADER);
+    drop(stdout);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        // Traffic makes it write, and the write finds the pipe closed.
+        drop(listen(false));
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after its stdout closed"
+        );
+        sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "Tracing tcpstates ... Hit Ctrl-C to end\n");
+}
+
+/// Runs both tools on the same traffic: every transition libbpf-tools
+/// reports for it, we report too.
+#[test]
+fn reports_everything_libbpf_tools_reports() {
+    let Some(_root) = root() else { return };
+    assert!(
+        std::path::Path::new(LIBBPF_TOOLS).exists(),
+        "{LIBBPF_TOOLS} is missing: apt-get install libbpf-tools"
+    );
+    let was_mounted = tracefs_mounted();
+    // libbpf-tools attaches the classic tracepoint, which needs tracefs.
+    set_tracefs(true);
+    // Line-buffered, so its header shows when it is attached.
+    let theirs = Tracing::start("stdbuf", &["-oL", LIBBPF_TOOLS, "-w"], "SKADDR");
+    let ours = Tracing::start(BIN, &["-w"], "SKADDR");
+
+    let mut ports = Vec::new();
+    for (v6, server_first) in [(false, false), (true, true), (false, true), (true, false)] {
+        let conn = connect(v6);
+        ports.push(conn.port);
+        let (first, second) = if server_first {
+            (conn.server, conn.client)
+        } else {
+            (conn.client, conn.server)
+        };
+        drop(first);
+        read_to_eof(&second);
+        drop((second, conn.listener));
+    }
+    let (listener, refused_port) = listen(false);
+    drop(listener);
+    let _ = std::net::TcpStream::connect(("127.0.0.1", refused_port)).unwrap_err();
+    ports.push(refused_port);
+    sleep(Duration::from_millis(300));
+
+    let (their_code, their_lines, their_err) = theirs.stop(libc::SIGINT);
+    let (our_code, our_lines, our_err) = ours.stop(libc::SIGINT);
+    set_tracefs(was_mounted);
+    assert_eq!(their_code, Some(0), "{their_err}");
+    assert_eq!(our_code, Some(0), "{our_err}");
+
+    let key = |r: &Row| {
+        (
+            r.skaddr.clone(),
+            r.laddr.clone(),
+            r.lport,
+            r.raddr.clone(),
+            r.rport,
+            r.old.clone(),
+            r.new.clone(),
+        )
+    };
+    for port in ports {
+        let their: BTreeSet<_> = rows_for_port(&their_lines[1..], port, true)
+            .iter()
+            .map(key)
+            .collect();
+        let our: BTreeSet<_> = rows_for_port(&our_lines[1..], port, true)
+            .iter()
+            .map(key)
+            .collect();
+        assert!(
+            !their.is_empty(),
+            "libbpf-tools saw nothing for port {port}"
+        );
+        let missing: Vec<_> = their.difference(&our).collect();
+        assert!(missing.is_empty(), "port {port}: we missed {missing:#?}");
+        assert_eq!(
+            our.len(),
+            their.len(),
+            "port {port}: {our:#?} vs {their:#?}"
+        );
+    }
+}
