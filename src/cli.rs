@@ -91,6 +91,10 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     max_sockets: u32,
+
+    /// Ring buffer size: a power of two from 4K to 1G, with an optional K/M/G suffix
+    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    ring_buffer: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -123,6 +127,28 @@ fn parse_ports(text: &str) -> Result<Ports, String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Ports)
+}
+
+fn parse_size(text: &str) -> Result<u32, String> {
+    let (digits, shift) = match text.strip_suffix(['K', 'k']) {
+        Some(d) => (d, 10),
+        None => match text.strip_suffix(['M', 'm']) {
+            Some(d) => (d, 20),
+            None => match text.strip_suffix(['G', 'g']) {
+                Some(d) => (d, 30),
+                None => (text, 0),
+            },
+        },
+    };
+    let bytes = digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_shl(shift).filter(|b| b >> shift == n))
+        .ok_or_else(|| format!("'{text}' is not a size (like 64K or 8M)"))?;
+    if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
+        return Err(format!("{text} is not a power of two from 4K to 1G"));
+    }
+    Ok(bytes as u32)
 }
 
 fn parse_file(text: &str) -> Result<PathBuf, String> {
@@ -216,8 +242,8 @@ impl Args {
                 attach,
                 btf: self.btf,
                 max_sockets: self.max_sockets,
+                ringbuf_bytes: self.ring_buffer,
                 verbose: self.verbose,
-                ..TracerOptions::default()
             },
         }
     }
@@ -253,6 +279,8 @@ mod tests {
         assert_eq!(c.tracer.attach, AttachRequest::Auto);
         assert_eq!(c.tracer.attach.candidates(), AttachMode::ALL.to_vec());
         assert_eq!(c.tracer.max_sockets, 65536);
+        assert_eq!(c.tracer.ringbuf_bytes, 8 << 20);
+        assert_eq!(c.tracer, TracerOptions::default());
         assert!(!c.tracer.verbose && c.tracer.btf.is_none());
     }
 
@@ -287,6 +315,28 @@ mod tests {
             config(&["--attach", "tracepoint"]).tracer.attach,
             AttachRequest::Only(AttachMode::Tracepoint)
         );
+    }
+
+    #[test]
+    fn ring_buffer_sizes() {
+        let size = |s: &str| config(&["--ring-buffer", s]).tracer.ringbuf_bytes;
+        assert_eq!(size("4096"), 4096);
+        assert_eq!(size("64K"), 65536);
+        assert_eq!(size("16m"), 16 << 20);
+        assert_eq!(size("1G"), 1 << 30);
+        for bad in [
+            "2K",
+            "3M",
+            "2G",
+            "0",
+            "",
+            "K",
+            "8MB",
+            "-4K",
+            "99999999999999999999G",
+        ] {
+            rejected(&["--ring-buffer", bad]);
+        }
     }
 
     #[test]

@@ -67,8 +67,10 @@ pub fn run(config: &Config) -> Result<()> {
             );
         }
     }
+    // Detach first, so that the drain below prints everything the kernel
+    // sent and the counters read after it are final.
+    tracer.detach();
     if !sink.borrow().stopped() {
-        // What the kernel sent before the stop is printed, not dropped.
         let _ = ring.consume();
         sink.borrow_mut().flush();
     }

@@ -1,6 +1,7 @@
 //! The privileged part: open, configure, load and attach the BPF program,
 //! and read from it. Nothing else in the crate needs root.
 
+use std::cell::Cell;
 use std::fmt;
 use std::fs;
 use std::mem::MaybeUninit;
@@ -138,7 +139,8 @@ pub struct Counters {
 /// A loaded and attached program. Detaches when dropped.
 pub struct Tracer {
     skel: TcpstatesSkel<'static>,
-    _link: Link,
+    /// None once detached.
+    link: Cell<Option<Link>>,
     mode: AttachMode,
 }
 
@@ -183,12 +185,18 @@ impl Tracer {
             AttachMode::Tracepoint => progs.handle_tracepoint.attach(),
             AttachMode::Kprobe => progs.handle_kprobe.attach(),
         }
-        .with_context(|| format!("attaching the {mode} program"))?;
+        .with_context(|| format!("attaching the {mode} program{}", attach_hint(mode)))?;
         Ok(Tracer {
             skel,
-            _link: link,
+            link: Cell::new(Some(link)),
             mode,
         })
+    }
+
+    /// Stops new events; what is already in the ring buffer stays readable,
+    /// and the counters become final.
+    pub fn detach(&self) {
+        drop(self.link.take());
     }
 
     /// The mode that attached.
@@ -299,6 +307,22 @@ fn fill_port_set(map: &dyn MapCore, ports: &[u16]) -> Result<()> {
             .with_context(|| format!("adding port {port} to the filter"))?;
     }
     Ok(())
+}
+
+/// What commonly stops `mode` from attaching on this host, if it applies.
+fn attach_hint(mode: AttachMode) -> &'static str {
+    match mode {
+        AttachMode::Tracepoint
+            if !Path::new("/sys/kernel/tracing/events").exists()
+                && !Path::new("/sys/kernel/debug/tracing/events").exists() =>
+        {
+            " (tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing)"
+        }
+        AttachMode::Kprobe if !Path::new("/sys/bus/event_source/devices/kprobe").exists() => {
+            " (this kernel has no kprobes: CONFIG_KPROBES is off)"
+        }
+        _ => "",
+    }
 }
 
 const CAP_SYS_ADMIN: u32 = 21;

@@ -444,3 +444,82 @@ fn reports_everything_libbpf_tools_reports() {
         );
     }
 }
+
+/// Runs `args` with -v around `traffic` and returns (printed lines, stderr).
+fn run_verbose(args: &[&str], traffic: impl FnOnce(&Tracing)) -> (Vec<String>, String) {
+    let mut all = vec!["-v"];
+    all.extend_from_slice(args);
+    let tracer = Tracing::start(BIN, &all, "SKADDR");
+    traffic(&tracer);
+    sleep(Duration::from_millis(300));
+    let (code, lines, stderr) = tracer.stop(libc::SIGINT);
+    assert_eq!(code, Some(0), "{stderr}");
+    (lines, stderr)
+}
+
+/// The -v summary's numbers: (matched, printed, lost, map full).
+fn summary(stderr: &str) -> (u64, u64, u64, u64) {
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.contains(" transitions matched, "))
+        .unwrap_or_else(|| panic!("no summary in {stderr}"));
+    let n: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (n[0], n[1], n[2], n[3])
+}
+
+#[test]
+fn full_socket_map_is_reported_not_hidden() {
+    let Some(_root) = root() else { return };
+    let mut port = 0;
+    let (lines, stderr) = run_verbose(&["-4", "--max-sockets", "1"], |_| {
+        for _ in 0..3 {
+            let conn = connect(false);
+            port = conn.port;
+            drop(conn);
+        }
+    });
+    let (_, _, lost, map_full) = summary(&stderr);
+    assert_eq!(lost, 0);
+    assert!(map_full >= 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "tcpstates: {map_full} durations unknown (socket map full: raise --max-sockets)"
+        )),
+        "{stderr}"
+    );
+    // With one slot, some known-state transitions must show '-'.
+    let rows = rows_for_port(&lines[1..], port, false);
+    assert!(
+        rows.iter()
+            .any(|r| r.old != "CLOSE" && r.old != "LISTEN" && r.ms == "-"),
+        "{rows:#?}"
+    );
+}
+
+#[test]
+fn full_ring_buffer_is_counted_and_reported() {
+    let Some(_root) = root() else { return };
+    let (lines, stderr) = run_verbose(&["-4", "--ring-buffer", "4K"], |tracer| {
+        // A stopped reader cannot drain: the kernel must drop and count.
+        tracer.signal(libc::SIGSTOP);
+        let (listener, _) = listen(false);
+        for _ in 0..50 {
+            let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+            let (server, _) = listener.accept().unwrap();
+            drop((client, server));
+        }
+        tracer.signal(libc::SIGCONT);
+    });
+    let (matched, printed, lost, _) = summary(&stderr);
+    assert!(lost > 0, "{stderr}");
+    assert_eq!(matched, printed + lost, "{stderr}");
+    assert_eq!(printed as usize, lines.len() - 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("tcpstates: {lost} events lost (ring buffer full)")),
+        "{stderr}"
+    );
+}

@@ -1,4 +1,4 @@
-/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/* SPDX-License-Identifier: BSD-2-Clause */
 /*
  * The one definition of what the kernel side sends to user space. The BPF
  * program includes it; Rust gets the same layout from the skeleton's
