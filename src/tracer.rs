@@ -352,7 +352,7 @@ fn has_bpf_caps(caps: u64) -> bool {
 
 fn set_libbpf_log(verbose: bool) {
     fn to_stderr(_level: PrintLevel, msg: String) {
-        eprint!("libbpf: {msg}");
+        eprint!("{msg}");
     }
     if verbose {
         libbpf_rs::set_print(Some((PrintLevel::Debug, to_stderr)));

@@ -483,6 +483,10 @@ fn full_socket_map_is_reported_not_hidden() {
         }
     });
     let (_, _, lost, map_full) = summary(&stderr);
+    assert!(
+        stderr.contains("\ntcpstates: attached with tp-btf\n"),
+        "{stderr}"
+    );
     assert_eq!(lost, 0);
     assert!(map_full >= 2, "{stderr}");
     assert!(

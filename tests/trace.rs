@@ -526,3 +526,14 @@ fn works_without_tracefs() {
         "the classic tracepoint attached without tracefs"
     );
 }
+
+#[test]
+fn custom_btf_path() {
+    let Some(_root) = root() else { return };
+    let capture = Capture::start(&TracerOptions {
+        btf: Some("/sys/kernel/btf/vmlinux".into()),
+        ..TracerOptions::default()
+    });
+    let o = connection(&capture, true, Close::ServerFirst);
+    check_common(&o);
+}
