@@ -1,10 +1,24 @@
-//! Compiles the BPF program into a skeleton (OUT_DIR/tcpstates.skel.rs).
+//! Compiles the BPF program into a skeleton (OUT_DIR/tcpstates.skel.rs), and
+//! generates the man page and shell completions from the clap definition
+//! (target/<profile>/assets/), so that they never drift from `--help`.
 
 use std::env;
-use std::path::PathBuf;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
 use std::process::{Command, exit};
 
+use clap::CommandFactory;
+use clap_complete::Shell;
 use libbpf_cargo::SkeletonBuilder;
+
+#[allow(dead_code)]
+#[path = "src/args.rs"]
+mod args;
+
+/// The name the packages install the binary under: libbpf-tools owns
+/// /usr/sbin/tcpstates and bpfcc-tools /usr/sbin/tcpstates-bpfcc.
+const PACKAGED_NAME: &str = "tcpstates-rs";
 
 const SRC: &str = "src/bpf/tcpstates.bpf.c";
 const HEADER: &str = "src/bpf/tcpstates.h";
@@ -30,9 +44,44 @@ fn main() {
         fail(&format!("compiling {SRC} failed: {err:#}"));
     }
 
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    // OUT_DIR is target/<profile>/build/<crate>-<hash>/out.
+    let assets = out_dir
+        .ancestors()
+        .nth(3)
+        .expect("OUT_DIR is under target/<profile>")
+        .join("assets");
+    if let Err(err) = generate_docs(&assets) {
+        fail(&format!(
+            "writing the man page and completions to {}: {err}",
+            assets.display()
+        ));
+    }
+
+    println!("cargo:rerun-if-changed=src/args.rs");
     println!("cargo:rerun-if-changed={SRC}");
     println!("cargo:rerun-if-changed={HEADER}");
     println!("cargo:rerun-if-changed=vmlinux");
+}
+
+/// tcpstates-rs.8 and bash, zsh and fish completions, for the packaged name.
+fn generate_docs(assets: &Path) -> io::Result<()> {
+    let examples = args::EXAMPLES.replace("    tcpstates ", &format!("    {PACKAGED_NAME} "));
+    let mut cmd = args::Args::command()
+        .name(PACKAGED_NAME)
+        .bin_name(PACKAGED_NAME)
+        .version(env!("CARGO_PKG_VERSION"))
+        .after_help(examples);
+    fs::create_dir_all(assets.join("completions"))?;
+    let mut man = File::create(assets.join(format!("{PACKAGED_NAME}.8")))?;
+    clap_mangen::Man::new(cmd.clone())
+        .section("8")
+        .manual("System Administration")
+        .render(&mut man)?;
+    for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
+        clap_complete::generate_to(shell, &mut cmd, PACKAGED_NAME, assets.join("completions"))?;
+    }
+    Ok(())
 }
 
 /// libbpf-sys builds libbpf from source and the BPF C needs clang: say which

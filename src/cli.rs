@@ -2,163 +2,15 @@
 //! bad input, and the conversion into a plain [`Config`].
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
-use clap::{ArgAction, Parser, ValueEnum, error::ErrorKind};
+use std::path::Path;
+
+use clap::{CommandFactory, FromArgMatches, error::ErrorKind};
+
+use crate::args::{Args, AttachArg, Ports};
 
 use crate::output::OutputOptions;
 use crate::tracer::{AttachMode, AttachRequest, Family, Filter, TracerOptions};
-
-const EXAMPLES: &str = "\
-EXAMPLES:
-    tcpstates                  # trace all TCP state changes
-    tcpstates -T               # add an HH:MM:SS column
-    tcpstates -t               # add a seconds-since-first-event column
-    tcpstates -w               # wide columns, fits IPv6 addresses
-    tcpstates -s               # comma-separated values
-    tcpstates -L 80,443        # only sockets with local port 80 or 443
-    tcpstates -D 5432          # only sockets with remote port 5432
-    tcpstates -6               # IPv6 sockets only
-    tcpstates --attach tracepoint -v   # force an attach point, say what happened
-
-COLUMNS:
-    C-PID and C-COMM are the task on the CPU when the state changed (\"current\"),
-    not necessarily the socket's owner: many transitions run in softirq context.
-    MS is the time the socket spent in OLDSTATE; '-' means it is not known (the
-    socket is new, or predates the trace).";
-
-/// Version and the attach modes built in, for `--version`.
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    "\nattach modes: tp-btf tracepoint kprobe (auto tries them in that order)"
-);
-
-/// Trace TCP socket state changes, with the time spent in the state left.
-#[derive(Debug, Parser)]
-#[command(
-    name = "tcpstates",
-    version = VERSION,
-    about,
-    after_help = EXAMPLES,
-    max_term_width = 100
-)]
-struct Args {
-    /// Include an HH:MM:SS column
-    #[arg(short = 'T', long)]
-    time: bool,
-
-    /// Include a column of seconds since the first event
-    #[arg(short = 't', long)]
-    timestamp: bool,
-
-    /// Wide columns (an IP version column, fits IPv6 addresses)
-    #[arg(short = 'w', long)]
-    wide: bool,
-
-    /// Comma-separated values
-    #[arg(short = 's', long)]
-    csv: bool,
-
-    /// Comma-separated list of local ports to trace
-    #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = parse_ports, action = ArgAction::Append)]
-    local_ports: Vec<Ports>,
-
-    /// Comma-separated list of remote ports to trace
-    #[arg(short = 'D', long = "remoteport", value_name = "PORTS", value_parser = parse_ports, action = ArgAction::Append)]
-    remote_ports: Vec<Ports>,
-
-    /// Trace IPv4 sockets only
-    #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
-    ipv4: bool,
-
-    /// Trace IPv6 sockets only
-    #[arg(short = '6', long = "ipv6")]
-    ipv6: bool,
-
-    /// Say which attach point is used, show libbpf's log and periodic counters
-    #[arg(short = 'v', long)]
-    verbose: bool,
-
-    /// Kernel BTF file, for kernels without /sys/kernel/btf/vmlinux
-    #[arg(long, value_name = "FILE", value_parser = parse_file)]
-    btf: Option<PathBuf>,
-
-    /// Where to attach
-    #[arg(long, value_enum, default_value_t = AttachArg::Auto)]
-    attach: AttachArg,
-
-    /// Sockets whose last transition time is kept at once (kernel map size)
-    #[arg(long, value_name = "N", default_value_t = 65536,
-          value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
-    max_sockets: u32,
-
-    /// Ring buffer size: a power of two from 4K to 1G, with an optional K/M/G suffix
-    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
-    ring_buffer: u32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum AttachArg {
-    /// The best one the kernel supports: tp-btf, then tracepoint, then kprobe
-    Auto,
-    /// BTF tracepoint sock:inet_sock_set_state (needs no tracefs)
-    TpBtf,
-    /// Classic tracepoint sock:inet_sock_set_state (needs tracefs)
-    Tracepoint,
-    /// kprobe on tcp_set_state (kernels without the tracepoint)
-    Kprobe,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Ports(Vec<u16>);
-
-fn parse_ports(text: &str) -> Result<Ports, String> {
-    text.split(',')
-        .map(|item| {
-            let item = item.trim();
-            if item.is_empty() {
-                return Err(format!("empty item in port list '{text}'"));
-            }
-            match item.parse::<u32>() {
-                Ok(port @ 1..=65535) => Ok(port as u16),
-                Ok(port) => Err(format!("port {port} is out of range 1-65535")),
-                Err(_) => Err(format!("'{item}' is not a port number")),
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map(Ports)
-}
-
-fn parse_size(text: &str) -> Result<u32, String> {
-    let (digits, shift) = match text.strip_suffix(['K', 'k']) {
-        Some(d) => (d, 10),
-        None => match text.strip_suffix(['M', 'm']) {
-            Some(d) => (d, 20),
-            None => match text.strip_suffix(['G', 'g']) {
-                Some(d) => (d, 30),
-                None => (text, 0),
-            },
-        },
-    };
-    let bytes = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_shl(shift).filter(|b| b >> shift == n))
-        .ok_or_else(|| format!("'{text}' is not a size (like 64K or 8M)"))?;
-    if !bytes.is_power_of_two() || !(4096..=1 << 30).contains(&bytes) {
-        return Err(format!("{text} is not a power of two from 4K to 1G"));
-    }
-    Ok(bytes as u32)
-}
-
-fn parse_file(text: &str) -> Result<PathBuf, String> {
-    let path = PathBuf::from(text);
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!("no such file: {text}"))
-    }
-}
 
 /// Everything a tracing run needs, parsed and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,7 +37,19 @@ where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
 {
-    match Args::try_parse_from(args) {
+    let args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+    // Help and version name the binary as it was invoked: the packages
+    // install it as tcpstates-rs.
+    let invoked = args
+        .first()
+        .and_then(|a| Path::new(a).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "tcpstates".to_owned());
+    let parsed = Args::command()
+        .display_name(invoked)
+        .try_get_matches_from(args)
+        .and_then(|matches| Args::from_arg_matches(&matches));
+    match parsed {
         Ok(args) => Parsed::Run(args.into_config()),
         Err(err) => match err.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Parsed::Exit {
@@ -358,6 +222,16 @@ mod tests {
         assert!(rejected(&["--max-sockets", "0"]).contains("0"));
         assert!(rejected(&["--bogus"]).contains("--bogus"));
         assert!(rejected(&["extra"]).contains("extra"));
+    }
+
+    #[test]
+    fn version_names_the_binary_as_invoked() {
+        match parse(["/usr/sbin/tcpstates-rs", "-V"]) {
+            Parsed::Exit { code: 0, message } => {
+                assert!(message.starts_with("tcpstates-rs 0."), "{message}")
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`tracer`] is the only privileged code: open, configure, load, attach, poll;
 //! - [`run`] ties them together for one tracing session.
 
+mod args;
 pub mod cli;
 pub mod event;
 pub mod output;
