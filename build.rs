@@ -21,6 +21,8 @@ mod args;
 const PACKAGED_NAME: &str = "tcpstates-rs";
 
 const SRC: &str = "src/bpf/tcpstates.bpf.c";
+/// The benchmark's and loss tests' independent transition counter.
+const GROUND_TRUTH: &str = "src/bpf/groundtruth.bpf.c";
 const HEADER: &str = "src/bpf/tcpstates.h";
 
 fn main() {
@@ -34,17 +36,20 @@ fn main() {
     }
     check_tools();
 
-    let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"))
-        .join("tcpstates.skel.rs");
-    let result = SkeletonBuilder::new()
-        .source(SRC)
-        .clang_args([std::ffi::OsString::from("-I"), vmlinux_dir.clone().into()])
-        .build_and_generate(&out);
-    if let Err(err) = result {
-        fail(&format!("compiling {SRC} failed: {err:#}"));
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    for (src, skel) in [
+        (SRC, "tcpstates.skel.rs"),
+        (GROUND_TRUTH, "groundtruth.skel.rs"),
+    ] {
+        let result = SkeletonBuilder::new()
+            .source(src)
+            .clang_args([std::ffi::OsString::from("-I"), vmlinux_dir.clone().into()])
+            .build_and_generate(out_dir.join(skel));
+        if let Err(err) = result {
+            fail(&format!("compiling {src} failed: {err:#}"));
+        }
     }
 
-    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     // OUT_DIR is target/<profile>/build/<crate>-<hash>/out.
     let assets = out_dir
         .ancestors()
@@ -60,6 +65,7 @@ fn main() {
 
     println!("cargo:rerun-if-changed=src/args.rs");
     println!("cargo:rerun-if-changed={SRC}");
+    println!("cargo:rerun-if-changed={GROUND_TRUTH}");
     println!("cargo:rerun-if-changed={HEADER}");
     println!("cargo:rerun-if-changed=vmlinux");
 }

@@ -108,6 +108,8 @@ impl Args {
                 max_sockets: self.max_sockets,
                 ringbuf_bytes: self.ring_buffer,
                 verbose: self.verbose,
+                // Set by the run, which knows where the output goes.
+                wakeup_bytes: 0,
             },
         }
     }

@@ -11,9 +11,11 @@
 mod args;
 pub mod cli;
 pub mod event;
+pub mod groundtruth;
 pub mod output;
 pub mod run;
 pub mod signals;
+pub mod storm;
 pub mod tracer;
 
 /// The skeleton libbpf-cargo generates from `src/bpf/tcpstates.bpf.c`.

@@ -96,6 +96,9 @@ pub struct Formatter {
     opts: OutputOptions,
     columns: Vec<Column>,
     first_ts_ns: Option<u64>,
+    /// Reused buffers for the line being built and its current cell.
+    line: String,
+    cell: String,
 }
 
 impl Formatter {
@@ -136,11 +139,13 @@ impl Formatter {
             opts,
             columns,
             first_ts_ns: None,
+            line: String::with_capacity(256),
+            cell: String::with_capacity(64),
         }
     }
 
     /// Writes the header line.
-    pub fn write_header<W: Write + ?Sized>(&self, w: &mut W) -> io::Result<()> {
+    pub fn write_header<W: Write + ?Sized>(&mut self, w: &mut W) -> io::Result<()> {
         self.write_line(w, |column, out| out.write_str(column.header))
     }
 
@@ -177,19 +182,26 @@ impl Formatter {
 
     /// Lays out one line: each column's text (from `cell`) padded or cut
     /// to its width, separated by a space (or a comma in CSV).
-    fn write_line<W, F>(&self, w: &mut W, mut cell: F) -> io::Result<()>
+    /// The line and cell buffers are reused: no allocation per event.
+    fn write_line<W, F>(&mut self, w: &mut W, mut cell: F) -> io::Result<()>
     where
         W: Write + ?Sized,
         F: FnMut(&Column, &mut String) -> fmt::Result,
     {
-        let mut line = String::with_capacity(160);
-        let mut text = String::with_capacity(48);
-        let last = self.columns.len() - 1;
-        for (i, column) in self.columns.iter().enumerate() {
+        let Self {
+            opts,
+            columns,
+            line,
+            cell: text,
+            ..
+        } = self;
+        line.clear();
+        let last = columns.len() - 1;
+        for (i, column) in columns.iter().enumerate() {
             text.clear();
-            cell(column, &mut text).map_err(|_| io::Error::other("formatting failed"))?;
-            if self.opts.csv {
-                line.push_str(&text);
+            cell(column, text).map_err(|_| io::Error::other("formatting failed"))?;
+            if opts.csv {
+                line.push_str(text);
                 line.push(if i == last { '\n' } else { ',' });
                 continue;
             }

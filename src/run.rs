@@ -23,16 +23,23 @@ const VERBOSE_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Traces until SIGINT, SIGTERM or a closed stdout.
 pub fn run(config: &Config) -> Result<()> {
     signals::install().context("installing signal handlers")?;
-    let tracer = Tracer::start(&config.tracer)?;
+    let stdout = io::stdout();
+    let terminal = stdout.is_terminal();
+    let mut tracer_opts = config.tracer.clone();
+    if !terminal {
+        tracer_opts.wakeup_bytes = batch_bytes(tracer_opts.ringbuf_bytes);
+    }
+    let tracer = Tracer::start(&tracer_opts)?;
     let verbose = config.tracer.verbose;
     if verbose {
         eprintln!("tcpstates: attached with {}", tracer.mode());
     }
 
-    let stdout = io::stdout();
-    // A terminal sees each line as it comes (stdout is line-buffered); a
-    // pipe or file gets large writes, flushed after every poll.
-    let out: Box<dyn Write> = if stdout.is_terminal() {
+    // A terminal sees each line as it comes: a wakeup per event, and stdout
+    // is line-buffered. A pipe or file gets batches: the kernel wakes us
+    // once enough is waiting (or the poll times out), and we write large
+    // chunks, flushed after every poll.
+    let out: Box<dyn Write> = if terminal {
         Box::new(stdout.lock())
     } else {
         Box::new(BufWriter::with_capacity(1 << 16, stdout.lock()))
@@ -51,11 +58,15 @@ pub fn run(config: &Config) -> Result<()> {
     let ring = tracer.ring_buffer(|data| sink.borrow_mut().accept(data))?;
     let mut last_report = Instant::now();
     while !signals::stop_requested() && !sink.borrow().stopped() {
-        if let Err(err) = ring.poll(POLL_INTERVAL) {
+        // A poll returns when the kernel wakes us or the interval ends;
+        // either way, read everything waiting: with batched wakeups, events
+        // below the batch size are read only here.
+        let read = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume());
+        if let Err(err) = read {
             // EINTR is a signal arriving; an error from the callback is
             // the sink's, looked at below.
             if err.kind() != ErrorKind::Interrupted && !sink.borrow().stopped() {
-                return Err(err).context("polling the ring buffer");
+                return Err(err).context("reading the ring buffer");
             }
         }
         sink.borrow_mut().flush();
@@ -93,12 +104,25 @@ pub fn run(config: &Config) -> Result<()> {
     Ok(())
 }
 
+/// How much waits in the ring buffer before the reader is woken, when the
+/// output is not a terminal: a sixteenth of the buffer, at most 256 KiB, so a
+/// wakeup carries thousands of events in a storm and the buffer is far from
+/// full when it comes.
+fn batch_bytes(ringbuf_bytes: u32) -> u32 {
+    (ringbuf_bytes / 16).min(256 << 10)
+}
+
 /// Every counter, for -v.
 fn describe(counters: &Counters, sink: &Sink) -> String {
     format!(
         "{} transitions matched, {} printed, {} lost (ring buffer full), \
-         {} sockets without room in the map, {} undecodable records",
-        counters.events, sink.printed, counters.ringbuf_drops, counters.map_full, sink.undecodable
+         {} missed (recursion), {} sockets without room in the map, {} undecodable records",
+        counters.events,
+        sink.printed,
+        counters.ringbuf_drops,
+        counters.recursion_misses,
+        counters.map_full,
+        sink.undecodable
     )
 }
 
@@ -109,6 +133,12 @@ pub fn losses(counters: &Counters, undecodable: u64) -> Option<String> {
         parts.push(format!(
             "{} events lost (ring buffer full)",
             counters.ringbuf_drops
+        ));
+    }
+    if counters.recursion_misses > 0 {
+        parts.push(format!(
+            "{} transitions missed (the kernel skipped the program: it was already running on that CPU)",
+            counters.recursion_misses
         ));
     }
     if counters.map_full > 0 {
@@ -231,17 +261,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn batches_are_a_fraction_of_the_buffer() {
+        assert_eq!(batch_bytes(4096), 256);
+        assert_eq!(batch_bytes(1 << 20), 64 << 10);
+        assert_eq!(batch_bytes(8 << 20), 256 << 10);
+        assert_eq!(batch_bytes(1 << 30), 256 << 10);
+    }
+
+    #[test]
     fn losses_line() {
         assert_eq!(losses(&Counters::default(), 0), None);
         let counters = Counters {
             events: 10,
             ringbuf_drops: 3,
             map_full: 2,
+            recursion_misses: 4,
         };
         assert_eq!(
             losses(&counters, 1).unwrap(),
-            "3 events lost (ring buffer full); 2 durations unknown (socket map full: \
-             raise --max-sockets); 1 records could not be decoded"
+            "3 events lost (ring buffer full); 4 transitions missed (the kernel skipped the \
+             program: it was already running on that CPU); 2 durations unknown (socket map \
+             full: raise --max-sockets); 1 records could not be decoded"
         );
     }
 }

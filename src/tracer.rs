@@ -5,6 +5,7 @@ use std::cell::Cell;
 use std::fmt;
 use std::fs;
 use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -108,6 +109,9 @@ pub struct TracerOptions {
     pub max_sockets: u32,
     /// Size of the ring buffer in bytes (a power of two, at least a page).
     pub ringbuf_bytes: u32,
+    /// Wake the reader only once this many bytes wait in the ring buffer
+    /// (0: for every event). The reader must then poll with a timeout.
+    pub wakeup_bytes: u32,
     /// Show libbpf's debug log on stderr.
     pub verbose: bool,
 }
@@ -120,6 +124,7 @@ impl Default for TracerOptions {
             btf: None,
             max_sockets: 65536,
             ringbuf_bytes: 8 << 20,
+            wakeup_bytes: 0,
             verbose: false,
         }
     }
@@ -134,13 +139,17 @@ pub struct Counters {
     pub ringbuf_drops: u64,
     /// Sockets the per-socket map had no room for.
     pub map_full: u64,
+    /// Transitions the kernel did not run the program for, because it was
+    /// already running on that CPU (a softirq interrupted it, and changed
+    /// another socket's state). Counted by the kernel (Linux 5.12+).
+    pub recursion_misses: u64,
 }
 
 /// A loaded and attached program. Detaches when dropped.
 pub struct Tracer {
     skel: TcpstatesSkel<'static>,
-    /// None once detached.
-    link: Cell<Option<Link>>,
+    /// Empty once detached.
+    links: Cell<Vec<Link>>,
     mode: AttachMode,
 }
 
@@ -180,15 +189,20 @@ impl Tracer {
         fill_port_set(&skel.maps.sports, &opts.filter.local_ports)?;
         fill_port_set(&skel.maps.dports, &opts.filter.remote_ports)?;
         let progs = &mut skel.progs;
-        let link = match mode {
-            AttachMode::TpBtf => progs.handle_tp_btf.attach(),
-            AttachMode::Tracepoint => progs.handle_tracepoint.attach(),
-            AttachMode::Kprobe => progs.handle_kprobe.attach(),
-        }
-        .with_context(|| format!("attaching the {mode} program{}", attach_hint(mode)))?;
+        let attached = match mode {
+            // The backup first, so no transition falls between the two.
+            AttachMode::TpBtf => progs
+                .handle_tp_btf_nested
+                .attach()
+                .and_then(|backup| Ok(vec![backup, progs.handle_tp_btf.attach()?])),
+            AttachMode::Tracepoint => progs.handle_tracepoint.attach().map(|l| vec![l]),
+            AttachMode::Kprobe => progs.handle_kprobe.attach().map(|l| vec![l]),
+        };
+        let links = attached
+            .with_context(|| format!("attaching the {mode} program{}", attach_hint(mode)))?;
         Ok(Tracer {
             skel,
-            link: Cell::new(Some(link)),
+            links: Cell::new(links),
             mode,
         })
     }
@@ -196,7 +210,7 @@ impl Tracer {
     /// Stops new events; what is already in the ring buffer stays readable,
     /// and the counters become final.
     pub fn detach(&self) {
-        drop(self.link.take());
+        drop(self.links.take());
     }
 
     /// The mode that attached.
@@ -219,28 +233,54 @@ impl Tracer {
 
     /// Reads the in-kernel counters.
     pub fn counters(&self) -> Result<Counters> {
-        let read = |which: counter| -> Result<u64> {
-            let per_cpu = self
-                .skel
-                .maps
-                .counters
-                .lookup_percpu(&which.0.to_ne_bytes(), MapFlags::ANY)
-                .context("reading the counters map")?
-                .unwrap_or_default();
-            Ok(per_cpu
-                .iter()
-                .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
-                .sum())
-        };
+        let read = |which: counter| sum_percpu(&self.skel.maps.counters, which.0);
         Ok(Counters {
             events: read(counter::COUNTER_EVENTS)?,
             ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
             map_full: read(counter::COUNTER_MAP_FULL)?,
+            recursion_misses: self.recursion_misses()?,
+        })
+    }
+
+    /// Transitions no program handled: the main program's recursion misses,
+    /// less those the tp_btf backup program handled.
+    fn recursion_misses(&self) -> Result<u64> {
+        let progs = &self.skel.progs;
+        Ok(match self.mode {
+            AttachMode::TpBtf => recursion_misses(&progs.handle_tp_btf)?.saturating_sub(
+                sum_percpu(&self.skel.maps.counters, counter::COUNTER_NESTED.0)?,
+            ),
+            AttachMode::Tracepoint => recursion_misses(&progs.handle_tracepoint)?,
+            AttachMode::Kprobe => recursion_misses(&progs.handle_kprobe)?,
         })
     }
 }
 
-/// Opens, configures and loads the object with only `mode`'s program
+/// How often the kernel skipped `prog` because it was already running on
+/// that CPU (Linux 5.12+; 0 before).
+fn recursion_misses(prog: &libbpf_rs::ProgramMut<'_>) -> Result<u64> {
+    let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
+    let mut len = std::mem::size_of_val(&info) as u32;
+    // SAFETY: the fd is the loaded program's, open while `prog` lives;
+    // `info` is a zeroed bpf_prog_info of `len` bytes, which the kernel fills
+    // (no pointer in it is set, so it writes nowhere else).
+    let rc = unsafe {
+        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(
+            prog.as_fd().as_raw_fd(),
+            &mut info,
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        bail!(
+            "reading the program's statistics: {}",
+            std::io::Error::from_raw_os_error(-rc)
+        );
+    }
+    Ok(info.recursion_misses)
+}
+
+/// Opens, configures and loads the object with only `mode`'s programs
 /// enabled. Public so tests can check that a program passes the verifier
 /// on a kernel where it cannot attach.
 pub fn load(opts: &TracerOptions, mode: AttachMode) -> Result<TcpstatesSkel<'static>> {
@@ -275,6 +315,7 @@ fn configure(
     rodata.target_family = filter.family.map_or(0, Family::af);
     rodata.filter_sport = !filter.local_ports.is_empty();
     rodata.filter_dport = !filter.remote_ports.is_empty();
+    rodata.wakeup_bytes = opts.wakeup_bytes;
 
     let maps = &mut open.maps;
     maps.events
@@ -292,13 +333,27 @@ fn configure(
     }
 
     let progs = &mut open.progs;
-    let prog = match mode {
-        AttachMode::TpBtf => &mut progs.handle_tp_btf,
-        AttachMode::Tracepoint => &mut progs.handle_tracepoint,
-        AttachMode::Kprobe => &mut progs.handle_kprobe,
-    };
-    prog.set_autoload(true);
+    match mode {
+        AttachMode::TpBtf => {
+            progs.handle_tp_btf.set_autoload(true);
+            progs.handle_tp_btf_nested.set_autoload(true);
+        }
+        AttachMode::Tracepoint => progs.handle_tracepoint.set_autoload(true),
+        AttachMode::Kprobe => progs.handle_kprobe.set_autoload(true),
+    }
     Ok(())
+}
+
+/// Reads slot `key` of a per-CPU array of u64 counters, summed over CPUs.
+pub(crate) fn sum_percpu(map: &dyn MapCore, key: u32) -> Result<u64> {
+    let per_cpu = map
+        .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)
+        .with_context(|| format!("reading the {} map", map.name().to_string_lossy()))?
+        .unwrap_or_default();
+    Ok(per_cpu
+        .iter()
+        .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
+        .sum())
 }
 
 fn fill_port_set(map: &dyn MapCore, ports: &[u16]) -> Result<()> {

@@ -457,7 +457,8 @@ fn run_verbose(args: &[&str], traffic: impl FnOnce(&Tracing)) -> (Vec<String>, S
     (lines, stderr)
 }
 
-/// The -v summary's numbers: (matched, printed, lost, map full).
+/// The -v summary's numbers: (matched, printed, lost, map full); the
+/// transitions missed must be none.
 fn summary(stderr: &str) -> (u64, u64, u64, u64) {
     let line = stderr
         .lines()
@@ -468,7 +469,8 @@ fn summary(stderr: &str) -> (u64, u64, u64, u64) {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    (n[0], n[1], n[2], n[3])
+    assert_eq!(n[3], 0, "missed transitions: {line}");
+    (n[0], n[1], n[2], n[4])
 }
 
 #[test]

@@ -27,6 +27,13 @@
 const volatile __u16 target_family = 0;
 const volatile bool filter_sport = false;
 const volatile bool filter_dport = false;
+/*
+ * 0: wake the reader for every event it is waiting for (a terminal sees each
+ * line at once). N: wake it only once N bytes are waiting; it also polls on
+ * a timer, so nothing waits longer than one poll interval. Batching wakeups
+ * is most of what keeps the reader's cost per event low in a storm.
+ */
+const volatile __u32 wakeup_bytes = 0;
 
 /* Makes `struct event` and `enum counter` part of the object's BTF, so the
  * skeleton generates them for Rust. */
@@ -63,6 +70,14 @@ struct {
 	__type(value, __u8);
 } dports SEC(".maps");
 
+/* Per CPU: 1 while handle_tp_btf runs there. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} busy SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, COUNTER_MAX);
@@ -74,9 +89,12 @@ static __always_inline void count(__u32 which)
 {
 	__u64 *n = bpf_map_lookup_elem(&counters, &which);
 
-	/* Per-CPU slot: no other writer, no atomic needed. */
+	/*
+	 * Per-CPU, yet atomic: a softirq (or, on preemptible kernels, another
+	 * task) can run this program on the same CPU in the middle of an add.
+	 */
 	if (n)
-		*n += 1;
+		__sync_fetch_and_add(n, 1);
 }
 
 /*
@@ -86,7 +104,7 @@ static __always_inline void count(__u32 which)
 static __always_inline int handle(struct event *e, __u16 protocol)
 {
 	struct sock_state *st, fresh = {};
-	__u64 now, key = e->skaddr;
+	__u64 now, key = e->skaddr, wakeup = 0;
 
 	if (protocol != IPPROTO_TCP)
 		return 0;
@@ -129,7 +147,11 @@ static __always_inline int handle(struct event *e, __u16 protocol)
 	bpf_get_current_comm(&e->comm, sizeof(e->comm));
 
 	count(COUNTER_EVENTS);
-	if (bpf_ringbuf_output(&events, e, sizeof(*e), 0))
+	if (wakeup_bytes)
+		wakeup = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
+				 ? BPF_RB_FORCE_WAKEUP
+				 : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, sizeof(*e), wakeup))
 		count(COUNTER_RINGBUF_DROPS);
 	return 0;
 }
@@ -160,17 +182,83 @@ static __always_inline void read_sock(struct event *e, const struct sock *sk)
 	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 }
 
+/*
+ * read_sock() with plain loads where it can: a tp_btf argument is a BTF
+ * pointer to a struct sock, which the verifier lets the program dereference
+ * directly (relocated by CO-RE), with no helper call per field. The
+ * inet_sock fields lie beyond struct sock as the verifier types it, so they
+ * still take a probe read. A shorter program is also less often interrupted
+ * by a softirq that changes another socket's state on the same CPU, which
+ * the kernel then skips (a recursion miss).
+ */
+static __always_inline void read_sock_btf(struct event *e,
+					  const struct sock *sk)
+{
+	const struct inet_sock *inet = (const struct inet_sock *)sk;
+	const struct sock_common *skc = &sk->__sk_common;
+
+	e->skaddr = (__u64)sk;
+	e->family = skc->skc_family;
+	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
+	e->dport = bpf_ntohs(skc->skc_dport);
+	if (e->family == AF_INET) {
+		BPF_CORE_READ_INTO((__u32 *)e->saddr, inet, inet_saddr);
+		*(__u32 *)e->daddr = skc->skc_daddr;
+	} else {
+		__builtin_memcpy(e->saddr, skc->skc_v6_rcv_saddr.in6_u.u6_addr8,
+				 sizeof(e->saddr));
+		__builtin_memcpy(e->daddr, skc->skc_v6_daddr.in6_u.u6_addr8,
+				 sizeof(e->daddr));
+	}
+	e->netns = skc->skc_net.net->ns.inum;
+}
+
+static __always_inline int handle_btf(const struct sock *sk, int oldstate,
+				      int newstate)
+{
+	struct event e = {};
+
+	read_sock_btf(&e, sk);
+	e.oldstate = oldstate;
+	e.newstate = newstate;
+	/* A u8 bitfield before Linux 5.6, a u16 since: let CO-RE size it. */
+	return handle(&e, BPF_CORE_READ_BITFIELD(sk, sk_protocol));
+}
+
+/*
+ * The kernel does not run a BPF program on a CPU where it is already
+ * running: a softirq that interrupts handle_tp_btf and changes another
+ * socket's state would be lost (counted only as a "recursion miss"). So
+ * tp_btf mode attaches two programs. handle_tp_btf handles every transition
+ * and marks its CPU busy while it runs; handle_tp_btf_nested runs for every
+ * transition too, but handles one only when it finds the CPU busy, that is
+ * when it interrupted handle_tp_btf, which the kernel then skipped. A
+ * transition is lost only if it interrupts both.
+ */
 SEC("?tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_tp_btf, const struct sock *sk, const int oldstate,
 	     const int newstate)
 {
-	struct event e = {};
+	__u32 zero = 0, *b = bpf_map_lookup_elem(&busy, &zero);
 
-	read_sock(&e, sk);
-	e.oldstate = oldstate;
-	e.newstate = newstate;
-	/* A u8 bitfield before Linux 5.6, a u16 since: let CO-RE size it. */
-	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
+	if (b)
+		*b = 1;
+	handle_btf(sk, oldstate, newstate);
+	if (b)
+		*b = 0;
+	return 0;
+}
+
+SEC("?tp_btf/inet_sock_set_state")
+int BPF_PROG(handle_tp_btf_nested, const struct sock *sk, const int oldstate,
+	     const int newstate)
+{
+	__u32 zero = 0, *b = bpf_map_lookup_elem(&busy, &zero);
+
+	if (!b || !*b)
+		return 0;
+	count(COUNTER_NESTED);
+	return handle_btf(sk, oldstate, newstate);
 }
 
 SEC("?tracepoint/sock/inet_sock_set_state")

@@ -25,7 +25,10 @@ enum counter {
 	COUNTER_RINGBUF_DROPS = 1,
 	/* Per-socket map updates that failed (map full). */
 	COUNTER_MAP_FULL = 2,
-	COUNTER_MAX = 3,
+	/* Transitions handled by the tp_btf backup program, because they
+	 * happened while the main one was running on the same CPU. */
+	COUNTER_NESTED = 3,
+	COUNTER_MAX = 4,
 };
 
 /* Per-socket state kept between transitions, keyed by the socket address.

@@ -1,0 +1,86 @@
+// SPDX-License-Identifier: BSD-2-Clause
+/*
+ * Ground truth for benchmarks and loss tests: counts, in the kernel, the TCP
+ * state transitions that involve one port (local or remote). A per-CPU
+ * counter cannot lose, so it is what a tracer's output is compared with.
+ * Written apart from tcpstates.bpf.c on purpose: it shares none of its code.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+/* Host byte order; set before load. */
+const volatile __u16 port = 0;
+
+/* [0]: transitions counted; [1]: times the backup program counted one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} transitions SEC(".maps");
+
+/* Per CPU: 1 while count_transition runs there. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} busy SEC(".maps");
+
+static __always_inline void add(__u32 slot)
+{
+	__u64 *n = bpf_map_lookup_elem(&transitions, &slot);
+
+	/* Atomic: a softirq can interrupt this program on the same CPU. */
+	if (n)
+		__sync_fetch_and_add(n, 1);
+}
+
+static __always_inline void count(const struct sock *sk)
+{
+	const struct inet_sock *inet = (const struct inet_sock *)sk;
+	__u16 sport, dport;
+
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != 6 /* TCP */)
+		return;
+	sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
+	dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (sport == port || dport == port)
+		add(0);
+}
+
+/*
+ * The kernel skips a program that is already running on the CPU, so a
+ * transition in a softirq that interrupts count_transition would not be
+ * counted. The backup program counts exactly those: it acts only while
+ * count_transition is busy on its CPU (the same scheme as tcpstates.bpf.c).
+ */
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(count_transition, const struct sock *sk)
+{
+	__u32 zero = 0, *b = bpf_map_lookup_elem(&busy, &zero);
+
+	if (b)
+		*b = 1;
+	count(sk);
+	if (b)
+		*b = 0;
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(count_nested, const struct sock *sk)
+{
+	__u32 zero = 0, *b = bpf_map_lookup_elem(&busy, &zero);
+
+	if (!b || !*b)
+		return 0;
+	add(1);
+	count(sk);
+	return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

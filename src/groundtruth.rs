@@ -1,0 +1,61 @@
+//! An in-kernel count of the TCP transitions involving one port, written
+//! apart from the tracer: what benchmarks and loss tests compare a tracer's
+//! output with. Needs root and a tp_btf-capable kernel.
+
+use std::mem::MaybeUninit;
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::{Link, OpenObject};
+
+use crate::tracer::sum_percpu;
+
+mod skel {
+    include!(concat!(env!("OUT_DIR"), "/groundtruth.skel.rs"));
+}
+
+use skel::{GroundtruthSkel, GroundtruthSkelBuilder};
+
+/// Counts, from attach on, every TCP transition whose local or remote port
+/// is `port`.
+pub struct TransitionCounter {
+    skel: GroundtruthSkel<'static>,
+    _links: [Link; 2],
+}
+
+impl TransitionCounter {
+    pub fn start(port: u16) -> Result<Self> {
+        // The skeleton borrows its storage for as long as it lives.
+        let storage: &'static mut MaybeUninit<OpenObject> =
+            Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = GroundtruthSkelBuilder::default()
+            .open(storage)
+            .context("opening the ground-truth counter")?;
+        open.maps
+            .rodata_data
+            .as_deref_mut()
+            .context("the counter has no read-only data")?
+            .port = port;
+        let skel = open.load().context("loading the ground-truth counter")?;
+        let backup = skel.progs.count_nested.attach();
+        let main = skel.progs.count_transition.attach();
+        let links = [
+            backup.context("attaching the ground-truth counter")?,
+            main.context("attaching the ground-truth counter")?,
+        ];
+        Ok(Self {
+            skel,
+            _links: links,
+        })
+    }
+
+    /// Transitions the backup program counted (they interrupted the main one).
+    pub fn nested(&self) -> Result<u64> {
+        sum_percpu(&self.skel.maps.transitions, 1)
+    }
+
+    /// Transitions counted so far.
+    pub fn count(&self) -> Result<u64> {
+        sum_percpu(&self.skel.maps.transitions, 0)
+    }
+}

@@ -1,0 +1,106 @@
+//! Nothing lost: the binary, writing to a file, against an in-kernel count
+//! of the same transitions during a loopback connection storm. Exact
+//! equality, not a rate: a timed check belongs to the benchmark.
+
+mod common;
+
+use std::fs::{self, File};
+use std::net::{SocketAddr, TcpListener};
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tcpstates::groundtruth::TransitionCounter;
+use tcpstates::storm::{self, Ending, Storm};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
+
+fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str]) {
+    let listener = TcpListener::bind(SocketAddr::new(loopback(v6), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = std::env::temp_dir().join(format!("tcpstates-loss-{}-{port}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let out_path = dir.join("out");
+    let err_path = dir.join("err");
+    let mut child = Command::new(BIN)
+        .args(extra)
+        .stdout(File::create(&out_path).unwrap())
+        .stderr(File::create(&err_path).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Attached once the header is in the file.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_to_string(&out_path).unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no header: {}",
+            fs::read_to_string(&err_path).unwrap()
+        );
+        sleep(Duration::from_millis(10));
+    }
+
+    let truth = TransitionCounter::start(port).expect("ground-truth counter");
+    let storm = Storm {
+        connections: 2000,
+        concurrency: 4,
+        ending,
+    };
+    storm::run(&listener, &storm).expect("storm");
+    // The last server-side closes may still be in flight.
+    sleep(Duration::from_millis(300));
+    let expected = truth.count().unwrap();
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    let stderr = fs::read_to_string(&err_path).unwrap();
+    assert!(status.success(), "{stderr}");
+
+    let output = fs::read_to_string(&out_path).unwrap();
+    let captured = output
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let t: Vec<&str> = l.split_whitespace().collect();
+            let n = t.len();
+            t[n - 7] == port.to_string() || t[n - 5] == port.to_string()
+        })
+        .count() as u64;
+    let _ = fs::remove_dir_all(&dir);
+    // Nearly every connection makes the nominal transitions (a few take
+    // another path, such as a simultaneous close).
+    let nominal = storm.connections as u64 * ending.transitions();
+    assert!(
+        expected * 100 >= nominal * 99,
+        "{expected} of {nominal}: the storm did not run"
+    );
+    assert_eq!(
+        captured, expected,
+        "captured {captured} of {expected}; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("lost") && !stderr.contains("missed"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn ipv4_graceful_storm_is_captured_whole() {
+    let Some(_root) = root() else { return };
+    storm_is_captured_whole(false, Ending::Graceful, &["-4"]);
+}
+
+#[test]
+fn ipv6_reset_storm_is_captured_whole() {
+    let Some(_root) = root() else { return };
+    storm_is_captured_whole(true, Ending::Reset, &["-6", "-w"]);
+}
+
+#[test]
+fn small_ring_buffer_storm_is_captured_whole() {
+    let Some(_root) = root() else { return };
+    // 1 MiB holds ~9,000 events, under half the storm: the reader must keep
+    // up while it runs, not only drain at the end.
+    storm_is_captured_whole(false, Ending::Graceful, &["--ring-buffer", "1M"]);
+}
