@@ -90,7 +90,7 @@ pub struct Args {
     pub max_sockets: u32,
 
     /// Ring buffer size: a power of two from 4K to 1G, with an optional K/M/G suffix
-    #[arg(long, value_name = "SIZE", default_value = "8M", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
     pub ring_buffer: u32,
 }
 

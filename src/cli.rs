@@ -145,7 +145,7 @@ mod tests {
         assert_eq!(c.tracer.attach, AttachRequest::Auto);
         assert_eq!(c.tracer.attach.candidates(), AttachMode::ALL.to_vec());
         assert_eq!(c.tracer.max_sockets, 65536);
-        assert_eq!(c.tracer.ringbuf_bytes, 8 << 20);
+        assert_eq!(c.tracer.ringbuf_bytes, 4 << 20);
         assert_eq!(c.tracer, TracerOptions::default());
         assert!(!c.tracer.verbose && c.tracer.btf.is_none());
     }

@@ -4,10 +4,11 @@
 //! mode is tested without root. The header and the rows come from one list
 //! of columns.
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::io::{self, Write};
+use std::net::IpAddr;
 
-use crate::event::Event;
+use crate::event::{Event, TcpState};
 
 /// What the output looks like.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -96,9 +97,8 @@ pub struct Formatter {
     opts: OutputOptions,
     columns: Vec<Column>,
     first_ts_ns: Option<u64>,
-    /// Reused buffers for the line being built and its current cell.
-    line: String,
-    cell: String,
+    /// The line being built, reused.
+    line: Vec<u8>,
 }
 
 impl Formatter {
@@ -139,14 +139,13 @@ impl Formatter {
             opts,
             columns,
             first_ts_ns: None,
-            line: String::with_capacity(256),
-            cell: String::with_capacity(64),
+            line: Vec::with_capacity(256),
         }
     }
 
     /// Writes the header line.
     pub fn write_header<W: Write + ?Sized>(&mut self, w: &mut W) -> io::Result<()> {
-        self.write_line(w, |column, out| out.write_str(column.header))
+        self.write_line(w, |column, out| out.extend_from_slice(column.header.as_bytes()))
     }
 
     /// Writes one event as one line.
@@ -159,91 +158,157 @@ impl Formatter {
         let first = *self.first_ts_ns.get_or_insert(ev.ts_ns);
         let csv = self.opts.csv;
         self.write_line(w, |column, out| match column.field {
-            Field::Time => write!(out, "{clock}"),
-            Field::Timestamp => write_micros(out, ev.ts_ns.saturating_sub(first), 6),
-            Field::Skaddr => write!(out, "{:x}", ev.skaddr),
-            Field::Pid => write!(out, "{}", ev.pid),
-            Field::Comm if csv => write_csv_text(out, &ev.comm()),
-            Field::Comm => out.write_str(&ev.comm()),
-            Field::Ip => write!(out, "{}", ev.ip_version()),
-            Field::Laddr => write!(out, "{}", ev.laddr),
-            Field::Lport => write!(out, "{}", ev.lport),
-            Field::Raddr => write!(out, "{}", ev.raddr),
-            Field::Rport => write!(out, "{}", ev.rport),
-            Field::Old => write!(out, "{}", ev.old),
-            Field::Arrow => out.write_str("->"),
-            Field::New => write!(out, "{}", ev.new),
+            Field::Time => {
+                for (i, n) in [clock.hour, clock.minute, clock.second].into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b':');
+                    }
+                    out.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
+                }
+            }
+            Field::Timestamp => push_micros(out, ev.ts_ns.saturating_sub(first), 6),
+            Field::Skaddr => push_hex(out, ev.skaddr),
+            Field::Pid => push_u64(out, ev.pid.into()),
+            Field::Comm if csv => push_csv_text(out, &ev.comm()),
+            Field::Comm => out.extend_from_slice(ev.comm().as_bytes()),
+            Field::Ip => out.push(b'0' + ev.ip_version()),
+            Field::Laddr => push_ip(out, ev.laddr),
+            Field::Lport => push_u64(out, ev.lport.into()),
+            Field::Raddr => push_ip(out, ev.raddr),
+            Field::Rport => push_u64(out, ev.rport.into()),
+            Field::Old => push_state(out, ev.old),
+            Field::Arrow => out.extend_from_slice(b"->"),
+            Field::New => push_state(out, ev.new),
             Field::Ms => match ev.duration_ns {
-                Some(ns) => write_micros(out, ns, 3),
-                None => out.write_str(UNKNOWN_DURATION),
+                Some(ns) => push_micros(out, ns, 3),
+                None => out.extend_from_slice(UNKNOWN_DURATION.as_bytes()),
             },
         })
     }
 
-    /// Lays out one line: each column's text (from `cell`) padded or cut
-    /// to its width, separated by a space (or a comma in CSV).
-    /// The line and cell buffers are reused: no allocation per event.
+    /// Lays out one line: each column's text (appended by `cell`) padded or
+    /// cut to its width, separated by a space (or a comma in CSV). Built in
+    /// one reused buffer: no allocation per event, one write.
     fn write_line<W, F>(&mut self, w: &mut W, mut cell: F) -> io::Result<()>
     where
         W: Write + ?Sized,
-        F: FnMut(&Column, &mut String) -> fmt::Result,
+        F: FnMut(&Column, &mut Vec<u8>),
     {
         let Self {
             opts,
             columns,
             line,
-            cell: text,
             ..
         } = self;
         line.clear();
         let last = columns.len() - 1;
         for (i, column) in columns.iter().enumerate() {
-            text.clear();
-            cell(column, text).map_err(|_| io::Error::other("formatting failed"))?;
+            let start = line.len();
+            cell(column, line);
             if opts.csv {
-                line.push_str(text);
-                line.push(if i == last { '\n' } else { ',' });
+                line.push(if i == last { b'\n' } else { b',' });
                 continue;
             }
-            let shown = if column.truncate {
-                text.char_indices()
-                    .nth(column.width)
-                    .map_or(text.as_str(), |(cut, _)| &text[..cut])
-            } else {
-                text.as_str()
-            };
-            line.push_str(shown);
+            // Every cell is ASCII but the task name, which may not be.
+            let mut chars = line.len() - start;
+            if !line[start..].is_ascii() {
+                let text = String::from_utf8_lossy(&line[start..]).into_owned();
+                chars = text.chars().count();
+                if column.truncate && chars > column.width {
+                    let cut: String = text.chars().take(column.width).collect();
+                    line.truncate(start);
+                    line.extend_from_slice(cut.as_bytes());
+                    chars = column.width;
+                }
+            } else if column.truncate && chars > column.width {
+                line.truncate(start + column.width);
+                chars = column.width;
+            }
             if i == last {
-                line.push('\n');
+                line.push(b'\n');
             } else {
-                let pad = column.width.saturating_sub(shown.chars().count());
-                line.extend(std::iter::repeat_n(' ', pad + 1));
+                let pad = column.width.saturating_sub(chars) + 1;
+                line.resize(line.len() + pad, b' ');
             }
         }
-        w.write_all(line.as_bytes())
+        w.write_all(line)
     }
 }
 
-/// A duration in nanoseconds as `unit`s with `digits` decimals: 3 for
-/// milliseconds, 6 for seconds. Rounded to the microsecond, in integers.
-fn write_micros(out: &mut String, ns: u64, digits: u32) -> fmt::Result {
+/// Decimal digits of `n`.
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// Lower-case hex digits of `n`, without leading zeros.
+fn push_hex(out: &mut Vec<u8>, n: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let nibbles = (64 - n.leading_zeros()).div_ceil(4).max(1);
+    for i in (0..nibbles).rev() {
+        out.push(HEX[(n >> (i * 4)) as usize & 0xf]);
+    }
+}
+
+fn push_ip(out: &mut Vec<u8>, addr: IpAddr) {
+    match addr {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_u64(out, octet.into());
+            }
+        }
+        // Canonical text form (RFC 5952) from the standard library.
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+fn push_state(out: &mut Vec<u8>, state: TcpState) {
+    match (state.name(), state) {
+        (Some(name), _) => out.extend_from_slice(name.as_bytes()),
+        (None, TcpState::Unknown(n)) => {
+            let _ = write!(out, "{n}");
+        }
+        (None, _) => unreachable!("every known state has a name"),
+    }
+}
+
+/// A duration in nanoseconds with `digits` decimals: 3 for milliseconds, 6
+/// for seconds. Rounded to the microsecond, in integers.
+fn push_micros(out: &mut Vec<u8>, ns: u64, digits: u32) {
     let micros = ns.saturating_add(500) / 1000;
     let per_unit = 10u64.pow(digits);
-    write!(
-        out,
-        "{}.{:0width$}",
-        micros / per_unit,
-        micros % per_unit,
-        width = digits as usize
-    )
+    push_u64(out, micros / per_unit);
+    out.push(b'.');
+    let frac = micros % per_unit;
+    let mut div = per_unit / 10;
+    while div > 0 {
+        out.push(b'0' + (frac / div % 10) as u8);
+        div /= 10;
+    }
 }
 
 /// A CSV field: quoted (RFC 4180) when it holds a comma, quote or newline.
-fn write_csv_text(out: &mut String, text: &str) -> fmt::Result {
+fn push_csv_text(out: &mut Vec<u8>, text: &str) {
     if text.contains([',', '"', '\n', '\r']) {
-        write!(out, "\"{}\"", text.replace('"', "\"\""))
+        out.push(b'"');
+        out.extend_from_slice(text.replace('"', "\"\"").as_bytes());
+        out.push(b'"');
     } else {
-        out.write_str(text)
+        out.extend_from_slice(text.as_bytes());
     }
 }
 
@@ -464,6 +529,32 @@ mod tests {
             &[ev],
         );
         assert!(csv[1].ends_with(",SYN_SENT,ESTABLISHED,-"), "{}", csv[1]);
+    }
+
+    #[test]
+    fn non_ascii_task_names_are_cut_by_character() {
+        let mut ev = v4();
+        ev.comm = [0; 16];
+        let name = "ñandú-srv-x".as_bytes();
+        ev.comm[..name.len()].copy_from_slice(name);
+        let lines = render(OutputOptions::default(), &[ev]);
+        assert!(lines[1].contains(" 9376    ñandú-srv- 127.0.0.1 "), "{}", lines[1]);
+    }
+
+    #[test]
+    fn integer_helpers() {
+        let text = |f: &dyn Fn(&mut Vec<u8>)| {
+            let mut out = Vec::new();
+            f(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(text(&|o| push_hex(o, 0)), "0");
+        assert_eq!(text(&|o| push_hex(o, 0xf)), "f");
+        assert_eq!(text(&|o| push_hex(o, u64::MAX)), "ffffffffffffffff");
+        assert_eq!(text(&|o| push_u64(o, 0)), "0");
+        assert_eq!(text(&|o| push_u64(o, u64::MAX)), u64::MAX.to_string());
+        assert_eq!(text(&|o| push_micros(o, 1_000_000_000, 6)), "1.000000");
+        assert_eq!(text(&|o| push_micros(o, 1_234_567, 3)), "1.235");
     }
 
     #[test]

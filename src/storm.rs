@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 /// How each connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {
-    /// The client closes first, the server reads the FIN and closes: 10
-    /// transitions per connection (5 per side).
+    /// The server closes first, the client reads the FIN and closes: 10
+    /// transitions per connection (5 per side). The TIME_WAIT stays on the
+    /// server side, so the clients' ports are free again at once and the
+    /// storm's rate does not depend on how many ports are left.
     Graceful,
     /// The client closes with SO_LINGER 0 (an RST): 6 transitions.
     Reset,
@@ -62,10 +64,10 @@ pub fn run(listener: &TcpListener, storm: &Storm) -> io::Result<Duration> {
             clients.push(scope.spawn(move || -> io::Result<()> {
                 let result = (0..count).try_for_each(|_| {
                     let stream = TcpStream::connect(target)?;
-                    if storm.ending == Ending::Reset {
-                        set_linger_zero(&stream)?;
+                    match storm.ending {
+                        Ending::Graceful => read_to_end(stream),
+                        Ending::Reset => set_linger_zero(&stream),
                     }
-                    Ok(())
                 });
                 clients_left.fetch_sub(1, Ordering::Release);
                 result
@@ -83,27 +85,49 @@ pub fn run(listener: &TcpListener, storm: &Storm) -> io::Result<Duration> {
     Ok(start.elapsed())
 }
 
-/// Accepts and serves connections (read to the end, close) until the clients
-/// are done and nothing waits.
+/// Accepts and closes connections until the clients are done and nothing
+/// waits.
 fn serve(listener: &TcpListener, clients_left: &AtomicUsize) -> io::Result<()> {
     loop {
         match listener.accept() {
-            Ok((mut stream, _)) => {
-                stream.set_nonblocking(false)?;
-                // Until the client's FIN (0) or RST (an error).
-                let mut buf = [0u8; 64];
-                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-            }
+            // Graceful: close at once. Reset: the client's RST may come
+            // first; either way the socket is done.
+            Ok((stream, _)) => drop(stream),
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                 if clients_left.load(Ordering::Acquire) == 0 {
                     return Ok(());
                 }
-                thread::sleep(Duration::from_micros(200));
+                wait_readable(listener, Duration::from_millis(10))?;
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
         }
     }
+}
+
+/// Reads until the peer's FIN (or an error), then closes.
+fn read_to_end(mut stream: TcpStream) -> io::Result<()> {
+    let mut buf = [0u8; 64];
+    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+    Ok(())
+}
+
+/// Sleeps until a connection waits on `listener`, or `timeout` passes.
+fn wait_readable(listener: &TcpListener, timeout: Duration) -> io::Result<()> {
+    let mut fd = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, for a descriptor open for the call.
+    let rc = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+    if rc < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
 }
 
 /// Makes close() send an RST instead of a FIN.

@@ -123,7 +123,7 @@ impl Default for TracerOptions {
             attach: AttachRequest::Auto,
             btf: None,
             max_sockets: 65536,
-            ringbuf_bytes: 8 << 20,
+            ringbuf_bytes: 4 << 20,
             wakeup_bytes: 0,
             verbose: false,
         }
@@ -139,6 +139,8 @@ pub struct Counters {
     pub ringbuf_drops: u64,
     /// Sockets the per-socket map had no room for.
     pub map_full: u64,
+    /// Sockets whose last transition time the kernel map holds now.
+    pub sockets_tracked: u64,
     /// Transitions the kernel did not run the program for, because it was
     /// already running on that CPU (a softirq interrupted it, and changed
     /// another socket's state). Counted by the kernel (Linux 5.12+).
@@ -239,6 +241,7 @@ impl Tracer {
             ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
             map_full: read(counter::COUNTER_MAP_FULL)?,
             recursion_misses: self.recursion_misses()?,
+            sockets_tracked: self.skel.maps.sockets.keys().count() as u64,
         })
     }
 

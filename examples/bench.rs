@@ -1,0 +1,411 @@
+//! The benchmark: tcpstates against libbpf-tools' tcpstates on the same
+//! loopback connection storm, with an in-kernel ground truth.
+//!
+//! For each run it makes a storm three ways, interleaved: untraced, traced by
+//! ours, traced by theirs (each tracer writing to a file), and reports the
+//! share of the ground truth's transitions each tracer printed, its CPU time
+//! per event, how much it slowed the storm, and its peak RSS. Startup time
+//! (exec to attached) is measured apart, on a pseudo-terminal, where both
+//! tools print their header as soon as they are attached. `--soak SECS` runs
+//! storms back to back under ours and samples RSS and map occupancy.
+//!
+//! Run it with `scripts/bench` (as root).
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::Parser;
+use tcpstates::groundtruth::TransitionCounter;
+use tcpstates::storm::{self, Ending, Storm};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark tcpstates against libbpf-tools' tcpstates on a loopback storm")]
+struct Args {
+    /// Connections per storm
+    #[arg(long, default_value_t = 20_000)]
+    connections: usize,
+    /// Client threads (and as many server threads)
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Storms per tool
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// IPv6 instead of IPv4
+    #[arg(long)]
+    ipv6: bool,
+    /// Close with RST instead of FIN
+    #[arg(long)]
+    rst: bool,
+    /// Our binary
+    #[arg(long, default_value = "target/release/tcpstates")]
+    ours: PathBuf,
+    /// Extra arguments for ours (e.g. --ring-buffer 2M)
+    #[arg(long, allow_hyphen_values = true)]
+    ours_args: Vec<String>,
+    /// The baseline binary ("none" to skip it)
+    #[arg(long, default_value = "/usr/sbin/tcpstates")]
+    theirs: String,
+    /// Startup measurements per tool
+    #[arg(long, default_value_t = 10)]
+    startups: usize,
+    /// Instead: run storms back to back under ours for this many seconds,
+    /// sampling RSS and map occupancy
+    #[arg(long, value_name = "SECS")]
+    soak: Option<u64>,
+    /// Seconds between soak samples
+    #[arg(long, default_value_t = 30)]
+    soak_every: u64,
+    /// Where the tracers' output goes
+    #[arg(long, default_value = "target/bench")]
+    workdir: PathBuf,
+}
+
+/// One traced (or untraced) storm.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    storm_secs: f64,
+    truth: u64,
+    captured: u64,
+    printed: u64,
+    cpu_secs: f64,
+    sys_secs: f64,
+    max_rss_kb: i64,
+    stderr: String,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    // SAFETY: geteuid has no preconditions.
+    ensure!(unsafe { libc::geteuid() } == 0, "the benchmark loads BPF programs: run it as root");
+    ensure!(args.ours.exists(), "{} is missing: cargo build --release", args.ours.display());
+    fs::create_dir_all(&args.workdir)?;
+    ensure_tracefs()?;
+    let theirs = (args.theirs != "none").then(|| PathBuf::from(&args.theirs));
+    if let Some(path) = &theirs {
+        ensure!(path.exists(), "{} is missing: apt-get install libbpf-tools (or --theirs none)", path.display());
+    }
+    let storm = Storm {
+        connections: args.connections,
+        concurrency: args.concurrency,
+        ending: if args.rst { Ending::Reset } else { Ending::Graceful },
+    };
+    if let Some(secs) = args.soak {
+        return soak(&args, &storm, Duration::from_secs(secs));
+    }
+
+    print_machine();
+    println!(
+        "storm: {} connections, {} client + {} server threads, {}, {} close; {} runs per tool\n",
+        storm.connections,
+        storm.concurrency,
+        storm.concurrency,
+        if args.ipv6 { "IPv6" } else { "IPv4" },
+        if args.rst { "RST" } else { "FIN" },
+        args.runs
+    );
+
+    let mut tools: Vec<(&str, Option<PathBuf>)> = vec![("untraced", None), ("tcpstates (ours)", Some(args.ours.clone()))];
+    if let Some(path) = &theirs {
+        tools.push(("libbpf-tools", Some(path.clone())));
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
+    for run in 0..args.runs {
+        for (i, (name, tool)) in tools.iter().enumerate() {
+            let sample = storm_once(&args, &storm, tool.as_deref(), &format!("run{run}-{i}"))?;
+            eprintln!(
+                "run {} {name}: {:.2} s, truth {}, captured {}, cpu {:.3} s (sys {:.3} s)",
+                run + 1,
+                sample.storm_secs,
+                sample.truth,
+                sample.captured,
+                sample.cpu_secs,
+                sample.sys_secs
+            );
+            samples[i].push(sample);
+        }
+    }
+
+    let base_rate = median(samples[0].iter().map(|s| storm.connections as f64 / s.storm_secs));
+    println!("| tool | captured (min of runs) | lost | CPU per event | storm rate | slowdown | peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| untraced | | | | {base_rate:.0} conn/s | | |");
+    for (i, (name, _)) in tools.iter().enumerate().skip(1) {
+        let runs = &samples[i];
+        let min_captured = runs
+            .iter()
+            .map(|s| s.captured as f64 * 100.0 / s.truth.max(1) as f64)
+            .fold(f64::INFINITY, f64::min);
+        let lost: u64 = runs.iter().map(|s| s.truth.saturating_sub(s.captured)).sum();
+        let truth: u64 = runs.iter().map(|s| s.truth).sum();
+        let cpu_us = median(runs.iter().map(|s| s.cpu_secs * 1e6 / s.printed.max(1) as f64));
+        let rate = median(runs.iter().map(|s| storm.connections as f64 / s.storm_secs));
+        let rss = median(runs.iter().map(|s| s.max_rss_kb as f64)) / 1024.0;
+        println!(
+            "| {name} | {min_captured:.3}% | {lost} of {truth} | {cpu_us:.3} us | {rate:.0} conn/s | {:.1}% | {rss:.1} MB |",
+            (1.0 - rate / base_rate) * 100.0
+        );
+    }
+    println!();
+
+    println!("| tool | exec to attached (median of {}) | min | max | peak RSS at startup |", args.startups);
+    println!("| --- | --- | --- | --- | --- |");
+    for (name, tool) in tools.iter().skip(1) {
+        let tool = tool.as_deref().expect("tracers have a path");
+        let mut times = Vec::new();
+        let mut rss = Vec::new();
+        for _ in 0..args.startups {
+            let (t, kb) = startup(tool)?;
+            times.push(t * 1e3);
+            rss.push(kb as f64 / 1024.0);
+        }
+        let min = times.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = times.iter().copied().fold(0.0, f64::max);
+        println!(
+            "| {name} | {:.1} ms | {min:.1} ms | {max:.1} ms | {:.1} MB |",
+            median(times.iter().copied()),
+            median(rss.iter().copied())
+        );
+    }
+    for (i, (name, _)) in tools.iter().enumerate().skip(1) {
+        for s in &samples[i] {
+            let last = s.stderr.lines().rfind(|l| !l.starts_with("Tracing"));
+            if let Some(line) = last {
+                println!("\n{name} said: {line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// One storm, traced by `tool` (or not), with the ground truth.
+fn storm_once(args: &Args, storm: &Storm, tool: Option<&Path>, tag: &str) -> Result<Sample> {
+    let ip = if args.ipv6 { "::1" } else { "127.0.0.1" };
+    let listener = TcpListener::bind(SocketAddr::new(ip.parse()?, 0))?;
+    let port = listener.local_addr()?.port();
+    let out = args.workdir.join(format!("{tag}.out"));
+    let err = args.workdir.join(format!("{tag}.err"));
+    let child = match tool {
+        Some(tool) => {
+            let extra: &[String] = if tool == args.ours { &args.ours_args } else { &[] };
+            let child = Command::new(tool)
+                .args(extra)
+                .stdout(File::create(&out)?)
+                .stderr(File::create(&err)?)
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", tool.display()))?;
+            // Both attach in tens of milliseconds; a file gives no signal
+            // (theirs buffers its header), so wait generously.
+            sleep(Duration::from_millis(1500));
+            Some(child)
+        }
+        None => None,
+    };
+    let truth = TransitionCounter::start(port)?;
+    let storm_secs = storm::run(&listener, storm).context("the storm")?.as_secs_f64();
+    sleep(Duration::from_millis(500));
+    let truth_count = truth.count()?;
+    let mut sample = Sample {
+        storm_secs,
+        truth: truth_count,
+        ..Sample::default()
+    };
+    if let Some(child) = child {
+        let pid = child.id() as libc::pid_t;
+        // SAFETY: kill and wait4 have no memory preconditions beyond the
+        // status and rusage we own; the pid is our child's.
+        let (status, usage) = unsafe {
+            libc::kill(pid, libc::SIGINT);
+            let mut status = 0;
+            let mut usage: libc::rusage = std::mem::zeroed();
+            libc::wait4(pid, &mut status, 0, &mut usage);
+            (status, usage)
+        };
+        ensure!(libc::WIFEXITED(status), "{} did not exit cleanly", tag);
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        sample.cpu_secs = tv(usage.ru_utime) + tv(usage.ru_stime);
+        sample.sys_secs = tv(usage.ru_stime);
+        sample.max_rss_kb = usage.ru_maxrss;
+        let (captured, printed) = count_lines(&out, port)?;
+        sample.captured = captured;
+        sample.printed = printed;
+        sample.stderr = fs::read_to_string(&err)?;
+        fs::remove_file(&out)?;
+    }
+    Ok(sample)
+}
+
+/// (lines for `port`, all rows) in a tracer's default output.
+fn count_lines(path: &Path, port: u16) -> Result<(u64, u64)> {
+    let port = port.to_string();
+    let (mut captured, mut rows) = (0, 0);
+    for line in BufReader::new(File::open(path)?).lines() {
+        let line = line?;
+        let t: Vec<&str> = line.split_whitespace().collect();
+        let n = t.len();
+        if n < 11 || t[n - 3] != "->" {
+            continue;
+        }
+        rows += 1;
+        if t[n - 7] == port || t[n - 5] == port {
+            captured += 1;
+        }
+    }
+    Ok((captured, rows))
+}
+
+/// Seconds from exec to the header on a pseudo-terminal (both tools print it
+/// once attached, and flush it at once on a terminal), and the peak RSS.
+fn startup(tool: &Path) -> Result<(f64, i64)> {
+    let (mut master_fd, mut slave_fd) = (0, 0);
+    // SAFETY: openpty writes two fds into the ints we own; the name, termios
+    // and window size may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master_fd,
+            &mut slave_fd,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    ensure!(rc == 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both fds were just returned by openpty and are owned here.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master_fd), OwnedFd::from_raw_fd(slave_fd)) };
+    let start = Instant::now();
+    let child = Command::new(tool)
+        .stdout(Stdio::from(slave))
+        .stderr(Stdio::null())
+        .stdin(Stdio::null())
+        .spawn()?;
+    let mut pty = File::from(master);
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let elapsed = loop {
+        let n = pty.read(&mut buf).context("reading the pseudo-terminal")?;
+        if n == 0 {
+            bail!("{} exited before attaching", tool.display());
+        }
+        seen.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&seen);
+        if let Some(at) = text.find("SKADDR") {
+            if text[at..].contains('\n') {
+                break start.elapsed().as_secs_f64();
+            }
+        }
+    };
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: as in storm_once.
+    let usage = unsafe {
+        libc::kill(pid, libc::SIGINT);
+        let mut status = 0;
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(pid, &mut status, 0, &mut usage);
+        usage
+    };
+    Ok((elapsed, usage.ru_maxrss))
+}
+
+/// Storms back to back under ours for `length`, sampling its RSS and map
+/// occupancy (from its -v report) every `--soak-every` seconds.
+fn soak(args: &Args, storm: &Storm, length: Duration) -> Result<()> {
+    print_machine();
+    let ip = if args.ipv6 { "::1" } else { "127.0.0.1" };
+    let listener = TcpListener::bind(SocketAddr::new(ip.parse()?, 0))?;
+    let port = listener.local_addr()?.port();
+    let out = args.workdir.join("soak.out");
+    let err = args.workdir.join("soak.err");
+    let child = Command::new(&args.ours)
+        .arg("-v")
+        .stdout(File::create(&out)?)
+        .stderr(File::create(&err)?)
+        .spawn()?;
+    sleep(Duration::from_millis(1500));
+    let truth = TransitionCounter::start(port)?;
+    println!(
+        "soak: {} s of back-to-back storms of {} connections, sampled every {} s\n",
+        length.as_secs(),
+        storm.connections,
+        args.soak_every
+    );
+    println!("| elapsed | storms | transitions (truth) | RSS | sockets tracked (map) |");
+    println!("| --- | --- | --- | --- | --- |");
+    let start = Instant::now();
+    let mut next_sample = Duration::ZERO;
+    let mut storms = 0u64;
+    while start.elapsed() < length {
+        storm::run(&listener, storm).context("the storm")?;
+        storms += 1;
+        if start.elapsed() >= next_sample {
+            next_sample += Duration::from_secs(args.soak_every);
+            let rss = fs::read_to_string(format!("/proc/{}/status", child.id()))?
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").map(|v| v.trim().to_owned()))
+                .unwrap_or_default();
+            let tracked = fs::read_to_string(&err)?
+                .lines()
+                .rev()
+                .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" sockets tracked")).map(str::to_owned))
+                .unwrap_or_else(|| "-".into());
+            println!(
+                "| {:.0} s | {storms} | {} | {rss} | {tracked} |",
+                start.elapsed().as_secs_f64(),
+                truth.count()?
+            );
+        }
+    }
+    sleep(Duration::from_millis(500));
+    let expected = truth.count()?;
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let mut child = child;
+    child.wait()?;
+    let (captured, _) = count_lines(&out, port)?;
+    fs::remove_file(&out)?;
+    println!(
+        "\ncaptured {captured} of {expected} transitions ({:.3}%)",
+        captured as f64 * 100.0 / expected.max(1) as f64
+    );
+    if let Some(line) = fs::read_to_string(&err)?.lines().last() {
+        println!("tcpstates said at exit: {line}");
+    }
+    Ok(())
+}
+
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ensure_tracefs() -> Result<()> {
+    // libbpf-tools attaches the classic tracepoint, which needs tracefs.
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        let ok = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status()?
+            .success();
+        ensure!(ok, "could not mount tracefs");
+    }
+    Ok(())
+}
+
+fn print_machine() {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned)))
+        .unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("machine: {cpus} CPUs ({cpu}), Linux {}", kernel.trim());
+}
