@@ -37,11 +37,12 @@ impl TransitionCounter {
             .context("the counter has no read-only data")?
             .port = port;
         let skel = open.load().context("loading the ground-truth counter")?;
-        let backup = skel.progs.count_nested.attach();
+        // In this order: the kernel runs them in the order they attach.
         let main = skel.progs.count_transition.attach();
+        let backup = skel.progs.count_nested.attach();
         let links = [
-            backup.context("attaching the ground-truth counter")?,
             main.context("attaching the ground-truth counter")?,
+            backup.context("attaching the ground-truth counter")?,
         ];
         Ok(Self {
             skel,

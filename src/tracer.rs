@@ -192,11 +192,12 @@ impl Tracer {
         fill_port_set(&skel.maps.dports, &opts.filter.remote_ports)?;
         let progs = &mut skel.progs;
         let attached = match mode {
-            // The backup first, so no transition falls between the two.
+            // The kernel runs them in the order they attach: the backup
+            // must run after the main program (see tcpstates.bpf.c).
             AttachMode::TpBtf => progs
-                .handle_tp_btf_nested
+                .handle_tp_btf
                 .attach()
-                .and_then(|backup| Ok(vec![backup, progs.handle_tp_btf.attach()?])),
+                .and_then(|main| Ok(vec![main, progs.handle_tp_btf_missed.attach()?])),
             AttachMode::Tracepoint => progs.handle_tracepoint.attach().map(|l| vec![l]),
             AttachMode::Kprobe => progs.handle_kprobe.attach().map(|l| vec![l]),
         };
@@ -339,7 +340,7 @@ fn configure(
     match mode {
         AttachMode::TpBtf => {
             progs.handle_tp_btf.set_autoload(true);
-            progs.handle_tp_btf_nested.set_autoload(true);
+            progs.handle_tp_btf_missed.set_autoload(true);
         }
         AttachMode::Tracepoint => progs.handle_tracepoint.set_autoload(true),
         AttachMode::Kprobe => progs.handle_kprobe.set_autoload(true),

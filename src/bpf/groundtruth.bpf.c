@@ -22,13 +22,24 @@ struct {
 	__type(value, __u64);
 } transitions SEC(".maps");
 
-/* Per CPU: 1 while count_transition runs there. */
+/* Per CPU: the transitions count_transition saw last. */
+struct transition_id {
+	__u64 skaddr;
+	__s32 oldstate;
+	__s32 newstate;
+};
+
+/* The last two, newest first: see below why two. */
+struct seen {
+	struct transition_id last[2];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
-} busy SEC(".maps");
+	__type(value, struct seen);
+} last_seen SEC(".maps");
 
 static __always_inline void add(__u32 slot)
 {
@@ -55,29 +66,46 @@ static __always_inline void count(const struct sock *sk)
 /*
  * The kernel skips a program that is already running on the CPU, so a
  * transition in a softirq that interrupts count_transition would not be
- * counted. The backup program counts exactly those: it acts only while
- * count_transition is busy on its CPU (the same scheme as tcpstates.bpf.c).
+ * counted. count_nested, attached after it and run right after it, counts
+ * exactly those: the transitions count_transition did not record as seen
+ * (the scheme of tcpstates.bpf.c, which explains the two records).
  */
 SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(count_transition, const struct sock *sk)
+int BPF_PROG(count_transition, const struct sock *sk, const int oldstate,
+	     const int newstate)
 {
-	__u32 zero = 0, *b = bpf_map_lookup_elem(&busy, &zero);
+	__u32 zero = 0;
+	struct seen *s;
 
-	if (b)
-		*b = 1;
 	count(sk);
-	if (b)
-		*b = 0;
+	s = bpf_map_lookup_elem(&last_seen, &zero);
+	if (s) {
+		s->last[1] = s->last[0];
+		s->last[0].skaddr = (__u64)sk;
+		s->last[0].oldstate = oldstate;
+		s->last[0].newstate = newstate;
+	}
 	return 0;
 }
 
 SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(count_nested, const struct sock *sk)
+int BPF_PROG(count_nested, const struct sock *sk, const int oldstate,
+	     const int newstate)
 {
-	__u32 zero = 0, *b = bpf_map_lookup_elem(&busy, &zero);
+	__u32 zero = 0;
+	struct seen *s = bpf_map_lookup_elem(&last_seen, &zero);
+	int i;
 
-	if (!b || !*b)
+	if (!s)
 		return 0;
+	for (i = 0; i < 2; i++) {
+		if (s->last[i].skaddr == (__u64)sk &&
+		    s->last[i].oldstate == oldstate &&
+		    s->last[i].newstate == newstate) {
+			s->last[i].skaddr = 0;
+			return 0;
+		}
+	}
 	add(1);
 	count(sk);
 	return 0;

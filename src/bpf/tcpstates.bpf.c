@@ -70,13 +70,24 @@ struct {
 	__type(value, __u8);
 } dports SEC(".maps");
 
-/* Per CPU: 1 while handle_tp_btf runs there. */
+/* Per CPU: the transitions handle_tp_btf handled last. */
+struct transition_id {
+	__u64 skaddr;
+	__s32 oldstate;
+	__s32 newstate;
+};
+
+/* The last two, newest first: see below why two. */
+struct handled {
+	struct transition_id last[2];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
-} busy SEC(".maps");
+	__type(value, struct handled);
+} last_handled SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -226,36 +237,71 @@ static __always_inline int handle_btf(const struct sock *sk, int oldstate,
 }
 
 /*
- * The kernel does not run a BPF program on a CPU where it is already
- * running: a softirq that interrupts handle_tp_btf and changes another
- * socket's state would be lost (counted only as a "recursion miss"). So
- * tp_btf mode attaches two programs. handle_tp_btf handles every transition
- * and marks its CPU busy while it runs; handle_tp_btf_nested runs for every
- * transition too, but handles one only when it finds the CPU busy, that is
- * when it interrupted handle_tp_btf, which the kernel then skipped. A
- * transition is lost only if it interrupts both.
+ * The kernel does not run a BPF program on a CPU where it is already running:
+ * a softirq that interrupts handle_tp_btf and changes another socket's state
+ * would be lost, counted only as the program's "recursion miss". So tp_btf
+ * mode attaches two programs, in this order, and both run for every
+ * transition. handle_tp_btf handles it and then records which transition it
+ * was. handle_tp_btf_missed, right after it, finds that record and stops
+ * there; when it does not, handle_tp_btf did not run for this transition
+ * (the kernel skipped it: the transition interrupted it, anywhere from its
+ * entry to its exit), and handles it instead.
+ *
+ * Two records, not one: when a transition interrupts handle_tp_btf_missed
+ * before it reads the record, handle_tp_btf handles that one too and records
+ * it over the first, which must still be found. A transition is lost only if
+ * it interrupts both programs; user space counts those from the kernel's
+ * miss counter and COUNTER_NESTED.
  */
+static __always_inline void record_handled(const struct sock *sk, int oldstate,
+					   int newstate)
+{
+	__u32 zero = 0;
+	struct handled *h = bpf_map_lookup_elem(&last_handled, &zero);
+
+	if (h) {
+		h->last[1] = h->last[0];
+		h->last[0].skaddr = (__u64)sk;
+		h->last[0].oldstate = oldstate;
+		h->last[0].newstate = newstate;
+	}
+}
+
+/* Whether handle_tp_btf recorded this transition; forgets it if so. */
+static __always_inline bool take_handled(const struct sock *sk, int oldstate,
+					 int newstate)
+{
+	__u32 zero = 0;
+	struct handled *h = bpf_map_lookup_elem(&last_handled, &zero);
+	int i;
+
+	if (!h)
+		return true;
+	for (i = 0; i < 2; i++) {
+		if (h->last[i].skaddr == (__u64)sk &&
+		    h->last[i].oldstate == oldstate &&
+		    h->last[i].newstate == newstate) {
+			h->last[i].skaddr = 0;
+			return true;
+		}
+	}
+	return false;
+}
+
 SEC("?tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_tp_btf, const struct sock *sk, const int oldstate,
 	     const int newstate)
 {
-	__u32 zero = 0, *b = bpf_map_lookup_elem(&busy, &zero);
-
-	if (b)
-		*b = 1;
 	handle_btf(sk, oldstate, newstate);
-	if (b)
-		*b = 0;
+	record_handled(sk, oldstate, newstate);
 	return 0;
 }
 
 SEC("?tp_btf/inet_sock_set_state")
-int BPF_PROG(handle_tp_btf_nested, const struct sock *sk, const int oldstate,
+int BPF_PROG(handle_tp_btf_missed, const struct sock *sk, const int oldstate,
 	     const int newstate)
 {
-	__u32 zero = 0, *b = bpf_map_lookup_elem(&busy, &zero);
-
-	if (!b || !*b)
+	if (take_handled(sk, oldstate, newstate))
 		return 0;
 	count(COUNTER_NESTED);
 	return handle_btf(sk, oldstate, newstate);

@@ -25,8 +25,8 @@ enum counter {
 	COUNTER_RINGBUF_DROPS = 1,
 	/* Per-socket map updates that failed (map full). */
 	COUNTER_MAP_FULL = 2,
-	/* Transitions handled by the tp_btf backup program, because they
-	 * happened while the main one was running on the same CPU. */
+	/* Transitions handled by the tp_btf backup program, because the kernel
+	 * skipped the main one for them (they interrupted it). */
 	COUNTER_NESTED = 3,
 	COUNTER_MAX = 4,
 };
