@@ -83,18 +83,33 @@ struct Sample {
 fn main() -> Result<()> {
     let args = Args::parse();
     // SAFETY: geteuid has no preconditions.
-    ensure!(unsafe { libc::geteuid() } == 0, "the benchmark loads BPF programs: run it as root");
-    ensure!(args.ours.exists(), "{} is missing: cargo build --release", args.ours.display());
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the benchmark loads BPF programs: run it as root"
+    );
+    ensure!(
+        args.ours.exists(),
+        "{} is missing: cargo build --release",
+        args.ours.display()
+    );
     fs::create_dir_all(&args.workdir)?;
     ensure_tracefs()?;
     let theirs = (args.theirs != "none").then(|| PathBuf::from(&args.theirs));
     if let Some(path) = &theirs {
-        ensure!(path.exists(), "{} is missing: apt-get install libbpf-tools (or --theirs none)", path.display());
+        ensure!(
+            path.exists(),
+            "{} is missing: apt-get install libbpf-tools (or --theirs none)",
+            path.display()
+        );
     }
     let storm = Storm {
         connections: args.connections,
         concurrency: args.concurrency,
-        ending: if args.rst { Ending::Reset } else { Ending::Graceful },
+        ending: if args.rst {
+            Ending::Reset
+        } else {
+            Ending::Graceful
+        },
     };
     if let Some(secs) = args.soak {
         return soak(&args, &storm, Duration::from_secs(secs));
@@ -111,7 +126,10 @@ fn main() -> Result<()> {
         args.runs
     );
 
-    let mut tools: Vec<(&str, Option<PathBuf>)> = vec![("untraced", None), ("tcpstates (ours)", Some(args.ours.clone()))];
+    let mut tools: Vec<(&str, Option<PathBuf>)> = vec![
+        ("untraced", None),
+        ("tcpstates (ours)", Some(args.ours.clone())),
+    ];
     if let Some(path) = &theirs {
         tools.push(("libbpf-tools", Some(path.clone())));
     }
@@ -132,8 +150,14 @@ fn main() -> Result<()> {
         }
     }
 
-    let base_rate = median(samples[0].iter().map(|s| storm.connections as f64 / s.storm_secs));
-    println!("| tool | captured (min of runs) | lost | CPU per event | storm rate | slowdown | peak RSS |");
+    let base_rate = median(
+        samples[0]
+            .iter()
+            .map(|s| storm.connections as f64 / s.storm_secs),
+    );
+    println!(
+        "| tool | captured (min of runs) | lost | CPU per event | storm rate | slowdown | peak RSS |"
+    );
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     println!("| untraced | | | | {base_rate:.0} conn/s | | |");
     for (i, (name, _)) in tools.iter().enumerate().skip(1) {
@@ -142,9 +166,15 @@ fn main() -> Result<()> {
             .iter()
             .map(|s| s.captured as f64 * 100.0 / s.truth.max(1) as f64)
             .fold(f64::INFINITY, f64::min);
-        let lost: u64 = runs.iter().map(|s| s.truth.saturating_sub(s.captured)).sum();
+        let lost: u64 = runs
+            .iter()
+            .map(|s| s.truth.saturating_sub(s.captured))
+            .sum();
         let truth: u64 = runs.iter().map(|s| s.truth).sum();
-        let cpu_us = median(runs.iter().map(|s| s.cpu_secs * 1e6 / s.printed.max(1) as f64));
+        let cpu_us = median(
+            runs.iter()
+                .map(|s| s.cpu_secs * 1e6 / s.printed.max(1) as f64),
+        );
         let rate = median(runs.iter().map(|s| storm.connections as f64 / s.storm_secs));
         let rss = median(runs.iter().map(|s| s.max_rss_kb as f64)) / 1024.0;
         println!(
@@ -154,7 +184,10 @@ fn main() -> Result<()> {
     }
     println!();
 
-    println!("| tool | exec to attached (median of {}) | min | max | peak RSS at startup |", args.startups);
+    println!(
+        "| tool | exec to attached (median of {}) | min | max | peak RSS at startup |",
+        args.startups
+    );
     println!("| --- | --- | --- | --- | --- |");
     for (name, tool) in tools.iter().skip(1) {
         let tool = tool.as_deref().expect("tracers have a path");
@@ -193,7 +226,11 @@ fn storm_once(args: &Args, storm: &Storm, tool: Option<&Path>, tag: &str) -> Res
     let err = args.workdir.join(format!("{tag}.err"));
     let child = match tool {
         Some(tool) => {
-            let extra: &[String] = if tool == args.ours { &args.ours_args } else { &[] };
+            let extra: &[String] = if tool == args.ours {
+                &args.ours_args
+            } else {
+                &[]
+            };
             let child = Command::new(tool)
                 .args(extra)
                 .stdout(File::create(&out)?)
@@ -209,7 +246,9 @@ fn storm_once(args: &Args, storm: &Storm, tool: Option<&Path>, tag: &str) -> Res
         None => None,
     };
     let truth = TransitionCounter::start(port)?;
-    let storm_secs = storm::run(&listener, storm).context("the storm")?.as_secs_f64();
+    let storm_secs = storm::run(&listener, storm)
+        .context("the storm")?
+        .as_secs_f64();
     sleep(Duration::from_millis(500));
     let truth_count = truth.count()?;
     let mut sample = Sample {
@@ -278,7 +317,12 @@ fn startup(tool: &Path) -> Result<(f64, i64)> {
     };
     ensure!(rc == 0, "openpty: {}", std::io::Error::last_os_error());
     // SAFETY: both fds were just returned by openpty and are owned here.
-    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master_fd), OwnedFd::from_raw_fd(slave_fd)) };
+    let (master, slave) = unsafe {
+        (
+            OwnedFd::from_raw_fd(master_fd),
+            OwnedFd::from_raw_fd(slave_fd),
+        )
+    };
     let start = Instant::now();
     let child = Command::new(tool)
         .stdout(Stdio::from(slave))
@@ -352,7 +396,11 @@ fn soak(args: &Args, storm: &Storm, length: Duration) -> Result<()> {
             let tracked = fs::read_to_string(&err)?
                 .lines()
                 .rev()
-                .find_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" sockets tracked")).map(str::to_owned))
+                .find_map(|l| {
+                    l.split(", ")
+                        .find_map(|p| p.strip_suffix(" sockets tracked"))
+                        .map(str::to_owned)
+                })
                 .unwrap_or_else(|| "-".into());
             println!(
                 "| {:.0} s | {storms} | {} | {rss} | {tracked} |",
@@ -403,7 +451,10 @@ fn ensure_tracefs() -> Result<()> {
 fn print_machine() {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned)))
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
+        })
         .unwrap_or_default();
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());

@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = AttachArg::Auto)]
     pub attach: AttachArg,
 
-    /// Sockets whose last transition time is kept at once (kernel map size)
+    /// tracepoint/kprobe modes: sockets whose last transition time is kept at once
     #[arg(long, value_name = "N", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     pub max_sockets: u32,

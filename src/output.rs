@@ -145,7 +145,9 @@ impl Formatter {
 
     /// Writes the header line.
     pub fn write_header<W: Write + ?Sized>(&mut self, w: &mut W) -> io::Result<()> {
-        self.write_line(w, |column, out| out.extend_from_slice(column.header.as_bytes()))
+        self.write_line(w, |column, out| {
+            out.extend_from_slice(column.header.as_bytes())
+        })
     }
 
     /// Writes one event as one line.
@@ -159,7 +161,10 @@ impl Formatter {
         let csv = self.opts.csv;
         self.write_line(w, |column, out| match column.field {
             Field::Time => {
-                for (i, n) in [clock.hour, clock.minute, clock.second].into_iter().enumerate() {
+                for (i, n) in [clock.hour, clock.minute, clock.second]
+                    .into_iter()
+                    .enumerate()
+                {
                     if i > 0 {
                         out.push(b':');
                     }
@@ -538,7 +543,11 @@ mod tests {
         let name = "ñandú-srv-x".as_bytes();
         ev.comm[..name.len()].copy_from_slice(name);
         let lines = render(OutputOptions::default(), &[ev]);
-        assert!(lines[1].contains(" 9376    ñandú-srv- 127.0.0.1 "), "{}", lines[1]);
+        assert!(
+            lines[1].contains(" 9376    ñandú-srv- 127.0.0.1 "),
+            "{}",
+            lines[1]
+        );
     }
 
     #[test]

@@ -116,15 +116,16 @@ fn batch_bytes(ringbuf_bytes: u32) -> u32 {
 fn describe(counters: &Counters, sink: &Sink) -> String {
     format!(
         "{} transitions matched, {} printed, {} lost (ring buffer full), \
-         {} missed (recursion), {} sockets without room in the map, {} undecodable records, \
-         {} sockets tracked",
+         {} missed (recursion), {} sockets without room in the map, {} undecodable records{}",
         counters.events,
         sink.printed,
         counters.ringbuf_drops,
         counters.recursion_misses,
         counters.map_full,
         sink.undecodable,
-        counters.sockets_tracked
+        counters
+            .sockets_tracked
+            .map_or(String::new(), |n| format!(", {n} sockets tracked"))
     )
 }
 
@@ -278,7 +279,7 @@ mod tests {
             ringbuf_drops: 3,
             map_full: 2,
             recursion_misses: 4,
-            sockets_tracked: 0,
+            sockets_tracked: None,
         };
         assert_eq!(
             losses(&counters, 1).unwrap(),

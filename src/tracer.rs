@@ -137,10 +137,11 @@ pub struct Counters {
     pub events: u64,
     /// Events lost because the ring buffer was full.
     pub ringbuf_drops: u64,
-    /// Sockets the per-socket map had no room for.
+    /// Sockets the per-socket map (or socket-local storage) had no room for.
     pub map_full: u64,
-    /// Sockets whose last transition time the kernel map holds now.
-    pub sockets_tracked: u64,
+    /// Sockets whose last transition time the address-keyed map holds now
+    /// (None in tp-btf mode: socket-local storage goes with each socket).
+    pub sockets_tracked: Option<u64>,
     /// Transitions the kernel did not run the program for, because it was
     /// already running on that CPU (a softirq interrupted it, and changed
     /// another socket's state). Counted by the kernel (Linux 5.12+).
@@ -242,7 +243,8 @@ impl Tracer {
             ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
             map_full: read(counter::COUNTER_MAP_FULL)?,
             recursion_misses: self.recursion_misses()?,
-            sockets_tracked: self.skel.maps.sockets.keys().count() as u64,
+            sockets_tracked: (self.mode != AttachMode::TpBtf)
+                .then(|| self.skel.maps.sockets.keys().count() as u64),
         })
     }
 
@@ -325,8 +327,15 @@ fn configure(
     maps.events
         .set_max_entries(opts.ringbuf_bytes)
         .context("sizing the ring buffer")?;
+    // tp_btf keeps its state in socket-local storage (sk_states), which
+    // needs no size: the address-keyed map is then unused.
+    let sockets = if mode == AttachMode::TpBtf {
+        1
+    } else {
+        opts.max_sockets
+    };
     maps.sockets
-        .set_max_entries(opts.max_sockets)
+        .set_max_entries(sockets)
         .context("sizing the socket map")?;
     for (map, ports) in [
         (&mut maps.sports, &filter.local_ports),

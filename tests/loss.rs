@@ -67,7 +67,6 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str]) {
             t[n - 7] == port.to_string() || t[n - 5] == port.to_string()
         })
         .count() as u64;
-    let _ = fs::remove_dir_all(&dir);
     // Nearly every connection makes the nominal transitions (a few take
     // another path, such as a simultaneous close).
     let nominal = storm.connections as u64 * ending.transitions();
@@ -76,13 +75,16 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str]) {
         "{expected} of {nominal}: the storm did not run"
     );
     assert_eq!(
-        captured, expected,
-        "captured {captured} of {expected}; stderr: {stderr}"
+        captured,
+        expected,
+        "captured {captured} of {expected} (output kept in {}); stderr: {stderr}",
+        dir.display()
     );
     assert!(
         !stderr.contains("lost") && !stderr.contains("missed"),
         "{stderr}"
     );
+    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]

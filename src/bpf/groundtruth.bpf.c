@@ -29,9 +29,11 @@ struct transition_id {
 	__s32 newstate;
 };
 
-/* The last two, newest first: see below why two. */
+/* The last few, in a ring (see tcpstates.bpf.c). */
+#define SEEN_RING 8
 struct seen {
-	struct transition_id last[2];
+	struct transition_id last[SEEN_RING];
+	__u32 next;
 };
 
 struct {
@@ -68,7 +70,7 @@ static __always_inline void count(const struct sock *sk)
  * transition in a softirq that interrupts count_transition would not be
  * counted. count_nested, attached after it and run right after it, counts
  * exactly those: the transitions count_transition did not record as seen
- * (the scheme of tcpstates.bpf.c, which explains the two records).
+ * (the scheme of tcpstates.bpf.c, which explains the ring of records).
  */
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(count_transition, const struct sock *sk, const int oldstate,
@@ -80,10 +82,12 @@ int BPF_PROG(count_transition, const struct sock *sk, const int oldstate,
 	count(sk);
 	s = bpf_map_lookup_elem(&last_seen, &zero);
 	if (s) {
-		s->last[1] = s->last[0];
-		s->last[0].skaddr = (__u64)sk;
-		s->last[0].oldstate = oldstate;
-		s->last[0].newstate = newstate;
+		struct transition_id *id = &s->last[s->next % SEEN_RING];
+
+		id->skaddr = (__u64)sk;
+		id->oldstate = oldstate;
+		id->newstate = newstate;
+		s->next++;
 	}
 	return 0;
 }
@@ -98,7 +102,7 @@ int BPF_PROG(count_nested, const struct sock *sk, const int oldstate,
 
 	if (!s)
 		return 0;
-	for (i = 0; i < 2; i++) {
+	for (i = 0; i < SEEN_RING; i++) {
 		if (s->last[i].skaddr == (__u64)sk &&
 		    s->last[i].oldstate == oldstate &&
 		    s->last[i].newstate == newstate) {

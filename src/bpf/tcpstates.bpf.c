@@ -46,14 +46,23 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
-/* Socket address -> state. Preallocated (the default for a hash map): some
- * kernels refuse run-time allocation from tracing programs. */
+/* Socket address -> state, for the tracepoint and kprobe modes.
+ * Preallocated (the default for a hash map): some kernels refuse run-time
+ * allocation from tracing programs. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct sock_state);
 } sockets SEC(".maps");
+
+/* The same, for tp_btf: storage that lives and dies with each socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
+} sk_states SEC(".maps");
 
 /* Local and remote port sets, filled by user space after load. */
 struct {
@@ -77,9 +86,11 @@ struct transition_id {
 	__s32 newstate;
 };
 
-/* The last two, newest first: see below why two. */
+/* The last few, in a ring: see below why more than one. */
+#define HANDLED_RING 8
 struct handled {
-	struct transition_id last[2];
+	struct transition_id last[HANDLED_RING];
+	__u32 next;
 };
 
 struct {
@@ -112,28 +123,44 @@ static __always_inline void count(__u32 which)
  * Common path. `e` holds skaddr, states, family, ports, addresses and netns;
  * the rest is filled here.
  */
-static __always_inline int handle(struct event *e, __u16 protocol)
+/*
+ * Sets e's time in its old state from the socket's previous transition, and
+ * remembers this one: in socket-local storage when `sk` is given (tp_btf),
+ * else in the `sockets` map keyed by the socket's address.
+ */
+static __always_inline void track(struct event *e, const struct sock *sk,
+				  __u64 now)
 {
 	struct sock_state *st, fresh = {};
-	__u64 now, key = e->skaddr, wakeup = 0;
+	__u64 key = e->skaddr;
 
-	if (protocol != IPPROTO_TCP)
-		return 0;
-	if (target_family && e->family != target_family)
-		return 0;
-
-	/*
-	 * Bookkeeping comes before the port filters: a client's local port is
-	 * 0 at CLOSE -> SYN_SENT, and a socket filtered out then must still
-	 * have its time recorded for the transitions that do match later.
-	 */
-	now = bpf_ktime_get_ns();
-	st = bpf_map_lookup_elem(&sockets, &key);
-	if (st) {
-		e->delta_ns = now - st->since_ns;
-	} else {
-		e->flags |= EVENT_F_DURATION_UNKNOWN;
+	if (sk) {
+		/*
+		 * Lives and dies with the socket: no size limit, no address
+		 * reuse, and a socket that connects again after CLOSE has its
+		 * real time in CLOSE.
+		 */
+		st = bpf_sk_storage_get(&sk_states, (struct sock *)sk, 0,
+					BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st) {
+			count(COUNTER_MAP_FULL);
+			e->flags |= EVENT_F_DURATION_UNKNOWN | EVENT_F_MAP_FULL;
+			return;
+		}
+		/* 0: just created, the socket is new to us. */
+		if (st->since_ns)
+			e->delta_ns = now - st->since_ns;
+		else
+			e->flags |= EVENT_F_DURATION_UNKNOWN;
+		st->since_ns = now;
+		return;
 	}
+
+	st = bpf_map_lookup_elem(&sockets, &key);
+	if (st)
+		e->delta_ns = now - st->since_ns;
+	else
+		e->flags |= EVENT_F_DURATION_UNKNOWN;
 	if (e->newstate == TCP_CLOSE) {
 		/* The address is reused by the next socket allocated there. */
 		if (st)
@@ -147,6 +174,30 @@ static __always_inline int handle(struct event *e, __u16 protocol)
 			e->flags |= EVENT_F_MAP_FULL;
 		}
 	}
+}
+
+/*
+ * Common path. `e` holds skaddr, states, family, ports, addresses and netns;
+ * the rest is filled here. `sk` is the socket when its local storage can be
+ * used (tp_btf), else NULL.
+ */
+static __always_inline int handle(struct event *e, __u16 protocol,
+				  const struct sock *sk)
+{
+	__u64 now, wakeup = 0;
+
+	if (protocol != IPPROTO_TCP)
+		return 0;
+	if (target_family && e->family != target_family)
+		return 0;
+
+	/*
+	 * Bookkeeping comes before the port filters: a client's local port is
+	 * 0 at CLOSE -> SYN_SENT, and a socket filtered out then must still
+	 * have its time recorded for the transitions that do match later.
+	 */
+	now = bpf_ktime_get_ns();
+	track(e, sk, now);
 
 	if (filter_sport && !bpf_map_lookup_elem(&sports, &e->sport))
 		return 0;
@@ -203,17 +254,16 @@ static __always_inline void read_sock(struct event *e, const struct sock *sk)
  * the kernel then skips (a recursion miss).
  */
 static __always_inline void read_sock_btf(struct event *e,
-					  const struct sock *sk)
+					  const struct inet_sock *inet)
 {
-	const struct inet_sock *inet = (const struct inet_sock *)sk;
-	const struct sock_common *skc = &sk->__sk_common;
+	const struct sock_common *skc = &inet->sk.__sk_common;
 
-	e->skaddr = (__u64)sk;
+	e->skaddr = (__u64)inet;
 	e->family = skc->skc_family;
-	e->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
+	e->sport = bpf_ntohs(inet->inet_sport);
 	e->dport = bpf_ntohs(skc->skc_dport);
 	if (e->family == AF_INET) {
-		BPF_CORE_READ_INTO((__u32 *)e->saddr, inet, inet_saddr);
+		*(__u32 *)e->saddr = inet->inet_saddr;
 		*(__u32 *)e->daddr = skc->skc_daddr;
 	} else {
 		__builtin_memcpy(e->saddr, skc->skc_v6_rcv_saddr.in6_u.u6_addr8,
@@ -227,13 +277,16 @@ static __always_inline void read_sock_btf(struct event *e,
 static __always_inline int handle_btf(const struct sock *sk, int oldstate,
 				      int newstate)
 {
+	/* NULL unless a TCP socket; typed, so its inet fields read directly. */
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 	struct event e = {};
 
-	read_sock_btf(&e, sk);
+	if (!tp)
+		return 0;
+	read_sock_btf(&e, &tp->inet_conn.icsk_inet);
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	/* A u8 bitfield before Linux 5.6, a u16 since: let CO-RE size it. */
-	return handle(&e, BPF_CORE_READ_BITFIELD(sk, sk_protocol));
+	return handle(&e, IPPROTO_TCP, sk);
 }
 
 /*
@@ -247,11 +300,11 @@ static __always_inline int handle_btf(const struct sock *sk, int oldstate,
  * (the kernel skipped it: the transition interrupted it, anywhere from its
  * entry to its exit), and handles it instead.
  *
- * Two records, not one: when a transition interrupts handle_tp_btf_missed
- * before it reads the record, handle_tp_btf handles that one too and records
- * it over the first, which must still be found. A transition is lost only if
- * it interrupts both programs; user space counts those from the kernel's
- * miss counter and COUNTER_NESTED.
+ * A ring of records, not one: when a softirq interrupts handle_tp_btf_missed
+ * before it reads the record, handle_tp_btf handles the transitions of that
+ * softirq (possibly several) and records them after the first, which must
+ * still be found. A transition is lost only if it interrupts both programs;
+ * user space counts those from the kernel's miss counter and COUNTER_NESTED.
  */
 static __always_inline void record_handled(const struct sock *sk, int oldstate,
 					   int newstate)
@@ -260,10 +313,12 @@ static __always_inline void record_handled(const struct sock *sk, int oldstate,
 	struct handled *h = bpf_map_lookup_elem(&last_handled, &zero);
 
 	if (h) {
-		h->last[1] = h->last[0];
-		h->last[0].skaddr = (__u64)sk;
-		h->last[0].oldstate = oldstate;
-		h->last[0].newstate = newstate;
+		struct transition_id *id = &h->last[h->next % HANDLED_RING];
+
+		id->skaddr = (__u64)sk;
+		id->oldstate = oldstate;
+		id->newstate = newstate;
+		h->next++;
 	}
 }
 
@@ -277,7 +332,7 @@ static __always_inline bool take_handled(const struct sock *sk, int oldstate,
 
 	if (!h)
 		return true;
-	for (i = 0; i < 2; i++) {
+	for (i = 0; i < HANDLED_RING; i++) {
 		if (h->last[i].skaddr == (__u64)sk &&
 		    h->last[i].oldstate == oldstate &&
 		    h->last[i].newstate == newstate) {
@@ -329,7 +384,7 @@ int handle_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 	}
 	e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	/* A u8 before Linux 5.6, a u16 since (the fields after it moved). */
-	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(ctx, protocol));
+	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(ctx, protocol), NULL);
 }
 
 SEC("?kprobe/tcp_set_state")
@@ -341,7 +396,7 @@ int BPF_KPROBE(handle_kprobe, struct sock *sk, int state)
 	/* On entry the socket still holds the state it leaves. */
 	e.oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
 	e.newstate = state;
-	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
+	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol), NULL);
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
