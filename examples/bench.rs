@@ -368,16 +368,19 @@ fn soak(args: &Args, storm: &Storm, length: Duration) -> Result<()> {
     let err = args.workdir.join("soak.err");
     let child = Command::new(&args.ours)
         .arg("-v")
+        .args(&args.ours_args)
         .stdout(File::create(&out)?)
         .stderr(File::create(&err)?)
         .spawn()?;
     sleep(Duration::from_millis(1500));
     let truth = TransitionCounter::start(port)?;
     println!(
-        "soak: {} s of back-to-back storms of {} connections, sampled every {} s\n",
+        "soak: {} s of back-to-back storms of {} connections, sampled every {} s; ours run as: {} -v {}\n",
         length.as_secs(),
         storm.connections,
-        args.soak_every
+        args.soak_every,
+        args.ours.display(),
+        args.ours_args.join(" ")
     );
     println!("| elapsed | storms | transitions (truth) | RSS | sockets tracked (map) |");
     println!("| --- | --- | --- | --- | --- |");

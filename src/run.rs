@@ -32,7 +32,12 @@ pub fn run(config: &Config) -> Result<()> {
     let tracer = Tracer::start(&tracer_opts)?;
     let verbose = config.tracer.verbose;
     if verbose {
-        eprintln!("tcpstates: attached with {}", tracer.mode());
+        let storage = if tracer.socket_storage() {
+            " (per-socket times in socket-local storage)"
+        } else {
+            ""
+        };
+        eprintln!("tcpstates: attached with {}{storage}", tracer.mode());
     }
 
     // A terminal sees each line as it comes: a wakeup per event, and stdout

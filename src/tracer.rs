@@ -151,6 +151,7 @@ pub struct Counters {
 /// A loaded and attached program. Detaches when dropped.
 pub struct Tracer {
     skel: TcpstatesSkel<'static>,
+    socket_storage: bool,
     /// Empty once detached.
     links: Cell<Vec<Link>>,
     mode: AttachMode,
@@ -188,7 +189,18 @@ impl Tracer {
     }
 
     fn start_mode(opts: &TracerOptions, mode: AttachMode) -> Result<Self> {
-        let mut skel = load(opts, mode)?;
+        let (mut skel, socket_storage) = match load_with(opts, mode, true) {
+            Ok(skel) => (skel, true),
+            // Kernels before 5.11 refuse socket-local storage in tracing
+            // programs: tp-btf then keeps times in the address-keyed map.
+            Err(err) if mode == AttachMode::TpBtf => {
+                if opts.verbose {
+                    eprintln!("tcpstates: tp-btf without socket-local storage: {err:#}");
+                }
+                (load_with(opts, mode, false)?, false)
+            }
+            Err(err) => return Err(err),
+        };
         fill_port_set(&skel.maps.sports, &opts.filter.local_ports)?;
         fill_port_set(&skel.maps.dports, &opts.filter.remote_ports)?;
         let progs = &mut skel.progs;
@@ -200,12 +212,21 @@ impl Tracer {
                 .attach()
                 .and_then(|main| Ok(vec![main, progs.handle_tp_btf_missed.attach()?])),
             AttachMode::Tracepoint => progs.handle_tracepoint.attach().map(|l| vec![l]),
-            AttachMode::Kprobe => progs.handle_kprobe.attach().map(|l| vec![l]),
+            AttachMode::Kprobe => [
+                &progs.handle_kprobe,
+                &progs.handle_listen_start,
+                &progs.handle_listen_start_ret,
+                &progs.handle_clone_ret,
+            ]
+            .into_iter()
+            .map(|prog| prog.attach())
+            .collect(),
         };
         let links = attached
             .with_context(|| format!("attaching the {mode} program{}", attach_hint(mode)))?;
         Ok(Tracer {
             skel,
+            socket_storage: socket_storage && mode == AttachMode::TpBtf,
             links: Cell::new(links),
             mode,
         })
@@ -215,6 +236,12 @@ impl Tracer {
     /// and the counters become final.
     pub fn detach(&self) {
         drop(self.links.take());
+    }
+
+    /// Whether tp-btf keeps per-socket times in socket-local storage (Linux
+    /// 5.11+) rather than the address-keyed map.
+    pub fn socket_storage(&self) -> bool {
+        self.socket_storage
     }
 
     /// The mode that attached.
@@ -243,7 +270,7 @@ impl Tracer {
             ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
             map_full: read(counter::COUNTER_MAP_FULL)?,
             recursion_misses: self.recursion_misses()?,
-            sockets_tracked: (self.mode != AttachMode::TpBtf)
+            sockets_tracked: (!self.socket_storage)
                 .then(|| self.skel.maps.sockets.keys().count() as u64),
         })
     }
@@ -257,7 +284,15 @@ impl Tracer {
                 sum_percpu(&self.skel.maps.counters, counter::COUNTER_NESTED.0)?,
             ),
             AttachMode::Tracepoint => recursion_misses(&progs.handle_tracepoint)?,
-            AttachMode::Kprobe => recursion_misses(&progs.handle_kprobe)?,
+            AttachMode::Kprobe => [
+                &progs.handle_kprobe,
+                &progs.handle_listen_start,
+                &progs.handle_listen_start_ret,
+                &progs.handle_clone_ret,
+            ]
+            .into_iter()
+            .map(recursion_misses)
+            .sum::<Result<u64>>()?,
         })
     }
 }
@@ -290,6 +325,15 @@ fn recursion_misses(prog: &libbpf_rs::ProgramMut<'_>) -> Result<u64> {
 /// enabled. Public so tests can check that a program passes the verifier
 /// on a kernel where it cannot attach.
 pub fn load(opts: &TracerOptions, mode: AttachMode) -> Result<TcpstatesSkel<'static>> {
+    load_with(opts, mode, false)
+}
+
+/// `load`, with tp-btf keeping times in socket-local storage or not.
+fn load_with(
+    opts: &TracerOptions,
+    mode: AttachMode,
+    socket_storage: bool,
+) -> Result<TcpstatesSkel<'static>> {
     // The skeleton borrows its object storage for as long as it lives. Each
     // attempt gets its own: a failed one leaks this small allocation (its
     // object is closed), which happens at most once per attach mode.
@@ -302,7 +346,7 @@ pub fn load(opts: &TracerOptions, mode: AttachMode) -> Result<TcpstatesSkel<'sta
             .with_context(|| format!("using BTF file {}", btf.display()))?;
     }
     let mut open = builder.open(storage).context("opening the BPF object")?;
-    configure(&mut open, opts, mode)?;
+    configure(&mut open, opts, mode, socket_storage)?;
     open.load()
         .with_context(|| format!("loading the {mode} program"))
 }
@@ -311,6 +355,7 @@ fn configure(
     open: &mut OpenTcpstatesSkel<'_>,
     opts: &TracerOptions,
     mode: AttachMode,
+    socket_storage: bool,
 ) -> Result<()> {
     let filter = &opts.filter;
     let rodata = open
@@ -322,6 +367,8 @@ fn configure(
     rodata.filter_sport = !filter.local_ports.is_empty();
     rodata.filter_dport = !filter.remote_ports.is_empty();
     rodata.wakeup_bytes = opts.wakeup_bytes;
+    let socket_storage = socket_storage && mode == AttachMode::TpBtf;
+    rodata.socket_storage = socket_storage;
 
     let maps = &mut open.maps;
     maps.events
@@ -352,7 +399,12 @@ fn configure(
             progs.handle_tp_btf_missed.set_autoload(true);
         }
         AttachMode::Tracepoint => progs.handle_tracepoint.set_autoload(true),
-        AttachMode::Kprobe => progs.handle_kprobe.set_autoload(true),
+        AttachMode::Kprobe => {
+            progs.handle_kprobe.set_autoload(true);
+            progs.handle_listen_start.set_autoload(true);
+            progs.handle_listen_start_ret.set_autoload(true);
+            progs.handle_clone_ret.set_autoload(true);
+        }
     }
     Ok(())
 }

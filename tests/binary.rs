@@ -530,7 +530,9 @@ fn full_ring_buffer_is_counted_and_reported() {
     });
     let (matched, printed, lost, _) = summary(&stderr);
     assert!(
-        stderr.contains("\ntcpstates: attached with tp-btf\n"),
+        stderr.contains(
+            "\ntcpstates: attached with tp-btf (per-socket times in socket-local storage)\n"
+        ),
         "{stderr}"
     );
     assert!(lost > 0, "{stderr}");

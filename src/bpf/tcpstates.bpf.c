@@ -21,7 +21,9 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define TCP_SYN_RECV 3
 #define TCP_CLOSE 7
+#define TCP_LISTEN 10
 
 /* Set by user space between open and load. 0 means any family. */
 const volatile __u16 target_family = 0;
@@ -34,6 +36,13 @@ const volatile bool filter_dport = false;
  * is most of what keeps the reader's cost per event low in a storm.
  */
 const volatile __u32 wakeup_bytes = 0;
+/*
+ * tp_btf keeps per-socket times in socket-local storage when the kernel
+ * allows it from tracing programs (Linux 5.11+), else in the address-keyed
+ * map. When false, the verifier never reaches the sk_storage call, so the
+ * program loads on kernels that would refuse it.
+ */
+const volatile bool socket_storage = true;
 
 /* Makes `struct event` and `enum counter` part of the object's BTF, so the
  * skeleton generates them for Rust. */
@@ -63,6 +72,15 @@ struct {
 	__type(key, int);
 	__type(value, struct sock_state);
 } sk_states SEC(".maps");
+
+/* kprobe mode: thread -> socket, from entry to return of
+ * inet_csk_listen_start. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u64);
+	__type(value, __u64);
+} listening SEC(".maps");
 
 /* Local and remote port sets, filled by user space after load. */
 struct {
@@ -134,7 +152,7 @@ static __always_inline void track(struct event *e, const struct sock *sk,
 	struct sock_state *st, fresh = {};
 	__u64 key = e->skaddr;
 
-	if (sk) {
+	if (sk && socket_storage) {
 		/*
 		 * Lives and dies with the socket: no size limit, no address
 		 * reuse, and a socket that connects again after CLOSE has its
@@ -157,7 +175,15 @@ static __always_inline void track(struct event *e, const struct sock *sk,
 	}
 
 	st = bpf_map_lookup_elem(&sockets, &key);
-	if (st)
+	/*
+	 * Leaving CLOSE, or a passive child leaving the LISTEN it inherited:
+	 * the socket is new, so an entry at its address is stale (an earlier
+	 * socket there ended without a CLOSE this program saw).
+	 */
+	if (st && (e->oldstate == TCP_CLOSE ||
+		   (e->oldstate == TCP_LISTEN && e->newstate == TCP_SYN_RECV)))
+		st->since_ns = 0;
+	if (st && st->since_ns)
 		e->delta_ns = now - st->since_ns;
 	else
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
@@ -387,6 +413,13 @@ int handle_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(ctx, protocol), NULL);
 }
 
+/*
+ * kprobe mode. Most transitions go through tcp_set_state; two do not, and
+ * need their own probes to report what the tracepoint reports: a listener's
+ * CLOSE -> LISTEN (and LISTEN -> CLOSE when listen() then fails), set in
+ * inet_csk_listen_start, and a passive child's LISTEN -> SYN_RECV, set in
+ * inet_csk_clone_lock.
+ */
 SEC("?kprobe/tcp_set_state")
 int BPF_KPROBE(handle_kprobe, struct sock *sk, int state)
 {
@@ -397,6 +430,49 @@ int BPF_KPROBE(handle_kprobe, struct sock *sk, int state)
 	e.oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
 	e.newstate = state;
 	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol), NULL);
+}
+
+static __always_inline int handle_kprobe_change(struct sock *sk, int oldstate,
+						int newstate)
+{
+	struct event e = {};
+
+	read_sock(&e, sk);
+	e.oldstate = oldstate;
+	e.newstate = newstate;
+	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol), NULL);
+}
+
+SEC("?kprobe/inet_csk_listen_start")
+int BPF_KPROBE(handle_listen_start, struct sock *sk)
+{
+	__u64 tid = bpf_get_current_pid_tgid(), skaddr = (__u64)sk;
+
+	bpf_map_update_elem(&listening, &tid, &skaddr, BPF_ANY);
+	return handle_kprobe_change(sk, BPF_CORE_READ(sk, __sk_common.skc_state),
+				    TCP_LISTEN);
+}
+
+SEC("?kretprobe/inet_csk_listen_start")
+int BPF_KRETPROBE(handle_listen_start_ret, int err)
+{
+	__u64 tid = bpf_get_current_pid_tgid(), *skaddr;
+	struct sock *sk;
+
+	skaddr = bpf_map_lookup_elem(&listening, &tid);
+	if (!skaddr)
+		return 0;
+	sk = (struct sock *)*skaddr;
+	bpf_map_delete_elem(&listening, &tid);
+	/* A failed listen() puts the socket back to CLOSE. */
+	return err ? handle_kprobe_change(sk, TCP_LISTEN, TCP_CLOSE) : 0;
+}
+
+SEC("?kretprobe/inet_csk_clone_lock")
+int BPF_KRETPROBE(handle_clone_ret, struct sock *child)
+{
+	/* The child is a copy of the listener, so it leaves LISTEN. */
+	return child ? handle_kprobe_change(child, TCP_LISTEN, TCP_SYN_RECV) : 0;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
