@@ -401,7 +401,7 @@ fn soak(args: &Args, storm: &Storm, length: Duration) -> Result<()> {
                 .rev()
                 .find_map(|l| {
                     l.split(", ")
-                        .find_map(|p| p.strip_suffix(" sockets tracked"))
+                        .find_map(|p| p.strip_suffix(" sockets tracked in the address map"))
                         .map(str::to_owned)
                 })
                 .unwrap_or_else(|| "-".into());

@@ -121,16 +121,15 @@ fn batch_bytes(ringbuf_bytes: u32) -> u32 {
 fn describe(counters: &Counters, sink: &Sink) -> String {
     format!(
         "{} transitions matched, {} printed, {} lost (ring buffer full), \
-         {} missed (recursion), {} sockets without room in the map, {} undecodable records{}",
+         {} missed (recursion), {} sockets without room in the map, {} undecodable records, \
+         {} sockets tracked in the address map",
         counters.events,
         sink.printed,
         counters.ringbuf_drops,
         counters.recursion_misses,
         counters.map_full,
         sink.undecodable,
-        counters
-            .sockets_tracked
-            .map_or(String::new(), |n| format!(", {n} sockets tracked"))
+        counters.sockets_tracked
     )
 }
 
@@ -284,7 +283,7 @@ mod tests {
             ringbuf_drops: 3,
             map_full: 2,
             recursion_misses: 4,
-            sockets_tracked: None,
+            sockets_tracked: 0,
         };
         assert_eq!(
             losses(&counters, 1).unwrap(),

@@ -140,8 +140,9 @@ pub struct Counters {
     /// Sockets the per-socket map (or socket-local storage) had no room for.
     pub map_full: u64,
     /// Sockets whose last transition time the address-keyed map holds now
-    /// (None in tp-btf mode: socket-local storage goes with each socket).
-    pub sockets_tracked: Option<u64>,
+    /// (socket-local storage, used by tp-btf where it can, is not counted:
+    /// it goes with each socket).
+    pub sockets_tracked: u64,
     /// Transitions the kernel did not run the program for, because it was
     /// already running on that CPU (a softirq interrupted it, and changed
     /// another socket's state). Counted by the kernel (Linux 5.12+).
@@ -270,8 +271,7 @@ impl Tracer {
             ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
             map_full: read(counter::COUNTER_MAP_FULL)?,
             recursion_misses: self.recursion_misses()?,
-            sockets_tracked: (!self.socket_storage)
-                .then(|| self.skel.maps.sockets.keys().count() as u64),
+            sockets_tracked: self.skel.maps.sockets.keys().count() as u64,
         })
     }
 
@@ -374,16 +374,17 @@ fn configure(
     maps.events
         .set_max_entries(opts.ringbuf_bytes)
         .context("sizing the ring buffer")?;
-    // tp_btf keeps its state in socket-local storage (sk_states), which
-    // needs no size: the address-keyed map is then unused.
-    let sockets = if mode == AttachMode::TpBtf {
-        1
-    } else {
-        opts.max_sockets
-    };
     maps.sockets
-        .set_max_entries(sockets)
+        .set_max_entries(opts.max_sockets)
         .context("sizing the socket map")?;
+    if mode == AttachMode::TpBtf {
+        // tp_btf programs may allocate map entries at run time: the map then
+        // costs nothing at startup, nor while socket-local storage serves.
+        let flags = maps.sockets.map_flags() | libbpf_rs::libbpf_sys::BPF_F_NO_PREALLOC;
+        maps.sockets
+            .set_map_flags(flags)
+            .context("configuring the socket map")?;
+    }
     for (map, ports) in [
         (&mut maps.sports, &filter.local_ports),
         (&mut maps.dports, &filter.remote_ports),

@@ -55,9 +55,11 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
-/* Socket address -> state, for the tracepoint and kprobe modes.
- * Preallocated (the default for a hash map): some kernels refuse run-time
- * allocation from tracing programs. */
+/* Socket address -> state, for the tracepoint and kprobe modes, and for
+ * tp_btf where socket-local storage fails. Preallocated (the default for a
+ * hash map): some kernels refuse run-time allocation from tracepoint and
+ * kprobe programs; user space turns preallocation off for tp_btf, which may
+ * allocate, so that an unused map costs nothing. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -156,22 +158,20 @@ static __always_inline void track(struct event *e, const struct sock *sk,
 		/*
 		 * Lives and dies with the socket: no size limit, no address
 		 * reuse, and a socket that connects again after CLOSE has its
-		 * real time in CLOSE.
+		 * real time in CLOSE. Some kernels (5.10) accept the call yet
+		 * never return storage: then the map below serves.
 		 */
 		st = bpf_sk_storage_get(&sk_states, (struct sock *)sk, 0,
 					BPF_SK_STORAGE_GET_F_CREATE);
-		if (!st) {
-			count(COUNTER_MAP_FULL);
-			e->flags |= EVENT_F_DURATION_UNKNOWN | EVENT_F_MAP_FULL;
+		if (st) {
+			/* 0: just created, the socket is new to us. */
+			if (st->since_ns)
+				e->delta_ns = now - st->since_ns;
+			else
+				e->flags |= EVENT_F_DURATION_UNKNOWN;
+			st->since_ns = now;
 			return;
 		}
-		/* 0: just created, the socket is new to us. */
-		if (st->since_ns)
-			e->delta_ns = now - st->since_ns;
-		else
-			e->flags |= EVENT_F_DURATION_UNKNOWN;
-		st->since_ns = now;
-		return;
 	}
 
 	st = bpf_map_lookup_elem(&sockets, &key);
