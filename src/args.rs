@@ -80,9 +80,9 @@ pub struct Args {
     #[arg(long, value_name = "FILE", value_parser = parse_file)]
     pub btf: Option<PathBuf>,
 
-    /// Where to attach
-    #[arg(long, value_enum, default_value_t = AttachArg::Auto)]
-    pub attach: AttachArg,
+    /// Where to attach; a comma list is tried in its order (auto = all, best first)
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    pub attach: Vec<AttachArg>,
 
     /// tracepoint/kprobe modes: sockets whose last transition time is kept at once
     #[arg(long, value_name = "N", default_value_t = 65536,

@@ -84,11 +84,26 @@ impl Args {
             (_, true) => Some(Family::Ipv6),
             _ => None,
         };
-        let attach = match self.attach {
-            AttachArg::Auto => AttachRequest::Auto,
-            AttachArg::TpBtf => AttachRequest::Only(AttachMode::TpBtf),
-            AttachArg::Tracepoint => AttachRequest::Only(AttachMode::Tracepoint),
-            AttachArg::Kprobe => AttachRequest::Only(AttachMode::Kprobe),
+        // Each name, auto standing for every mode, best first; a mode named
+        // twice keeps its first place.
+        let mut modes: Vec<AttachMode> = Vec::new();
+        for arg in &self.attach {
+            let named = match arg {
+                AttachArg::Auto => &AttachMode::ALL[..],
+                AttachArg::TpBtf => &[AttachMode::TpBtf],
+                AttachArg::Tracepoint => &[AttachMode::Tracepoint],
+                AttachArg::Kprobe => &[AttachMode::Kprobe],
+            };
+            for mode in named {
+                if !modes.contains(mode) {
+                    modes.push(*mode);
+                }
+            }
+        }
+        let attach = match modes.as_slice() {
+            [one] => AttachRequest::Only(*one),
+            all if all == AttachMode::ALL => AttachRequest::Auto,
+            _ => AttachRequest::Order(modes),
         };
         Config {
             output: OutputOptions {
@@ -181,6 +196,27 @@ mod tests {
             config(&["--attach", "tracepoint"]).tracer.attach,
             AttachRequest::Only(AttachMode::Tracepoint)
         );
+        assert_eq!(
+            config(&["--attach", "kprobe,tracepoint"]).tracer.attach,
+            AttachRequest::Order(vec![AttachMode::Kprobe, AttachMode::Tracepoint])
+        );
+        assert_eq!(
+            config(&["--attach", "kprobe,auto"])
+                .tracer
+                .attach
+                .candidates(),
+            [
+                AttachMode::Kprobe,
+                AttachMode::TpBtf,
+                AttachMode::Tracepoint
+            ]
+        );
+        assert_eq!(
+            config(&["--attach", "tp-btf,tracepoint,kprobe"])
+                .tracer
+                .attach,
+            AttachRequest::Auto
+        );
     }
 
     #[test]
@@ -220,6 +256,7 @@ mod tests {
     fn rejects_other_bad_input() {
         assert!(rejected(&["-4", "-6"]).contains("cannot be used with"));
         assert!(rejected(&["--attach", "uprobe"]).contains("uprobe"));
+        assert!(rejected(&["--attach", "tp-btf,"]).contains("--attach"));
         assert!(rejected(&["--btf", "/nonexistent/btf"]).contains("no such file"));
         assert!(rejected(&["--max-sockets", "0"]).contains("0"));
         assert!(rejected(&["--bogus"]).contains("--bogus"));

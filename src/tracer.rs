@@ -53,20 +53,23 @@ impl fmt::Display for AttachMode {
 }
 
 /// Which attach point to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachRequest {
     /// Try each mode, best first, and keep the first that attaches.
     Auto,
     /// Only this one.
     Only(AttachMode),
+    /// These, in this order: the first that attaches.
+    Order(Vec<AttachMode>),
 }
 
 impl AttachRequest {
     /// The modes to try, in order.
-    pub fn candidates(self) -> Vec<AttachMode> {
+    pub fn candidates(&self) -> Vec<AttachMode> {
         match self {
             AttachRequest::Auto => AttachMode::ALL.to_vec(),
-            AttachRequest::Only(mode) => vec![mode],
+            AttachRequest::Only(mode) => vec![*mode],
+            AttachRequest::Order(modes) => modes.clone(),
         }
     }
 }
@@ -515,5 +518,7 @@ mod tests {
             AttachRequest::Only(AttachMode::Kprobe).candidates(),
             [AttachMode::Kprobe]
         );
+        let order = vec![AttachMode::Kprobe, AttachMode::TpBtf];
+        assert_eq!(AttachRequest::Order(order.clone()).candidates(), order);
     }
 }

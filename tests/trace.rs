@@ -554,3 +554,28 @@ fn custom_btf_path() {
     let o = connection(&capture, true, Close::ServerFirst);
     check_common(&o);
 }
+
+/// A list of modes (auto is one) falls back to the next when one cannot
+/// attach on this kernel.
+#[test]
+fn falls_back_when_the_preferred_mode_is_missing() {
+    let Some(_root) = root() else { return };
+    let was_mounted = tracefs_mounted();
+    // Without tracefs the classic tracepoint cannot attach.
+    set_tracefs(false);
+    let order = vec![AttachMode::Tracepoint, AttachMode::TpBtf];
+    let capture = Capture::start(&opts(AttachRequest::Order(order), Filter::default()));
+    assert_eq!(capture.tracer.mode(), AttachMode::TpBtf);
+    check_common(&connection(&capture, false, Close::ServerFirst));
+    drop(capture);
+    set_tracefs(true);
+    // Where the kernel has no kprobes (this project's CI host), the kprobe
+    // mode cannot attach either.
+    if !kernel_has_kprobes() {
+        let order = vec![AttachMode::Kprobe, AttachMode::Tracepoint];
+        let capture = Capture::start(&opts(AttachRequest::Order(order), Filter::default()));
+        assert_eq!(capture.tracer.mode(), AttachMode::Tracepoint);
+        check_common(&connection(&capture, true, Close::ServerFirst));
+    }
+    set_tracefs(was_mounted);
+}
