@@ -9,7 +9,7 @@ use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffer, RingBufferBuilder};
 
 use crate::bpf::types::counter;
@@ -42,6 +42,24 @@ impl AttachMode {
             AttachMode::TpBtf => "tp-btf",
             AttachMode::Tracepoint => "tracepoint",
             AttachMode::Kprobe => "kprobe",
+        }
+    }
+}
+
+impl AttachMode {
+    /// The BPF programs of this mode, in the order they must attach: the
+    /// kernel runs a tracepoint's programs in that order, and the tp_btf
+    /// backup must run after the main program (see tcpstates.bpf.c).
+    fn programs(self) -> &'static [&'static str] {
+        match self {
+            AttachMode::TpBtf => &["handle_tp_btf", "handle_tp_btf_missed"],
+            AttachMode::Tracepoint => &["handle_tracepoint"],
+            AttachMode::Kprobe => &[
+                "handle_kprobe",
+                "handle_listen_start",
+                "handle_listen_start_ret",
+                "handle_clone_ret",
+            ],
         }
     }
 }
@@ -193,7 +211,7 @@ impl Tracer {
     }
 
     fn start_mode(opts: &TracerOptions, mode: AttachMode) -> Result<Self> {
-        let (mut skel, socket_storage) = match load_with(opts, mode, true) {
+        let (skel, socket_storage) = match load_with(opts, mode, true) {
             Ok(skel) => (skel, true),
             // Kernels before 5.11 refuse socket-local storage in tracing
             // programs: tp-btf then keeps times in the address-keyed map.
@@ -207,26 +225,15 @@ impl Tracer {
         };
         fill_port_set(&skel.maps.sports, &opts.filter.local_ports)?;
         fill_port_set(&skel.maps.dports, &opts.filter.remote_ports)?;
-        let progs = &mut skel.progs;
-        let attached = match mode {
-            // The kernel runs them in the order they attach: the backup
-            // must run after the main program (see tcpstates.bpf.c).
-            AttachMode::TpBtf => progs
-                .handle_tp_btf
-                .attach()
-                .and_then(|main| Ok(vec![main, progs.handle_tp_btf_missed.attach()?])),
-            AttachMode::Tracepoint => progs.handle_tracepoint.attach().map(|l| vec![l]),
-            AttachMode::Kprobe => [
-                &progs.handle_kprobe,
-                &progs.handle_listen_start,
-                &progs.handle_listen_start_ret,
-                &progs.handle_clone_ret,
-            ]
-            .into_iter()
-            .map(|prog| prog.attach())
-            .collect(),
-        };
-        let links = attached
+        let links = mode
+            .programs()
+            .iter()
+            .map(|name| {
+                program(skel.object(), name)?
+                    .attach()
+                    .map_err(anyhow::Error::from)
+            })
+            .collect::<Result<Vec<Link>>>()
             .with_context(|| format!("attaching the {mode} program{}", attach_hint(mode)))?;
         Ok(Tracer {
             skel,
@@ -281,23 +288,34 @@ impl Tracer {
     /// Transitions no program handled: the main program's recursion misses,
     /// less those the tp_btf backup program handled.
     fn recursion_misses(&self) -> Result<u64> {
-        let progs = &self.skel.progs;
+        let object = self.skel.object();
+        let misses = |name: &str| recursion_misses(&program(object, name)?);
         Ok(match self.mode {
-            AttachMode::TpBtf => recursion_misses(&progs.handle_tp_btf)?.saturating_sub(
-                sum_percpu(&self.skel.maps.counters, counter::COUNTER_NESTED.0)?,
-            ),
-            AttachMode::Tracepoint => recursion_misses(&progs.handle_tracepoint)?,
-            AttachMode::Kprobe => [
-                &progs.handle_kprobe,
-                &progs.handle_listen_start,
-                &progs.handle_listen_start_ret,
-                &progs.handle_clone_ret,
-            ]
-            .into_iter()
-            .map(recursion_misses)
-            .sum::<Result<u64>>()?,
+            // The backup's own misses are transitions the main program
+            // handled: only the main one's count, less what the backup
+            // caught, is lost.
+            AttachMode::TpBtf => misses("handle_tp_btf")?.saturating_sub(sum_percpu(
+                &self.skel.maps.counters,
+                counter::COUNTER_NESTED.0,
+            )?),
+            mode => mode
+                .programs()
+                .iter()
+                .map(|name| misses(name))
+                .sum::<Result<u64>>()?,
         })
     }
+}
+
+/// The loaded program called `name`.
+fn program<'obj>(
+    object: &'obj libbpf_rs::Object,
+    name: &str,
+) -> Result<libbpf_rs::ProgramMut<'obj>> {
+    object
+        .progs_mut()
+        .find(|prog| prog.name() == name)
+        .with_context(|| format!("the BPF object has no program {name}"))
 }
 
 /// How often the kernel skipped `prog` because it was already running on
@@ -396,18 +414,10 @@ fn configure(
         map.set_max_entries(entries).context("sizing a port map")?;
     }
 
-    let progs = &mut open.progs;
-    match mode {
-        AttachMode::TpBtf => {
-            progs.handle_tp_btf.set_autoload(true);
-            progs.handle_tp_btf_missed.set_autoload(true);
-        }
-        AttachMode::Tracepoint => progs.handle_tracepoint.set_autoload(true),
-        AttachMode::Kprobe => {
-            progs.handle_kprobe.set_autoload(true);
-            progs.handle_listen_start.set_autoload(true);
-            progs.handle_listen_start_ret.set_autoload(true);
-            progs.handle_clone_ret.set_autoload(true);
+    let wanted = mode.programs();
+    for mut prog in open.open_object_mut().progs_mut() {
+        if wanted.iter().any(|name| prog.name() == *name) {
+            prog.set_autoload(true);
         }
     }
     Ok(())

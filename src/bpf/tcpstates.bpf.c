@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: BSD-2-Clause
 /*
- * TCP state transitions, from one of three attach points (user space enables
- * exactly one before load):
+ * TCP state transitions, from one of three front ends (user space enables the
+ * programs of exactly one before load):
  *   - tp_btf/inet_sock_set_state: BTF tracepoint, attached through the bpf
- *     syscall, needs no tracefs;
+ *     syscall, needs no tracefs (a main program and its backup);
  *   - tracepoint/sock/inet_sock_set_state: the classic tracepoint;
- *   - kprobe/tcp_set_state: for kernels without the tracepoint.
+ *   - kprobes on tcp_set_state and on the two functions that change a
+ *     state without it: for kernels without the tracepoint.
  * Each front end reads the transition into a `struct event`; handle() applies
  * the filters, keeps the per-socket time of the last transition and sends the
  * event through the ring buffer.
