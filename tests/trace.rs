@@ -170,8 +170,8 @@ fn at_least_hold(e: &Event) {
     );
 }
 
-fn client_closes_first(mode: AttachRequest, v6: bool) {
-    let capture = Capture::start(&opts(mode, Filter::default()));
+fn client_closes_first(v6: bool) {
+    let capture = Capture::start(&opts(test_attach(), Filter::default()));
     let o = connection(&capture, v6, Close::ClientFirst);
     check_common(&o);
     assert_eq!(o.listener.transitions(), [(Close, Listen), (Listen, Close)]);
@@ -204,13 +204,13 @@ fn client_closes_first(mode: AttachRequest, v6: bool) {
 #[test]
 fn ipv4_client_closes_first() {
     let Some(_root) = root() else { return };
-    client_closes_first(AttachRequest::Auto, false);
+    client_closes_first(false);
 }
 
 #[test]
 fn ipv6_client_closes_first() {
     let Some(_root) = root() else { return };
-    client_closes_first(AttachRequest::Auto, true);
+    client_closes_first(true);
 }
 
 fn server_closes_first(v6: bool) {
