@@ -7,6 +7,10 @@
 //! - [`output`] formats them (pure, unit-tested without root);
 //! - [`tracer`] is the only privileged code: open, configure, load, attach, poll;
 //! - [`run`] ties them together for one tracing session.
+//!
+//! For the loss tests and the benchmark: [`storm`] makes loopback connection
+//! storms, and [`groundtruth`] counts their transitions in the kernel,
+//! independently of the tracer (privileged too).
 
 mod args;
 pub mod cli;
