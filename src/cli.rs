@@ -15,18 +15,23 @@ use crate::tracer::{AttachMode, AttachRequest, Family, Filter, TracerOptions};
 /// Everything a tracing run needs, parsed and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// How lines look.
     pub output: OutputOptions,
+    /// What is traced, and how.
     pub tracer: TracerOptions,
 }
 
 /// The outcome of parsing: run, or print something and exit.
 #[derive(Debug)]
 pub enum Parsed {
+    /// Trace with this configuration.
     Run(Config),
     /// Help or version (to stdout, exit 0), or a usage error (one line to
     /// stderr, exit 2).
     Exit {
+        /// The exit code.
         code: u8,
+        /// What to print, newline included.
         message: String,
     },
 }

@@ -24,6 +24,7 @@ const FLAG_MAP_FULL: u32 = 0x2;
 
 /// A TCP state, as numbered in the kernel's `include/net/tcp_states.h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // the kernel's TCP_* names
 pub enum TcpState {
     Established,
     SynSent,
@@ -112,11 +113,17 @@ pub struct Event {
     pub comm: [u8; 16],
     /// Network namespace inode number of the socket.
     pub netns: u32,
+    /// Local address (for IPv4 sockets, an IPv4 address).
     pub laddr: IpAddr,
+    /// Local port; 0 at CLOSE -> SYN_SENT, before the kernel picks it.
     pub lport: u16,
+    /// Remote address.
     pub raddr: IpAddr,
+    /// Remote port.
     pub rport: u16,
+    /// The state left.
     pub old: TcpState,
+    /// The state entered.
     pub new: TcpState,
     /// The per-socket map had no room for this socket.
     pub map_full: bool,

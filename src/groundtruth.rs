@@ -24,6 +24,7 @@ pub struct TransitionCounter {
 }
 
 impl TransitionCounter {
+    /// Loads and attaches the counter for `port` (needs root and tp_btf).
     pub fn start(port: u16) -> Result<Self> {
         // The skeleton borrows its storage for as long as it lives.
         let storage: &'static mut MaybeUninit<OpenObject> =

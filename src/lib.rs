@@ -12,6 +12,8 @@
 //! storms, and [`groundtruth`] counts their transitions in the kernel,
 //! independently of the tracer (privileged too).
 
+#![warn(missing_docs)]
+
 mod args;
 pub mod cli;
 pub mod event;

@@ -26,8 +26,11 @@ pub struct OutputOptions {
 /// Local wall-clock time of day, for the `-T` column.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WallClock {
+    /// 0-23.
     pub hour: u8,
+    /// 0-59.
     pub minute: u8,
+    /// 0-60 (a leap second).
     pub second: u8,
 }
 
@@ -102,6 +105,7 @@ pub struct Formatter {
 }
 
 impl Formatter {
+    /// A formatter for the columns `opts` asks for.
     pub fn new(opts: OutputOptions) -> Self {
         let wide = opts.wide;
         let mut columns = Vec::new();

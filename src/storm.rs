@@ -33,9 +33,11 @@ impl Ending {
 /// What to generate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Storm {
+    /// Connections to make.
     pub connections: usize,
     /// Client threads, and as many server threads.
     pub concurrency: usize,
+    /// How each connection ends.
     pub ending: Ending,
 }
 

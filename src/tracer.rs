@@ -95,7 +95,9 @@ impl AttachRequest {
 /// An address family to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Family {
+    /// AF_INET.
     Ipv4,
+    /// AF_INET6.
     Ipv6,
 }
 
@@ -122,7 +124,9 @@ pub struct Filter {
 /// How to load and attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TracerOptions {
+    /// What the kernel side keeps.
     pub filter: Filter,
+    /// Where to attach.
     pub attach: AttachRequest,
     /// BTF of the running kernel, when it has none at /sys/kernel/btf/vmlinux.
     pub btf: Option<PathBuf>,
