@@ -115,23 +115,6 @@ impl Capture {
         drop(ring);
         self.events.borrow().clone()
     }
-
-    /// Everything received within `wait`.
-    pub fn collect_for(&self, wait: Duration) -> Vec<Event> {
-        let start = Instant::now();
-        let ring = self
-            .tracer
-            .ring_buffer(|data| {
-                self.events.borrow_mut().push(Event::decode(data).unwrap());
-                0
-            })
-            .expect("ring buffer");
-        while start.elapsed() < wait {
-            ring.poll(Duration::from_millis(20)).expect("polling");
-        }
-        drop(ring);
-        self.events.borrow().clone()
-    }
 }
 
 pub fn dump(events: &[Event]) -> String {
