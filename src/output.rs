@@ -4,7 +4,6 @@
 //! mode is tested without root. The header and the rows come from one list
 //! of columns.
 
-use std::fmt;
 use std::io::{self, Write};
 use std::net::IpAddr;
 
@@ -318,12 +317,6 @@ fn push_csv_text(out: &mut Vec<u8>, text: &str) {
         out.push(b'"');
     } else {
         out.extend_from_slice(text.as_bytes());
-    }
-}
-
-impl fmt::Display for WallClock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:02}:{:02}:{:02}", self.hour, self.minute, self.second)
     }
 }
 

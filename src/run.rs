@@ -79,7 +79,11 @@ pub fn run(config: &Config) -> Result<()> {
             last_report = Instant::now();
             eprintln!(
                 "tcpstates: {}",
-                describe(&tracer.counters()?, &sink.borrow())
+                describe(
+                    &tracer.counters()?,
+                    tracer.sockets_tracked(),
+                    &sink.borrow()
+                )
             );
         }
     }
@@ -101,7 +105,8 @@ pub fn run(config: &Config) -> Result<()> {
 
     let counters = tracer.counters()?;
     if verbose {
-        eprintln!("tcpstates: {}", describe(&counters, &sink));
+        let tracked = tracer.sockets_tracked();
+        eprintln!("tcpstates: {}", describe(&counters, tracked, &sink));
     }
     if let Some(losses) = losses(&counters, sink.undecodable) {
         eprintln!("tcpstates: {losses}");
@@ -118,7 +123,7 @@ fn batch_bytes(ringbuf_bytes: u32) -> u32 {
 }
 
 /// Every counter, for -v.
-fn describe(counters: &Counters, sink: &Sink) -> String {
+fn describe(counters: &Counters, sockets_tracked: u64, sink: &Sink) -> String {
     format!(
         "{} transitions matched, {} printed, {} lost (ring buffer full), \
          {} missed (recursion), {} sockets without room in the map, {} undecodable records, \
@@ -129,7 +134,7 @@ fn describe(counters: &Counters, sink: &Sink) -> String {
         counters.recursion_misses,
         counters.map_full,
         sink.undecodable,
-        counters.sockets_tracked
+        sockets_tracked
     )
 }
 
@@ -283,7 +288,6 @@ mod tests {
             ringbuf_drops: 3,
             map_full: 2,
             recursion_misses: 4,
-            sockets_tracked: 0,
         };
         assert_eq!(
             losses(&counters, 1).unwrap(),

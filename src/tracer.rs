@@ -164,10 +164,6 @@ pub struct Counters {
     pub ringbuf_drops: u64,
     /// Sockets the per-socket map (or socket-local storage) had no room for.
     pub map_full: u64,
-    /// Sockets whose last transition time the address-keyed map holds now
-    /// (socket-local storage, used by tp-btf where it can, is not counted:
-    /// it goes with each socket).
-    pub sockets_tracked: u64,
     /// Transitions the kernel did not run the program for, because it was
     /// already running on that CPU (a softirq interrupted it, and changed
     /// another socket's state). Counted by the kernel (Linux 5.12+).
@@ -215,11 +211,12 @@ impl Tracer {
     }
 
     fn start_mode(opts: &TracerOptions, mode: AttachMode) -> Result<Self> {
-        let (skel, socket_storage) = match load_with(opts, mode, true) {
-            Ok(skel) => (skel, true),
+        let wants_storage = mode == AttachMode::TpBtf;
+        let (skel, socket_storage) = match load_with(opts, mode, wants_storage) {
+            Ok(skel) => (skel, wants_storage),
             // Kernels before 5.11 refuse socket-local storage in tracing
             // programs: tp-btf then keeps times in the address-keyed map.
-            Err(err) if mode == AttachMode::TpBtf => {
+            Err(err) if wants_storage => {
                 if opts.verbose {
                     eprintln!("tcpstates: tp-btf without socket-local storage: {err:#}");
                 }
@@ -241,7 +238,7 @@ impl Tracer {
             .with_context(|| format!("attaching the {mode} program{}", attach_hint(mode)))?;
         Ok(Tracer {
             skel,
-            socket_storage: socket_storage && mode == AttachMode::TpBtf,
+            socket_storage,
             links: Cell::new(links),
             mode,
         })
@@ -285,8 +282,15 @@ impl Tracer {
             ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
             map_full: read(counter::COUNTER_MAP_FULL)?,
             recursion_misses: self.recursion_misses()?,
-            sockets_tracked: self.skel.maps.sockets.keys().count() as u64,
         })
+    }
+
+    /// Sockets whose last transition time the address-keyed map holds now
+    /// (socket-local storage, used by tp-btf where it can, is not counted:
+    /// it goes with each socket). Walks the map: for -v, not for every read
+    /// of the counters.
+    pub fn sockets_tracked(&self) -> u64 {
+        self.skel.maps.sockets.keys().count() as u64
     }
 
     /// Transitions no program handled: the main program's recursion misses,
@@ -392,7 +396,6 @@ fn configure(
     rodata.filter_sport = !filter.local_ports.is_empty();
     rodata.filter_dport = !filter.remote_ports.is_empty();
     rodata.wakeup_bytes = opts.wakeup_bytes;
-    let socket_storage = socket_storage && mode == AttachMode::TpBtf;
     rodata.socket_storage = socket_storage;
 
     let maps = &mut open.maps;
