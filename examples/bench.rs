@@ -77,6 +77,7 @@ struct Sample {
     cpu_secs: f64,
     sys_secs: f64,
     max_rss_kb: i64,
+    busy_secs: f64,
     stderr: String,
 }
 
@@ -138,9 +139,10 @@ fn main() -> Result<()> {
         for (i, (name, tool)) in tools.iter().enumerate() {
             let sample = storm_once(&args, &storm, tool.as_deref(), &format!("run{run}-{i}"))?;
             eprintln!(
-                "run {} {name}: {:.2} s, truth {}, captured {}, cpu {:.3} s (sys {:.3} s)",
+                "run {} {name}: {:.2} s, busy {:.2} s, truth {}, captured {}, cpu {:.3} s (sys {:.3} s)",
                 run + 1,
                 sample.storm_secs,
+                sample.busy_secs,
                 sample.truth,
                 sample.captured,
                 sample.cpu_secs,
@@ -246,14 +248,17 @@ fn storm_once(args: &Args, storm: &Storm, tool: Option<&Path>, tag: &str) -> Res
         None => None,
     };
     let truth = TransitionCounter::start(port)?;
+    let busy_before = busy_secs()?;
     let storm_secs = storm::run(&listener, storm)
         .context("the storm")?
         .as_secs_f64();
+    let busy = busy_secs()? - busy_before;
     sleep(Duration::from_millis(500));
     let truth_count = truth.count()?;
     let mut sample = Sample {
         storm_secs,
         truth: truth_count,
+        busy_secs: busy,
         ..Sample::default()
     };
     if let Some(child) = child {
@@ -279,6 +284,25 @@ fn storm_once(args: &Args, storm: &Storm, tool: Option<&Path>, tag: &str) -> Res
         fs::remove_file(&out)?;
     }
     Ok(sample)
+}
+
+/// CPU time all CPUs have spent busy since boot (not idle, not waiting for
+/// I/O, not stolen by the hypervisor), from /proc/stat.
+fn busy_secs() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("parsing /proc/stat")?;
+    ensure!(ticks.len() >= 8, "/proc/stat: short cpu line");
+    // user nice system idle iowait irq softirq steal
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(busy as f64 / hz)
 }
 
 /// (lines for `port`, all rows) in a tracer's default output.

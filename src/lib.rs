@@ -3,6 +3,8 @@
 //!
 //! `main.rs` is a thin entry point over this library:
 //! - [`cli`] parses the command line into a [`cli::Config`];
+//! - [`durations`] keeps each socket's time in its state, when the kernel
+//!   does not;
 //! - [`event`] decodes the kernel's records into typed [`event::Event`]s;
 //! - [`output`] formats them (pure, unit-tested without root);
 //! - [`tracer`] is the only privileged code: open, configure, load, attach, poll;
@@ -16,6 +18,7 @@
 
 mod args;
 pub mod cli;
+pub mod durations;
 pub mod event;
 pub mod groundtruth;
 pub mod output;

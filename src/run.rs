@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use libbpf_rs::ErrorKind;
 
 use crate::cli::Config;
-use crate::event::Event;
+use crate::durations::{Decoder, SocketTimes};
 use crate::output::{Formatter, WallClock};
 use crate::signals;
 use crate::tracer::{Counters, Tracer};
@@ -32,12 +32,15 @@ pub fn run(config: &Config) -> Result<()> {
     let tracer = Tracer::start(&tracer_opts)?;
     let verbose = config.tracer.verbose;
     if verbose {
-        let storage = if tracer.socket_storage() {
-            " (per-socket times in socket-local storage)"
+        let times = if tracer.tracks_sockets() {
+            "in the kernel (a port filter is on)"
         } else {
-            ""
+            "here"
         };
-        eprintln!("tcpstates: attached with {}{storage}", tracer.mode());
+        eprintln!(
+            "tcpstates: attached with {}; per-socket times kept {times}",
+            tracer.mode()
+        );
     }
 
     // A terminal sees each line as it comes: a wakeup per event, and stdout
@@ -53,6 +56,7 @@ pub fn run(config: &Config) -> Result<()> {
         formatter: Formatter::new(config.output),
         clock: EventClock::new(config.output.time),
         out,
+        decoder: tracer.decoder(),
         error: None,
         printed: 0,
         undecodable: 0,
@@ -77,13 +81,10 @@ pub fn run(config: &Config) -> Result<()> {
         sink.borrow_mut().flush();
         if verbose && last_report.elapsed() >= VERBOSE_REPORT_EVERY {
             last_report = Instant::now();
+            let sink = sink.borrow();
             eprintln!(
                 "tcpstates: {}",
-                describe(
-                    &tracer.counters()?,
-                    tracer.sockets_tracked(),
-                    &sink.borrow()
-                )
+                describe(&tracer.counters()?, &sink.counts(&tracer))
             );
         }
     }
@@ -104,11 +105,11 @@ pub fn run(config: &Config) -> Result<()> {
     }
 
     let counters = tracer.counters()?;
+    let counts = sink.counts(&tracer);
     if verbose {
-        let tracked = tracer.sockets_tracked();
-        eprintln!("tcpstates: {}", describe(&counters, tracked, &sink));
+        eprintln!("tcpstates: {}", describe(&counters, &counts));
     }
-    if let Some(losses) = losses(&counters, sink.undecodable) {
+    if let Some(losses) = losses(&counters, &counts) {
         eprintln!("tcpstates: {losses}");
     }
     Ok(())
@@ -122,24 +123,38 @@ fn batch_bytes(ringbuf_bytes: u32) -> u32 {
     (ringbuf_bytes / 16).min(256 << 10)
 }
 
+/// What the reader counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderCounts {
+    /// Lines printed.
+    pub printed: u64,
+    /// Records that could not be decoded.
+    pub undecodable: u64,
+    /// Transitions whose socket had no room among the remembered ones
+    /// (user space's map; the kernel's is in [`Counters`]).
+    pub no_room: u64,
+    /// Sockets whose last-transition time is kept now, wherever it is kept.
+    pub sockets_tracked: u64,
+}
+
 /// Every counter, for -v.
-fn describe(counters: &Counters, sockets_tracked: u64, sink: &Sink) -> String {
+fn describe(counters: &Counters, counts: &ReaderCounts) -> String {
     format!(
         "{} transitions matched, {} printed, {} lost (ring buffer full), \
          {} missed (recursion), {} sockets without room in the map, {} undecodable records, \
-         {} sockets tracked in the address map",
+         {} sockets tracked",
         counters.events,
-        sink.printed,
+        counts.printed,
         counters.ringbuf_drops,
         counters.recursion_misses,
-        counters.map_full,
-        sink.undecodable,
-        sockets_tracked
+        counters.map_full + counts.no_room,
+        counts.undecodable,
+        counts.sockets_tracked
     )
 }
 
 /// The one line printed at exit when anything was lost or unknown.
-pub fn losses(counters: &Counters, undecodable: u64) -> Option<String> {
+pub fn losses(counters: &Counters, counts: &ReaderCounts) -> Option<String> {
     let mut parts = Vec::new();
     if counters.ringbuf_drops > 0 {
         parts.push(format!(
@@ -153,14 +168,17 @@ pub fn losses(counters: &Counters, undecodable: u64) -> Option<String> {
             counters.recursion_misses
         ));
     }
-    if counters.map_full > 0 {
+    let no_room = counters.map_full + counts.no_room;
+    if no_room > 0 {
         parts.push(format!(
-            "{} durations unknown (socket map full: raise --max-sockets)",
-            counters.map_full
+            "{no_room} durations unknown (socket map full: raise --max-sockets)"
         ));
     }
-    if undecodable > 0 {
-        parts.push(format!("{undecodable} records could not be decoded"));
+    if counts.undecodable > 0 {
+        parts.push(format!(
+            "{} records could not be decoded",
+            counts.undecodable
+        ));
     }
     (!parts.is_empty()).then(|| parts.join("; "))
 }
@@ -170,6 +188,7 @@ struct Sink {
     formatter: Formatter,
     clock: EventClock,
     out: Box<dyn Write>,
+    decoder: Decoder,
     /// The first write error; stops the run.
     error: Option<io::Error>,
     printed: u64,
@@ -188,7 +207,7 @@ impl Sink {
         if self.stopped() {
             return -1;
         }
-        let Ok(event) = Event::decode(data) else {
+        let Ok(event) = self.decoder.decode(data) else {
             self.undecodable += 1;
             return 0;
         };
@@ -197,6 +216,18 @@ impl Sink {
         self.printed += 1;
         self.record(result);
         if self.stopped() { -1 } else { 0 }
+    }
+
+    fn counts(&self, tracer: &Tracer) -> ReaderCounts {
+        ReaderCounts {
+            printed: self.printed,
+            undecodable: self.undecodable,
+            no_room: self.decoder.times().map_or(0, SocketTimes::no_room),
+            sockets_tracked: match self.decoder.times() {
+                Some(times) => times.len() as u64,
+                None => tracer.sockets_tracked(),
+            },
+        }
     }
 
     fn flush(&mut self) {
@@ -282,18 +313,30 @@ mod tests {
 
     #[test]
     fn losses_line() {
-        assert_eq!(losses(&Counters::default(), 0), None);
+        assert_eq!(losses(&Counters::default(), &ReaderCounts::default()), None);
         let counters = Counters {
             events: 10,
             ringbuf_drops: 3,
             map_full: 2,
             recursion_misses: 4,
         };
+        let counts = ReaderCounts {
+            printed: 7,
+            undecodable: 1,
+            no_room: 3,
+            sockets_tracked: 9,
+        };
         assert_eq!(
-            losses(&counters, 1).unwrap(),
+            losses(&counters, &counts).unwrap(),
             "3 events lost (ring buffer full); 4 transitions missed (the kernel skipped the \
-             program: it was already running on that CPU); 2 durations unknown (socket map \
+             program: it was already running on that CPU); 5 durations unknown (socket map \
              full: raise --max-sockets); 1 records could not be decoded"
+        );
+        assert_eq!(
+            describe(&counters, &counts),
+            "10 transitions matched, 7 printed, 3 lost (ring buffer full), 4 missed \
+             (recursion), 5 sockets without room in the map, 1 undecodable records, 9 \
+             sockets tracked"
         );
     }
 }

@@ -14,6 +14,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffer, Rin
 
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
+use crate::durations::Decoder;
 
 /// Where the program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,6 +122,17 @@ pub struct Filter {
     pub remote_ports: Vec<u16>,
 }
 
+impl Filter {
+    /// Whether the kernel keeps each socket's last-transition time. With a
+    /// port filter it must: it drops transitions user space would need
+    /// (a client's local port is still 0 at CLOSE -> SYN_SENT). Without one,
+    /// user space sees every transition of the family and keeps the times
+    /// itself (src/durations.rs), which costs the traced host much less.
+    pub fn tracks_in_kernel(&self) -> bool {
+        !self.local_ports.is_empty() || !self.remote_ports.is_empty()
+    }
+}
+
 /// How to load and attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TracerOptions {
@@ -130,7 +142,8 @@ pub struct TracerOptions {
     pub attach: AttachRequest,
     /// BTF of the running kernel, when it has none at /sys/kernel/btf/vmlinux.
     pub btf: Option<PathBuf>,
-    /// Size of the per-socket map.
+    /// How many sockets' last-transition times are kept at once (in the
+    /// kernel with a port filter, else in user space).
     pub max_sockets: u32,
     /// Size of the ring buffer in bytes (a power of two, at least a page).
     pub ringbuf_bytes: u32,
@@ -162,7 +175,7 @@ pub struct Counters {
     pub events: u64,
     /// Events lost because the ring buffer was full.
     pub ringbuf_drops: u64,
-    /// Sockets the per-socket map (or socket-local storage) had no room for.
+    /// Sockets the kernel's per-socket map had no room for.
     pub map_full: u64,
     /// Transitions the kernel did not run the program for, because it was
     /// already running on that CPU (a softirq interrupted it, and changed
@@ -173,7 +186,8 @@ pub struct Counters {
 /// A loaded and attached program. Detaches when dropped.
 pub struct Tracer {
     skel: TcpstatesSkel<'static>,
-    socket_storage: bool,
+    tracks_sockets: bool,
+    max_sockets: u32,
     /// Empty once detached.
     links: Cell<Vec<Link>>,
     mode: AttachMode,
@@ -211,19 +225,7 @@ impl Tracer {
     }
 
     fn start_mode(opts: &TracerOptions, mode: AttachMode) -> Result<Self> {
-        let wants_storage = mode == AttachMode::TpBtf;
-        let (skel, socket_storage) = match load_with(opts, mode, wants_storage) {
-            Ok(skel) => (skel, wants_storage),
-            // Kernels before 5.11 refuse socket-local storage in tracing
-            // programs: tp-btf then keeps times in the address-keyed map.
-            Err(err) if wants_storage => {
-                if opts.verbose {
-                    eprintln!("tcpstates: tp-btf without socket-local storage: {err:#}");
-                }
-                (load_with(opts, mode, false)?, false)
-            }
-            Err(err) => return Err(err),
-        };
+        let skel = load(opts, mode)?;
         fill_port_set(&skel.maps.sports, &opts.filter.local_ports)?;
         fill_port_set(&skel.maps.dports, &opts.filter.remote_ports)?;
         let links = mode
@@ -238,7 +240,8 @@ impl Tracer {
             .with_context(|| format!("attaching the {mode} program{}", attach_hint(mode)))?;
         Ok(Tracer {
             skel,
-            socket_storage,
+            tracks_sockets: opts.filter.tracks_in_kernel(),
+            max_sockets: opts.max_sockets,
             links: Cell::new(links),
             mode,
         })
@@ -250,10 +253,16 @@ impl Tracer {
         drop(self.links.take());
     }
 
-    /// Whether tp-btf keeps per-socket times in socket-local storage (Linux
-    /// 5.11+) rather than the address-keyed map.
-    pub fn socket_storage(&self) -> bool {
-        self.socket_storage
+    /// Whether the kernel keeps each socket's last-transition time (see
+    /// [`Filter::tracks_in_kernel`]).
+    pub fn tracks_sockets(&self) -> bool {
+        self.tracks_sockets
+    }
+
+    /// A decoder for this program's records: it keeps the per-socket times
+    /// when the kernel does not. One per reader, fed every record in order.
+    pub fn decoder(&self) -> Decoder {
+        Decoder::new(self.tracks_sockets, self.max_sockets)
     }
 
     /// The mode that attached.
@@ -285,10 +294,9 @@ impl Tracer {
         })
     }
 
-    /// Sockets whose last transition time the address-keyed map holds now
-    /// (socket-local storage, used by tp-btf where it can, is not counted:
-    /// it goes with each socket). Walks the map: for -v, not for every read
-    /// of the counters.
+    /// Sockets whose last transition time the kernel's map holds now (none
+    /// unless the filter `tracks_in_kernel`). Walks the map: for -v, not for
+    /// every read of the counters.
     pub fn sockets_tracked(&self) -> u64 {
         self.skel.maps.sockets.keys().count() as u64
     }
@@ -354,15 +362,6 @@ fn recursion_misses(prog: &libbpf_rs::ProgramMut<'_>) -> Result<u64> {
 /// enabled. Public so tests can check that a program passes the verifier
 /// on a kernel where it cannot attach.
 pub fn load(opts: &TracerOptions, mode: AttachMode) -> Result<TcpstatesSkel<'static>> {
-    load_with(opts, mode, false)
-}
-
-/// `load`, with tp-btf keeping times in socket-local storage or not.
-fn load_with(
-    opts: &TracerOptions,
-    mode: AttachMode,
-    socket_storage: bool,
-) -> Result<TcpstatesSkel<'static>> {
     // The skeleton borrows its object storage for as long as it lives. Each
     // attempt gets its own: a failed one leaks this small allocation (its
     // object is closed), which happens at most once per attach mode.
@@ -375,7 +374,7 @@ fn load_with(
             .with_context(|| format!("using BTF file {}", btf.display()))?;
     }
     let mut open = builder.open(storage).context("opening the BPF object")?;
-    configure(&mut open, opts, mode, socket_storage)?;
+    configure(&mut open, opts, mode)?;
     open.load()
         .with_context(|| format!("loading the {mode} program"))
 }
@@ -384,7 +383,6 @@ fn configure(
     open: &mut OpenTcpstatesSkel<'_>,
     opts: &TracerOptions,
     mode: AttachMode,
-    socket_storage: bool,
 ) -> Result<()> {
     let filter = &opts.filter;
     let rodata = open
@@ -396,23 +394,21 @@ fn configure(
     rodata.filter_sport = !filter.local_ports.is_empty();
     rodata.filter_dport = !filter.remote_ports.is_empty();
     rodata.wakeup_bytes = opts.wakeup_bytes;
-    rodata.socket_storage = socket_storage;
+    rodata.track_sockets = filter.tracks_in_kernel();
 
     let maps = &mut open.maps;
     maps.events
         .set_max_entries(opts.ringbuf_bytes)
         .context("sizing the ring buffer")?;
+    // Preallocated, so an unused map gets one entry.
+    let sockets = if filter.tracks_in_kernel() {
+        opts.max_sockets
+    } else {
+        1
+    };
     maps.sockets
-        .set_max_entries(opts.max_sockets)
+        .set_max_entries(sockets)
         .context("sizing the socket map")?;
-    if mode == AttachMode::TpBtf {
-        // tp_btf programs may allocate map entries at run time: the map then
-        // costs nothing at startup, nor while socket-local storage serves.
-        let flags = maps.sockets.map_flags() | libbpf_rs::libbpf_sys::BPF_F_NO_PREALLOC;
-        maps.sockets
-            .set_map_flags(flags)
-            .context("configuring the socket map")?;
-    }
     for (map, ports) in [
         (&mut maps.sports, &filter.local_ports),
         (&mut maps.dports, &filter.remote_ports),

@@ -486,45 +486,61 @@ fn summary(stderr: &str) -> (u64, u64, u64, u64) {
     (n[0], n[1], n[2], n[4])
 }
 
-/// The address-keyed map of the tracepoint and kprobe modes (tp-btf keeps
-/// its state in socket-local storage, which has no such limit).
+/// --max-sockets 1, with the times kept here (no port filter) and in the
+/// kernel (a port filter), in both attach modes this host has.
 #[test]
 fn full_socket_map_is_reported_not_hidden() {
     let Some(_root) = root() else { return };
     let was_mounted = tracefs_mounted();
     set_tracefs(true);
-    let mut port = 0;
-    let (lines, stderr) = run_verbose(
-        &["-4", "--attach", "tracepoint", "--max-sockets", "1"],
-        |_| {
-            for _ in 0..3 {
-                let conn = connect(false);
-                port = conn.port;
-                drop(conn);
+    for mode in ["tp-btf", "tracepoint"] {
+        for kernel_tracks in [false, true] {
+            let (listener, port) = listen(false);
+            let port_arg = port.to_string();
+            let mut args = vec!["-4", "--attach", mode, "--max-sockets", "1"];
+            if kernel_tracks {
+                args.extend(["-D", &port_arg]);
             }
-        },
-    );
+            // Three sockets open at once, for one slot.
+            let (lines, stderr) = run_verbose(&args, |_| {
+                let pairs: Vec<_> = (0..3)
+                    .map(|_| {
+                        let client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+                        (client, listener.accept().unwrap().0)
+                    })
+                    .collect();
+                drop(pairs);
+            });
+            let (_, _, lost, map_full) = summary(&stderr);
+            let kept = if kernel_tracks {
+                "in the kernel (a port filter is on)"
+            } else {
+                "here"
+            };
+            assert!(
+                stderr.contains(&format!(
+                    "\ntcpstates: attached with {mode}; per-socket times kept {kept}\n"
+                )),
+                "{stderr}"
+            );
+            assert_eq!(lost, 0);
+            assert!(map_full >= 2, "{mode}, {kept}: {stderr}");
+            assert!(
+                stderr.contains(&format!(
+                    "tcpstates: {map_full} durations unknown (socket map full: raise --max-sockets)"
+                )),
+                "{stderr}"
+            );
+            // With one slot, some known-state transitions must show '-'.
+            let rows = rows_for_port(&lines[1..], port, false);
+            assert!(
+                rows.iter()
+                    .any(|r| r.old != "CLOSE" && r.old != "LISTEN" && r.ms == "-"),
+                "{mode}, {kept}: {rows:#?}"
+            );
+        }
+    }
     set_tracefs(was_mounted);
-    let (_, _, lost, map_full) = summary(&stderr);
-    assert!(
-        stderr.contains("\ntcpstates: attached with tracepoint\n"),
-        "{stderr}"
-    );
-    assert_eq!(lost, 0);
-    assert!(map_full >= 2, "{stderr}");
-    assert!(
-        stderr.contains(&format!(
-            "tcpstates: {map_full} durations unknown (socket map full: raise --max-sockets)"
-        )),
-        "{stderr}"
-    );
-    // With one slot, some known-state transitions must show '-'.
-    let rows = rows_for_port(&lines[1..], port, false);
-    assert!(
-        rows.iter()
-            .any(|r| r.old != "CLOSE" && r.old != "LISTEN" && r.ms == "-"),
-        "{rows:#?}"
-    );
 }
 
 #[test]
@@ -543,9 +559,7 @@ fn full_ring_buffer_is_counted_and_reported() {
     });
     let (matched, printed, lost, _) = summary(&stderr);
     assert!(
-        stderr.contains(
-            "\ntcpstates: attached with tp-btf (per-socket times in socket-local storage)\n"
-        ),
+        stderr.contains("\ntcpstates: attached with tp-btf; per-socket times kept here\n"),
         "{stderr}"
     );
     assert!(lost > 0, "{stderr}");

@@ -8,8 +8,9 @@
  *   - kprobes on tcp_set_state and on the two functions that change a
  *     state without it: for kernels without the tracepoint.
  * Each front end reads the transition into a `struct event`; handle() applies
- * the filters, keeps the per-socket time of the last transition and sends the
- * event through the ring buffer.
+ * the filters, keeps the per-socket time of the last transition when a port
+ * filter is on (user space keeps it otherwise) and sends the event through
+ * the ring buffer.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -38,12 +39,13 @@ const volatile bool filter_dport = false;
  */
 const volatile __u32 wakeup_bytes = 0;
 /*
- * tp_btf keeps per-socket times in socket-local storage when the kernel
- * allows it from tracing programs (Linux 5.11+), else in the address-keyed
- * map. When false, the verifier never reaches the sk_storage call, so the
- * program loads on kernels that would refuse it.
+ * Whether this program keeps each socket's time of its last transition (in
+ * the `sockets` map) and sends the time in the old state. Only needed when a
+ * port filter drops events here: otherwise user space sees every transition
+ * and keeps the times itself, which costs the traced host far less than any
+ * per-socket store in the kernel.
  */
-const volatile bool socket_storage = true;
+const volatile bool track_sockets = false;
 
 /* Makes `struct event` and `enum counter` part of the object's BTF, so the
  * skeleton generates them for Rust. */
@@ -56,25 +58,15 @@ struct {
 	__uint(max_entries, 1 << 22);
 } events SEC(".maps");
 
-/* Socket address -> state, for the tracepoint and kprobe modes, and for
- * tp_btf where socket-local storage fails. Preallocated (the default for a
- * hash map): some kernels refuse run-time allocation from tracepoint and
- * kprobe programs; user space turns preallocation off for tp_btf, which may
- * allocate, so that an unused map costs nothing. */
+/* Socket address -> state, when track_sockets. Preallocated (the default
+ * for a hash map): some kernels refuse run-time allocation from tracepoint
+ * and kprobe programs. User space sizes it to one entry when unused. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
 	__type(key, __u64);
 	__type(value, struct sock_state);
 } sockets SEC(".maps");
-
-/* The same, for tp_btf: storage that lives and dies with each socket. */
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
-	__type(value, struct sock_state);
-} sk_states SEC(".maps");
 
 /* kprobe mode: thread -> socket, from entry to return of
  * inet_csk_listen_start. */
@@ -141,39 +133,14 @@ static __always_inline void count(__u32 which)
 }
 
 /*
- * Common path. `e` holds skaddr, states, family, ports, addresses and netns;
- * the rest is filled here.
- */
-/*
  * Sets e's time in its old state from the socket's previous transition, and
- * remembers this one: in socket-local storage when `sk` is given (tp_btf),
- * else in the `sockets` map keyed by the socket's address.
+ * remembers this one in the `sockets` map, keyed by the socket's address.
+ * src/durations.rs applies the same rules in user space.
  */
-static __always_inline void track(struct event *e, const struct sock *sk,
-				  __u64 now)
+static __always_inline void track(struct event *e, __u64 now)
 {
 	struct sock_state *st, fresh = {};
 	__u64 key = e->skaddr;
-
-	if (sk && socket_storage) {
-		/*
-		 * Lives and dies with the socket: no size limit, no address
-		 * reuse, and a socket that connects again after CLOSE has its
-		 * real time in CLOSE. Some kernels (5.10) accept the call yet
-		 * never return storage: then the map below serves.
-		 */
-		st = bpf_sk_storage_get(&sk_states, (struct sock *)sk, 0,
-					BPF_SK_STORAGE_GET_F_CREATE);
-		if (st) {
-			/* 0: just created, the socket is new to us. */
-			if (st->since_ns)
-				e->delta_ns = now - st->since_ns;
-			else
-				e->flags |= EVENT_F_DURATION_UNKNOWN;
-			st->since_ns = now;
-			return;
-		}
-	}
 
 	st = bpf_map_lookup_elem(&sockets, &key);
 	/*
@@ -205,11 +172,9 @@ static __always_inline void track(struct event *e, const struct sock *sk,
 
 /*
  * Common path. `e` holds skaddr, states, family, ports, addresses and netns;
- * the rest is filled here. `sk` is the socket when its local storage can be
- * used (tp_btf), else NULL.
+ * the rest is filled here.
  */
-static __always_inline int handle(struct event *e, __u16 protocol,
-				  const struct sock *sk)
+static __always_inline int handle(struct event *e, __u16 protocol)
 {
 	__u64 now, wakeup = 0;
 
@@ -224,7 +189,8 @@ static __always_inline int handle(struct event *e, __u16 protocol,
 	 * have its time recorded for the transitions that do match later.
 	 */
 	now = bpf_ktime_get_ns();
-	track(e, sk, now);
+	if (track_sockets)
+		track(e, now);
 
 	if (filter_sport && !bpf_map_lookup_elem(&sports, &e->sport))
 		return 0;
@@ -313,7 +279,7 @@ static __always_inline int handle_btf(const struct sock *sk, int oldstate,
 	read_sock_btf(&e, &tp->inet_conn.icsk_inet);
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	return handle(&e, IPPROTO_TCP, sk);
+	return handle(&e, IPPROTO_TCP);
 }
 
 /*
@@ -411,7 +377,7 @@ int handle_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 	}
 	e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	/* A u8 before Linux 5.6, a u16 since (the fields after it moved). */
-	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(ctx, protocol), NULL);
+	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(ctx, protocol));
 }
 
 /*
@@ -430,7 +396,7 @@ int BPF_KPROBE(handle_kprobe, struct sock *sk, int state)
 	/* On entry the socket still holds the state it leaves. */
 	e.oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
 	e.newstate = state;
-	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol), NULL);
+	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
 }
 
 static __always_inline int handle_kprobe_change(struct sock *sk, int oldstate,
@@ -441,7 +407,7 @@ static __always_inline int handle_kprobe_change(struct sock *sk, int oldstate,
 	read_sock(&e, sk);
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol), NULL);
+	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
 }
 
 SEC("?kprobe/inet_csk_listen_start")

@@ -12,6 +12,7 @@ use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use tcpstates::durations::Decoder;
 use tcpstates::event::{Event, TcpState};
 use tcpstates::tracer::{Tracer, TracerOptions};
 
@@ -77,6 +78,7 @@ pub fn loopback(v6: bool) -> IpAddr {
 /// An in-process tracer and everything it received.
 pub struct Capture {
     pub tracer: Tracer,
+    decoder: RefCell<Decoder>,
     pub events: RefCell<Vec<Event>>,
 }
 
@@ -84,6 +86,7 @@ impl Capture {
     pub fn start(opts: &TracerOptions) -> Self {
         let tracer = Tracer::start(opts).expect("starting the tracer");
         Capture {
+            decoder: RefCell::new(tracer.decoder()),
             tracer,
             events: RefCell::new(Vec::new()),
         }
@@ -94,9 +97,12 @@ impl Capture {
         let ring = self
             .tracer
             .ring_buffer(|data| {
-                self.events
-                    .borrow_mut()
-                    .push(Event::decode(data).expect("decoding an event"));
+                self.events.borrow_mut().push(
+                    self.decoder
+                        .borrow_mut()
+                        .decode(data)
+                        .expect("decoding an event"),
+                );
                 0
             })
             .expect("ring buffer");
