@@ -4,7 +4,7 @@
 //! mode is tested without root. The header and the rows come from one list
 //! of columns.
 
-use std::io::{self, Write};
+use std::io::Write;
 use std::net::IpAddr;
 
 use crate::event::{Event, TcpState};
@@ -99,8 +99,6 @@ pub struct Formatter {
     opts: OutputOptions,
     columns: Vec<Column>,
     first_ts_ns: Option<u64>,
-    /// The line being built, reused.
-    line: Vec<u8>,
 }
 
 impl Formatter {
@@ -142,27 +140,21 @@ impl Formatter {
             opts,
             columns,
             first_ts_ns: None,
-            line: Vec::with_capacity(256),
         }
     }
 
-    /// Writes the header line.
-    pub fn write_header<W: Write + ?Sized>(&mut self, w: &mut W) -> io::Result<()> {
-        self.write_line(w, |column, out| {
+    /// Appends the header line to `out`.
+    pub fn write_header(&mut self, out: &mut Vec<u8>) {
+        self.write_line(out, |column, out| {
             out.extend_from_slice(column.header.as_bytes())
         })
     }
 
-    /// Writes one event as one line.
-    pub fn write_event<W: Write + ?Sized>(
-        &mut self,
-        w: &mut W,
-        ev: &Event,
-        clock: WallClock,
-    ) -> io::Result<()> {
+    /// Appends one event as one line to `out`.
+    pub fn write_event(&mut self, out: &mut Vec<u8>, ev: &Event, clock: WallClock) {
         let first = *self.first_ts_ns.get_or_insert(ev.ts_ns);
         let csv = self.opts.csv;
-        self.write_line(w, |column, out| match column.field {
+        self.write_line(out, |column, out| match column.field {
             Field::Time => {
                 for (i, n) in [clock.hour, clock.minute, clock.second]
                     .into_iter()
@@ -178,7 +170,7 @@ impl Formatter {
             Field::Skaddr => push_hex(out, ev.skaddr),
             Field::Pid => push_u64(out, ev.pid.into()),
             Field::Comm if csv => push_csv_text(out, &ev.comm()),
-            Field::Comm => out.extend_from_slice(ev.comm().as_bytes()),
+            Field::Comm => push_comm(out, &ev.comm),
             Field::Ip => out.push(b'0' + ev.ip_version()),
             Field::Laddr => push_ip(out, ev.laddr),
             Field::Lport => push_u64(out, ev.lport.into()),
@@ -194,66 +186,101 @@ impl Formatter {
         })
     }
 
-    /// Lays out one line: each column's text (appended by `cell`) padded or
-    /// cut to its width, separated by a space (or a comma in CSV). Built in
-    /// one reused buffer: no allocation per event, one write.
-    fn write_line<W, F>(&mut self, w: &mut W, mut cell: F) -> io::Result<()>
+    /// Lays out one line at the end of `out`: each column's text (appended
+    /// by `cell`) padded or cut to its width, separated by a space (or a
+    /// comma in CSV). No allocation once `out` has grown to a batch.
+    fn write_line<F>(&self, out: &mut Vec<u8>, mut cell: F)
     where
-        W: Write + ?Sized,
         F: FnMut(&Column, &mut Vec<u8>),
     {
-        let Self {
-            opts,
-            columns,
-            line,
-            ..
-        } = self;
-        line.clear();
-        let last = columns.len() - 1;
-        for (i, column) in columns.iter().enumerate() {
-            let start = line.len();
-            cell(column, line);
-            if opts.csv {
-                line.push(if i == last { b'\n' } else { b',' });
+        let last = self.columns.len() - 1;
+        for (i, column) in self.columns.iter().enumerate() {
+            let start = out.len();
+            cell(column, out);
+            if self.opts.csv {
+                out.push(if i == last { b'\n' } else { b',' });
                 continue;
             }
-            // Every cell is ASCII but the task name, which may not be.
-            let mut chars = line.len() - start;
-            if !line[start..].is_ascii() {
-                let text = String::from_utf8_lossy(&line[start..]).into_owned();
-                chars = text.chars().count();
-                if column.truncate && chars > column.width {
-                    let cut: String = text.chars().take(column.width).collect();
-                    line.truncate(start);
-                    line.extend_from_slice(cut.as_bytes());
-                    chars = column.width;
-                }
-            } else if column.truncate && chars > column.width {
-                line.truncate(start + column.width);
-                chars = column.width;
-            }
-            if i == last {
-                line.push(b'\n');
+            // Every cell is ASCII but the task name, the one column cut.
+            let chars = if column.truncate {
+                cut(out, start, column.width)
             } else {
-                let pad = column.width.saturating_sub(chars) + 1;
-                line.resize(line.len() + pad, b' ');
+                out.len() - start
+            };
+            if i == last {
+                out.push(b'\n');
+            } else {
+                push_spaces(out, column.width.saturating_sub(chars) + 1);
             }
         }
-        w.write_all(line)
     }
 }
 
-/// Decimal digits of `n`.
+/// Cuts the text from `start` to the end of `out` to `width` characters and
+/// returns how many characters it has.
+fn cut(out: &mut Vec<u8>, start: usize, width: usize) -> usize {
+    if out[start..].is_ascii() {
+        out.truncate(start + width.min(out.len() - start));
+        return out.len() - start;
+    }
+    let text = String::from_utf8_lossy(&out[start..]).into_owned();
+    let chars = text.chars().count();
+    if chars <= width {
+        return chars;
+    }
+    let cut: String = text.chars().take(width).collect();
+    out.truncate(start);
+    out.extend_from_slice(cut.as_bytes());
+    width
+}
+
+fn push_spaces(out: &mut Vec<u8>, n: usize) {
+    const SPACES: [u8; 64] = [b' '; 64];
+    let mut left = n;
+    while left > 0 {
+        let chunk = left.min(SPACES.len());
+        out.extend_from_slice(&SPACES[..chunk]);
+        left -= chunk;
+    }
+}
+
+/// The task name up to its NUL; invalid UTF-8 replaced (as `Event::comm`),
+/// without allocating when it is ASCII (nearly always).
+fn push_comm(out: &mut Vec<u8>, comm: &[u8; 16]) {
+    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    let name = &comm[..len];
+    if name.is_ascii() {
+        out.extend_from_slice(name);
+    } else {
+        out.extend_from_slice(String::from_utf8_lossy(name).as_bytes());
+    }
+}
+
+/// "00" to "99".
+const DIGIT_PAIRS: &[u8; 200] = b"\
+    0001020304050607080910111213141516171819\
+    2021222324252627282930313233343536373839\
+    4041424344454647484950515253545556575859\
+    6061626364656667686970717273747576777879\
+    8081828384858687888990919293949596979899";
+
+/// Decimal digits of `n`, two at a time.
 fn push_u64(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
-    loop {
+    while n >= 100 {
+        let pair = (n % 100) as usize * 2;
+        n /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if n >= 10 {
+        at -= 2;
+        let pair = n as usize * 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
+        digits[at] = b'0' + n as u8;
     }
     out.extend_from_slice(&digits[at..]);
 }
@@ -261,19 +288,21 @@ fn push_u64(out: &mut Vec<u8>, mut n: u64) {
 /// Lower-case hex digits of `n`, without leading zeros.
 fn push_hex(out: &mut Vec<u8>, n: u64) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let nibbles = (64 - n.leading_zeros()).div_ceil(4).max(1);
-    for i in (0..nibbles).rev() {
-        out.push(HEX[(n >> (i * 4)) as usize & 0xf]);
+    let mut digits = [0u8; 16];
+    for (i, d) in digits.iter_mut().enumerate() {
+        *d = HEX[(n >> ((15 - i) * 4)) as usize & 0xf];
     }
+    let nibbles = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    out.extend_from_slice(&digits[16 - nibbles..]);
 }
 
 fn push_ip(out: &mut Vec<u8>, addr: IpAddr) {
     match addr {
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
+            let [a, b, c, d] = v4.octets();
+            push_u64(out, a.into());
+            for octet in [b, c, d] {
+                out.push(b'.');
                 push_u64(out, octet.into());
             }
         }
@@ -346,9 +375,9 @@ mod tests {
     fn render(opts: OutputOptions, events: &[Event]) -> Vec<String> {
         let mut f = Formatter::new(opts);
         let mut out = Vec::new();
-        f.write_header(&mut out).unwrap();
+        f.write_header(&mut out);
         for ev in events {
-            f.write_event(&mut out, ev, CLOCK).unwrap();
+            f.write_event(&mut out, ev, CLOCK);
         }
         String::from_utf8(out)
             .unwrap()

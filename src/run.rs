@@ -1,7 +1,7 @@
 //! One tracing session: attach, print until stopped, report what was lost.
 
 use std::cell::RefCell;
-use std::io::{self, BufWriter, IsTerminal, Write};
+use std::io::{self, IsTerminal, StdoutLock, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -16,6 +16,9 @@ use crate::tracer::{Counters, Tracer};
 /// How long one poll waits: also the longest a line written into a pipe or
 /// file waits in the buffer, and how quickly a signal is noticed.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Output is written in chunks of about this size when it is not a terminal.
+const WRITE_BYTES: usize = 1 << 16;
 
 /// With -v, how often the counters are shown.
 const VERBOSE_REPORT_EVERY: Duration = Duration::from_secs(10);
@@ -43,19 +46,16 @@ pub fn run(config: &Config) -> Result<()> {
         );
     }
 
-    // A terminal sees each line as it comes: a wakeup per event, and stdout
-    // is line-buffered. A pipe or file gets batches: the kernel wakes us
-    // once enough is waiting (or the poll times out), and we write large
-    // chunks, flushed after every poll.
-    let out: Box<dyn Write> = if terminal {
-        Box::new(stdout.lock())
-    } else {
-        Box::new(BufWriter::with_capacity(1 << 16, stdout.lock()))
-    };
+    // A terminal sees each line as it comes: a wakeup and a write per event.
+    // A pipe or file gets batches: the kernel wakes us once enough is
+    // waiting (or the poll times out), and we write large chunks, and what
+    // is left after every poll.
     let sink = RefCell::new(Sink {
         formatter: Formatter::new(config.output),
         clock: EventClock::new(config.output.time),
-        out,
+        out: stdout.lock(),
+        pending: Vec::with_capacity(WRITE_BYTES + 4096),
+        write_each_line: terminal,
         decoder: tracer.decoder(),
         error: None,
         printed: 0,
@@ -187,7 +187,10 @@ pub fn losses(counters: &Counters, counts: &ReaderCounts) -> Option<String> {
 struct Sink {
     formatter: Formatter,
     clock: EventClock,
-    out: Box<dyn Write>,
+    out: StdoutLock<'static>,
+    /// Formatted lines not written yet.
+    pending: Vec<u8>,
+    write_each_line: bool,
     decoder: Decoder,
     /// The first write error; stops the run.
     error: Option<io::Error>,
@@ -197,8 +200,7 @@ struct Sink {
 
 impl Sink {
     fn header(&mut self) {
-        let result = self.formatter.write_header(&mut self.out);
-        self.record(result);
+        self.formatter.write_header(&mut self.pending);
         self.flush();
     }
 
@@ -212,9 +214,11 @@ impl Sink {
             return 0;
         };
         let wall = self.clock.wall(event.ts_ns);
-        let result = self.formatter.write_event(&mut self.out, &event, wall);
+        self.formatter.write_event(&mut self.pending, &event, wall);
         self.printed += 1;
-        self.record(result);
+        if self.write_each_line || self.pending.len() >= WRITE_BYTES {
+            self.write_pending();
+        }
         if self.stopped() { -1 } else { 0 }
     }
 
@@ -230,7 +234,16 @@ impl Sink {
         }
     }
 
+    fn write_pending(&mut self) {
+        if !self.stopped() {
+            let result = self.out.write_all(&self.pending);
+            self.record(result);
+        }
+        self.pending.clear();
+    }
+
     fn flush(&mut self) {
+        self.write_pending();
         if !self.stopped() {
             let result = self.out.flush();
             self.record(result);

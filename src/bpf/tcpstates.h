@@ -46,6 +46,9 @@ struct event {
 	__u64 ts_ns;
 	/* Time spent in `oldstate`; meaningless when EVENT_F_DURATION_UNKNOWN. */
 	__u64 delta_ns;
+	/* Up to the first NUL (what follows it is not cleared). 8-aligned:
+	 * copied as two u64. */
+	char comm[TASK_COMM_LEN];
 	/* Network namespace inode number of the socket (0 if unknown). */
 	__u32 netns;
 	/* Task on the CPU at the transition ("current"), thread group id. */
@@ -62,7 +65,6 @@ struct event {
 	/* IPv4 addresses use the first 4 bytes; network byte order. */
 	__u8 saddr[16];
 	__u8 daddr[16];
-	char comm[TASK_COMM_LEN];
 	__u32 __pad1;
 };
 
