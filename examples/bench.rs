@@ -158,10 +158,10 @@ fn main() -> Result<()> {
             .map(|s| storm.connections as f64 / s.storm_secs),
     );
     println!(
-        "| tool | captured (min of runs) | lost | CPU per event | storm rate | slowdown | peak RSS |"
+        "| tool | captured (min of runs) | lost | CPU per event | storm rate | slowdown | slowdown IQR | storm CPU | peak RSS |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
-    println!("| untraced | | | | {base_rate:.0} conn/s | | |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| untraced | | | | {base_rate:.0} conn/s | | | | |");
     for (i, (name, _)) in tools.iter().enumerate().skip(1) {
         let runs = &samples[i];
         let min_captured = runs
@@ -179,9 +179,19 @@ fn main() -> Result<()> {
         );
         let rate = median(runs.iter().map(|s| storm.connections as f64 / s.storm_secs));
         let rss = median(runs.iter().map(|s| s.max_rss_kb as f64)) / 1024.0;
+        // Each traced storm against the untraced one just before it: the
+        // storm's own speed drifts over a run (TIME_WAIT sockets pile up, the
+        // host's load changes), pairs cancel most of that.
+        let pairs = || samples[0].iter().zip(runs);
+        // Rate drop: 1 - traced rate / untraced rate.
+        let slowdowns: Vec<f64> = pairs()
+            .map(|(base, traced)| (1.0 - base.storm_secs / traced.storm_secs) * 100.0)
+            .collect();
+        let (q1, slowdown, q3) = quartiles(&slowdowns);
+        let storm_cpu =
+            median(pairs().map(|(base, traced)| (traced.busy_secs / base.busy_secs - 1.0) * 100.0));
         println!(
-            "| {name} | {min_captured:.3}% | {lost} of {truth} | {cpu_us:.3} us | {rate:.0} conn/s | {:.1}% | {rss:.1} MB |",
-            (1.0 - rate / base_rate) * 100.0
+            "| {name} | {min_captured:.3}% | {lost} of {truth} | {cpu_us:.3} us | {rate:.0} conn/s | {slowdown:.1}% | {q1:.1}% to {q3:.1}% | +{storm_cpu:.1}% | {rss:.1} MB |"
         );
     }
     println!();
@@ -406,7 +416,7 @@ fn soak(args: &Args, storm: &Storm, length: Duration) -> Result<()> {
         args.ours.display(),
         args.ours_args.join(" ")
     );
-    println!("| elapsed | storms | transitions (truth) | RSS | sockets tracked (map) |");
+    println!("| elapsed | storms | transitions (truth) | RSS | sockets tracked |");
     println!("| --- | --- | --- | --- | --- |");
     let start = Instant::now();
     let mut next_sample = Duration::ZERO;
@@ -425,7 +435,7 @@ fn soak(args: &Args, storm: &Storm, length: Duration) -> Result<()> {
                 .rev()
                 .find_map(|l| {
                     l.split(", ")
-                        .find_map(|p| p.strip_suffix(" sockets tracked in the address map"))
+                        .find_map(|p| p.strip_suffix(" sockets tracked"))
                         .map(str::to_owned)
                 })
                 .unwrap_or_else(|| "-".into());
@@ -452,6 +462,17 @@ fn soak(args: &Args, storm: &Storm, length: Duration) -> Result<()> {
         println!("tcpstates said at exit: {line}");
     }
     Ok(())
+}
+
+/// (first quartile, median, third quartile), nearest rank.
+fn quartiles(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.25), at(0.5), at(0.75))
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
