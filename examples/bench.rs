@@ -476,12 +476,7 @@ fn quartiles(values: &[f64]) -> (f64, f64, f64) {
 }
 
 fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut v: Vec<f64> = values.collect();
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    quartiles(&values.collect::<Vec<_>>()).1
 }
 
 fn ensure_tracefs() -> Result<()> {

@@ -190,12 +190,18 @@ impl Event {
 
     /// The task name, up to its first NUL, with invalid UTF-8 replaced.
     pub fn comm(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.comm_bytes())
+    }
+
+    /// The task name's bytes, up to its first NUL (the kernel does not
+    /// always clear what follows it).
+    pub fn comm_bytes(&self) -> &[u8] {
         let len = self
             .comm
             .iter()
             .position(|&b| b == 0)
             .unwrap_or(self.comm.len());
-        String::from_utf8_lossy(&self.comm[..len])
+        &self.comm[..len]
     }
 
     /// 4 or 6.

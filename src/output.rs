@@ -170,7 +170,7 @@ impl Formatter {
             Field::Skaddr => push_hex(out, ev.skaddr),
             Field::Pid => push_u64(out, ev.pid.into()),
             Field::Comm if csv => push_csv_text(out, &ev.comm()),
-            Field::Comm => push_comm(out, &ev.comm),
+            Field::Comm => push_comm(out, ev),
             Field::Ip => out.push(b'0' + ev.ip_version()),
             Field::Laddr => push_ip(out, ev.laddr),
             Field::Lport => push_u64(out, ev.lport.into()),
@@ -244,15 +244,14 @@ fn push_spaces(out: &mut Vec<u8>, n: usize) {
     }
 }
 
-/// The task name up to its NUL; invalid UTF-8 replaced (as `Event::comm`),
-/// without allocating when it is ASCII (nearly always).
-fn push_comm(out: &mut Vec<u8>, comm: &[u8; 16]) {
-    let len = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    let name = &comm[..len];
+/// The task name, as `Event::comm` gives it, checked with the cheaper
+/// ASCII test first (nearly every name is ASCII).
+fn push_comm(out: &mut Vec<u8>, ev: &Event) {
+    let name = ev.comm_bytes();
     if name.is_ascii() {
         out.extend_from_slice(name);
     } else {
-        out.extend_from_slice(String::from_utf8_lossy(name).as_bytes());
+        out.extend_from_slice(ev.comm().as_bytes());
     }
 }
 
