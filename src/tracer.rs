@@ -394,7 +394,10 @@ fn configure(
     rodata.filter_sport = !filter.local_ports.is_empty();
     rodata.filter_dport = !filter.remote_ports.is_empty();
     rodata.wakeup_bytes = opts.wakeup_bytes;
+    let cpus = libbpf_rs::num_possible_cpus().context("counting the CPUs")?;
+    rodata.wakeup_mask = wakeup_mask(opts.ringbuf_bytes, cpus);
     rodata.track_sockets = filter.tracks_in_kernel();
+    rodata.has_task_btf = kernel_release().is_some_and(|version| version >= (5, 11));
 
     let maps = &mut open.maps;
     maps.events
@@ -409,6 +412,12 @@ fn configure(
     maps.sockets
         .set_max_entries(sockets)
         .context("sizing the socket map")?;
+    // Only the kprobes use it; preallocated too.
+    if mode != AttachMode::Kprobe {
+        maps.listening
+            .set_max_entries(1)
+            .context("sizing the listener map")?;
+    }
     for (map, ports) in [
         (&mut maps.sports, &filter.local_ports),
         (&mut maps.dports, &filter.remote_ports),
@@ -424,6 +433,41 @@ fn configure(
         }
     }
     Ok(())
+}
+
+/// With batched wakeups, each CPU looks at how much waits in the ring every
+/// mask+1 events: at most 32, and few enough that the events between two
+/// looks, on every CPU at once, take at most a sixteenth of the ring.
+fn wakeup_mask(ringbuf_bytes: u32, cpus: usize) -> u32 {
+    let record = (std::mem::size_of::<crate::bpf::types::event>() + 8) as u64;
+    let fits = u64::from(ringbuf_bytes) / 16 / (record * cpus.max(1) as u64);
+    let every = if fits == 0 { 1 } else { 1 << fits.ilog2() };
+    every.min(32) - 1
+}
+
+/// The running kernel's major and minor version, from uname.
+fn kernel_release() -> Option<(u32, u32)> {
+    // SAFETY: uname fills the struct we own; all-zero bytes are a valid
+    // utsname.
+    let name = unsafe {
+        let mut name: libc::utsname = std::mem::zeroed();
+        (libc::uname(&mut name) == 0).then_some(name)
+    }?;
+    let release: Vec<u8> = name
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    parse_release(&String::from_utf8_lossy(&release))
+}
+
+/// "6.18.44-fc" -> (6, 18).
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
 }
 
 /// Reads slot `key` of a per-CPU array of u64 counters, summed over CPUs.
@@ -504,6 +548,25 @@ fn set_libbpf_log(verbose: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wakeup_looks() {
+        assert_eq!(wakeup_mask(4 << 20, 2), 31);
+        assert_eq!(wakeup_mask(4 << 20, 512), 3);
+        assert_eq!(wakeup_mask(64 << 10, 2), 15);
+        assert_eq!(wakeup_mask(4096, 2), 0);
+        assert_eq!(wakeup_mask(4096, 1), 1);
+    }
+
+    #[test]
+    fn kernel_releases() {
+        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_release("5.10.0-32-amd64"), Some((5, 10)));
+        assert_eq!(parse_release("4.18.0-553.el8_10.x86_64"), Some((4, 18)));
+        assert_eq!(parse_release("7.2"), Some((7, 2)));
+        assert_eq!(parse_release("garbage"), None);
+        assert_eq!(parse_release("6"), None);
+    }
 
     #[test]
     fn capability_checks() {

@@ -39,6 +39,13 @@ const volatile bool filter_dport = false;
  */
 const volatile __u32 wakeup_bytes = 0;
 /*
+ * With wakeup_bytes: how much waits is looked at only when this CPU's event
+ * count & wakeup_mask is 0, since the query reads the positions that the
+ * other CPUs and the reader keep writing. User space sizes it so that the
+ * events between two looks fit many times in the ring.
+ */
+const volatile __u32 wakeup_mask = 0;
+/*
  * Whether this program keeps each socket's time of its last transition (in
  * the `sockets` map) and sends the time in the old state. Only needed when a
  * port filter drops events here: otherwise user space sees every transition
@@ -46,6 +53,12 @@ const volatile __u32 wakeup_bytes = 0;
  * per-socket store in the kernel.
  */
 const volatile bool track_sockets = false;
+/*
+ * Whether the kernel has bpf_get_current_task_btf (5.11+). Set by user space
+ * from the kernel release: a CO-RE check of the helper's enum value would
+ * cost every start another search of the kernel's BTF.
+ */
+const volatile bool has_task_btf = false;
 
 /* Makes `struct event` and `enum counter` part of the object's BTF, so the
  * skeleton generates them for Rust. */
@@ -69,7 +82,7 @@ struct {
 } sockets SEC(".maps");
 
 /* kprobe mode: thread -> socket, from entry to return of
- * inet_csk_listen_start. */
+ * inet_csk_listen_start. One entry in the other modes. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
@@ -120,7 +133,8 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-static __always_inline void count(__u32 which)
+/* Adds one to a counter; returns its value on this CPU before the add. */
+static __always_inline __u64 count(__u32 which)
 {
 	__u64 *n = bpf_map_lookup_elem(&counters, &which);
 
@@ -128,8 +142,7 @@ static __always_inline void count(__u32 which)
 	 * Per-CPU, yet atomic: a softirq (or, on preemptible kernels, another
 	 * task) can run this program on the same CPU in the middle of an add.
 	 */
-	if (n)
-		__sync_fetch_and_add(n, 1);
+	return n ? __sync_fetch_and_add(n, 1) : 0;
 }
 
 /*
@@ -172,14 +185,13 @@ static __always_inline void track(struct event *e, __u64 now)
 
 /*
  * The current task's name: two loads through the typed task pointer where
- * the kernel has bpf_get_current_task_btf (5.11+), else the helper, which
+ * the kernel has bpf_get_current_task_btf, else the helper, which
  * copies and pads byte by byte at several times the cost. Bytes after the
  * name's NUL are not cleared; user space stops at the NUL.
  */
 static __always_inline void current_comm(char *comm)
 {
-	if (bpf_core_enum_value_exists(enum bpf_func_id,
-				       BPF_FUNC_get_current_task_btf)) {
+	if (has_task_btf) {
 		const __u64 *name =
 			(const __u64 *)bpf_get_current_task_btf()->comm;
 
@@ -196,7 +208,7 @@ static __always_inline void current_comm(char *comm)
  */
 static __always_inline int handle(struct event *e, __u16 protocol)
 {
-	__u64 now, wakeup = 0;
+	__u64 now, sent, wakeup = 0;
 
 	if (protocol != IPPROTO_TCP)
 		return 0;
@@ -221,11 +233,12 @@ static __always_inline int handle(struct event *e, __u16 protocol)
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	current_comm(e->comm);
 
-	count(COUNTER_EVENTS);
+	sent = count(COUNTER_EVENTS);
 	if (wakeup_bytes)
-		wakeup = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
-				 ? BPF_RB_FORCE_WAKEUP
-				 : BPF_RB_NO_WAKEUP;
+		wakeup = (sent & wakeup_mask) == 0 &&
+				 bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
+			 ? BPF_RB_FORCE_WAKEUP
+			 : BPF_RB_NO_WAKEUP;
 	if (bpf_ringbuf_output(&events, e, sizeof(*e), wakeup))
 		count(COUNTER_RINGBUF_DROPS);
 	return 0;
@@ -269,22 +282,20 @@ static __always_inline void read_sock(struct event *e, const struct sock *sk)
 static __always_inline void read_sock_btf(struct event *e,
 					  const struct inet_sock *inet)
 {
-	const struct sock_common *skc = &inet->sk.__sk_common;
-
 	e->skaddr = (__u64)inet;
-	e->family = skc->skc_family;
+	e->family = inet->sk.__sk_common.skc_family;
 	e->sport = bpf_ntohs(inet->inet_sport);
-	e->dport = bpf_ntohs(skc->skc_dport);
+	e->dport = bpf_ntohs(inet->sk.__sk_common.skc_dport);
 	if (e->family == AF_INET) {
 		*(__u32 *)e->saddr = inet->inet_saddr;
-		*(__u32 *)e->daddr = skc->skc_daddr;
+		*(__u32 *)e->daddr = inet->sk.__sk_common.skc_daddr;
 	} else {
-		__builtin_memcpy(e->saddr, skc->skc_v6_rcv_saddr.in6_u.u6_addr8,
+		__builtin_memcpy(e->saddr, inet->sk.__sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8,
 				 sizeof(e->saddr));
-		__builtin_memcpy(e->daddr, skc->skc_v6_daddr.in6_u.u6_addr8,
+		__builtin_memcpy(e->daddr, inet->sk.__sk_common.skc_v6_daddr.in6_u.u6_addr8,
 				 sizeof(e->daddr));
 	}
-	e->netns = skc->skc_net.net->ns.inum;
+	e->netns = inet->sk.__sk_common.skc_net.net->ns.inum;
 }
 
 static __always_inline int handle_btf(const struct sock *sk, int oldstate,
@@ -296,7 +307,7 @@ static __always_inline int handle_btf(const struct sock *sk, int oldstate,
 
 	if (!tp)
 		return 0;
-	read_sock_btf(&e, &tp->inet_conn.icsk_inet);
+	read_sock_btf(&e, (const struct inet_sock *)tp);
 	e.oldstate = oldstate;
 	e.newstate = newstate;
 	return handle(&e, IPPROTO_TCP);
