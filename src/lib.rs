@@ -7,6 +7,7 @@
 //!   does not;
 //! - [`event`] decodes the kernel's records into typed [`event::Event`]s;
 //! - [`output`] formats them (pure, unit-tested without root);
+//! - [`ring`] reads the kernel's ring buffer from its mapping;
 //! - [`tracer`] is the only privileged code: open, configure, load, attach, poll;
 //! - [`run`] ties them together for one tracing session.
 //!
@@ -22,6 +23,7 @@ pub mod durations;
 pub mod event;
 pub mod groundtruth;
 pub mod output;
+pub mod ring;
 pub mod run;
 pub mod signals;
 pub mod storm;

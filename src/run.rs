@@ -1,11 +1,10 @@
 //! One tracing session: attach, print until stopped, report what was lost.
 
-use std::cell::RefCell;
 use std::io::{self, IsTerminal, StdoutLock, Write};
+use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::ErrorKind;
 
 use crate::cli::Config;
 use crate::durations::{Decoder, SocketTimes};
@@ -50,7 +49,7 @@ pub fn run(config: &Config) -> Result<()> {
     // A pipe or file gets batches: the kernel wakes us once enough is
     // waiting (or the poll times out), and we write large chunks, and what
     // is left after every poll.
-    let sink = RefCell::new(Sink {
+    let mut sink = Sink {
         formatter: Formatter::new(config.output),
         clock: EventClock::new(config.output.time),
         out: stdout.lock(),
@@ -60,28 +59,22 @@ pub fn run(config: &Config) -> Result<()> {
         error: None,
         printed: 0,
         undecodable: 0,
-    });
+    };
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
-    sink.borrow_mut().header();
+    sink.header();
 
-    let ring = tracer.ring_buffer(|data| sink.borrow_mut().accept(data))?;
+    let mut ring = tracer.ring_reader()?;
     let mut last_report = Instant::now();
-    while !signals::stop_requested() && !sink.borrow().stopped() {
-        // A poll returns when the kernel wakes us or the interval ends;
-        // either way, read everything waiting: with batched wakeups, events
-        // below the batch size are read only here.
-        let read = ring.poll(POLL_INTERVAL).and_then(|()| ring.consume());
-        if let Err(err) = read {
-            // EINTR is a signal arriving; an error from the callback is
-            // the sink's, looked at below.
-            if err.kind() != ErrorKind::Interrupted && !sink.borrow().stopped() {
-                return Err(err).context("reading the ring buffer");
-            }
-        }
-        sink.borrow_mut().flush();
+    while !signals::stop_requested() && !sink.stopped() {
+        // A wait ends when the kernel wakes us or the interval ends; either
+        // way, read everything waiting: with batched wakeups, events below
+        // the batch size are read only here.
+        ring.wait(POLL_INTERVAL)
+            .context("waiting on the ring buffer")?;
+        ring.consume(|data| sink.accept(data));
+        sink.flush();
         if verbose && last_report.elapsed() >= VERBOSE_REPORT_EVERY {
             last_report = Instant::now();
-            let sink = sink.borrow();
             eprintln!(
                 "tcpstates: {}",
                 describe(&tracer.counters()?, &sink.counts(&tracer))
@@ -91,12 +84,11 @@ pub fn run(config: &Config) -> Result<()> {
     // Detach first, so that the drain below prints everything the kernel
     // sent and the counters read after it are final.
     tracer.detach();
-    if !sink.borrow().stopped() {
-        let _ = ring.consume();
-        sink.borrow_mut().flush();
+    if !sink.stopped() {
+        ring.consume(|data| sink.accept(data));
+        sink.flush();
     }
     drop(ring);
-    let sink = sink.into_inner();
     match sink.error {
         // `tcpstates | head`: the reader is gone; end quietly.
         Some(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
@@ -204,14 +196,14 @@ impl Sink {
         self.flush();
     }
 
-    /// The ring buffer callback: non-zero stops the poll.
-    fn accept(&mut self, data: &[u8]) -> i32 {
+    /// Takes one ring buffer record; breaks once the output is gone.
+    fn accept(&mut self, data: &[u8]) -> ControlFlow<()> {
         if self.stopped() {
-            return -1;
+            return ControlFlow::Break(());
         }
         let Ok(event) = self.decoder.decode(data) else {
             self.undecodable += 1;
-            return 0;
+            return ControlFlow::Continue(());
         };
         let wall = self.clock.wall(event.ts_ns);
         self.formatter.write_event(&mut self.pending, &event, wall);
@@ -219,7 +211,11 @@ impl Sink {
         if self.write_each_line || self.pending.len() >= WRITE_BYTES {
             self.write_pending();
         }
-        if self.stopped() { -1 } else { 0 }
+        if self.stopped() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
     }
 
     fn counts(&self, tracer: &Tracer) -> ReaderCounts {

@@ -10,11 +10,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel, RingBuffer, RingBufferBuilder};
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel};
 
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
 use crate::durations::Decoder;
+use crate::ring::RingReader;
 
 /// Where the program attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -270,17 +271,10 @@ impl Tracer {
         self.mode
     }
 
-    /// A ring buffer reader that hands each record to `callback`; a non-zero
-    /// return from it stops the current poll.
-    pub fn ring_buffer<'a, F>(&'a self, callback: F) -> Result<RingBuffer<'a>>
-    where
-        F: FnMut(&[u8]) -> i32 + 'a,
-    {
-        let mut builder = RingBufferBuilder::new();
-        builder
-            .add(&self.skel.maps.events, callback)
-            .context("setting up the ring buffer")?;
-        builder.build().context("setting up the ring buffer")
+    /// A reader of the ring buffer the events come through.
+    pub fn ring_reader(&self) -> Result<RingReader<'_>> {
+        let events = &self.skel.maps.events;
+        RingReader::new(events.as_fd(), events.max_entries()).context("mapping the ring buffer")
     }
 
     /// Reads the in-kernel counters.

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::ops::ControlFlow;
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard};
@@ -94,21 +95,19 @@ impl Capture {
 
     /// Polls until `done` holds for what was received, or fails after 5 s.
     pub fn wait_until(&self, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
-        let ring = self
-            .tracer
-            .ring_buffer(|data| {
+        let mut ring = self.tracer.ring_reader().expect("ring buffer");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            ring.wait(Duration::from_millis(50)).expect("polling");
+            ring.consume(|data| {
                 self.events.borrow_mut().push(
                     self.decoder
                         .borrow_mut()
                         .decode(data)
                         .expect("decoding an event"),
                 );
-                0
-            })
-            .expect("ring buffer");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            ring.poll(Duration::from_millis(50)).expect("polling");
+                ControlFlow::Continue(())
+            });
             if done(&self.events.borrow()) {
                 break;
             }
