@@ -133,16 +133,21 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* Adds one to a counter; returns its value on this CPU before the add. */
+/* Adds one to a counter; returns its value on this CPU after the add. */
 static __always_inline __u64 count(__u32 which)
 {
 	__u64 *n = bpf_map_lookup_elem(&counters, &which);
 
+	if (!n)
+		return 0;
 	/*
 	 * Per-CPU, yet atomic: a softirq (or, on preemptible kernels, another
 	 * task) can run this program on the same CPU in the middle of an add.
+	 * The add's result is not used: an atomic add that returns the old
+	 * value needs Linux 5.12, and the value read after it serves.
 	 */
-	return n ? __sync_fetch_and_add(n, 1) : 0;
+	__sync_fetch_and_add(n, 1);
+	return *n;
 }
 
 /*
