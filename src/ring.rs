@@ -191,3 +191,129 @@ impl<'fd> RingReader<'fd> {
         handed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::File;
+    use std::os::fd::{AsFd, FromRawFd};
+    use std::os::unix::fs::FileExt;
+
+    const SIZE: u32 = 4096;
+
+    /// A file laid out like the kernel's mapping of a ring buffer: consumer
+    /// page, producer page, data (the second copy of the data is not the
+    /// same memory here, so no record may wrap).
+    struct FakeRing {
+        file: File,
+        page: u64,
+    }
+
+    impl FakeRing {
+        fn new() -> Self {
+            // SAFETY: memfd_create with a valid C string; the fd is ours.
+            let fd = unsafe { libc::memfd_create(c"ring".as_ptr(), libc::MFD_CLOEXEC) };
+            assert!(fd >= 0, "memfd_create: {}", io::Error::last_os_error());
+            // SAFETY: a fresh fd owned by nothing else.
+            let file = unsafe { File::from_raw_fd(fd) };
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as u64;
+            file.set_len(2 * page + 2 * u64::from(SIZE)).unwrap();
+            FakeRing { file, page }
+        }
+
+        /// Writes a record at data offset `pos` with header `len_word`;
+        /// returns the position after it.
+        fn record(&self, pos: u64, len_word: u32, body: &[u8]) -> u64 {
+            let at = 2 * self.page + pos;
+            self.file.write_all_at(&len_word.to_ne_bytes(), at).unwrap();
+            self.file.write_all_at(body, at + HEADER_BYTES).unwrap();
+            pos + ((body.len() as u64 + HEADER_BYTES + 7) & !7)
+        }
+
+        fn set_producer(&self, pos: u64) {
+            self.file
+                .write_all_at(&pos.to_ne_bytes(), self.page)
+                .unwrap();
+        }
+
+        fn consumer(&self) -> u64 {
+            let mut bytes = [0u8; 8];
+            self.file.read_exact_at(&mut bytes, 0).unwrap();
+            u64::from_ne_bytes(bytes)
+        }
+    }
+
+    fn drain(reader: &mut RingReader<'_>) -> Vec<Vec<u8>> {
+        let mut seen = Vec::new();
+        reader.consume(|data| {
+            seen.push(data.to_vec());
+            ControlFlow::Continue(())
+        });
+        seen
+    }
+
+    #[test]
+    fn reads_finished_records_and_skips_discarded_ones() {
+        let ring = FakeRing::new();
+        let mut reader = RingReader::new(ring.file.as_fd(), SIZE).unwrap();
+        assert!(drain(&mut reader).is_empty());
+
+        let mut end = ring.record(0, 3, b"one");
+        end = ring.record(end, 5 | DISCARD_BIT, b"gone!");
+        end = ring.record(end, 8, b"three333");
+        ring.set_producer(end);
+        assert_eq!(drain(&mut reader), [b"one".to_vec(), b"three333".to_vec()]);
+        assert_eq!(ring.consumer(), end);
+        assert!(drain(&mut reader).is_empty());
+    }
+
+    #[test]
+    fn stops_at_a_record_still_being_written() {
+        let ring = FakeRing::new();
+        let mut reader = RingReader::new(ring.file.as_fd(), SIZE).unwrap();
+        let first_end = ring.record(0, 4, b"done");
+        let end = ring.record(first_end, 4 | BUSY_BIT, b"busy");
+        ring.set_producer(end);
+        assert_eq!(drain(&mut reader), [b"done".to_vec()]);
+        assert_eq!(ring.consumer(), first_end);
+
+        // Finished: read on the next pass.
+        ring.record(first_end, 4, b"busy");
+        assert_eq!(drain(&mut reader), [b"busy".to_vec()]);
+        assert_eq!(ring.consumer(), end);
+    }
+
+    #[test]
+    fn a_break_keeps_the_rest_for_later() {
+        let ring = FakeRing::new();
+        let mut reader = RingReader::new(ring.file.as_fd(), SIZE).unwrap();
+        let first_end = ring.record(0, 1, b"a");
+        let end = ring.record(first_end, 1, b"b");
+        ring.set_producer(end);
+        let handed = reader.consume(|_| ControlFlow::Break(()));
+        assert_eq!(handed, 1);
+        assert_eq!(ring.consumer(), first_end);
+        assert_eq!(drain(&mut reader), [b"b".to_vec()]);
+    }
+
+    #[test]
+    fn positions_wrap_around_the_data() {
+        let ring = FakeRing::new();
+        // The reader resumes where the consumer position says, past one
+        // whole turn of the ring.
+        let start = u64::from(SIZE) + 64;
+        ring.file.write_all_at(&start.to_ne_bytes(), 0).unwrap();
+        let mut reader = RingReader::new(ring.file.as_fd(), SIZE).unwrap();
+        let end = ring.record(64, 2, b"hi") - 64 + start;
+        ring.set_producer(end);
+        assert_eq!(drain(&mut reader), [b"hi".to_vec()]);
+        assert_eq!(ring.consumer(), end);
+    }
+
+    #[test]
+    fn sizes_must_be_powers_of_two() {
+        let ring = FakeRing::new();
+        assert!(RingReader::new(ring.file.as_fd(), 3000).is_err());
+    }
+}

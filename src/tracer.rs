@@ -391,7 +391,10 @@ fn configure(
     let cpus = libbpf_rs::num_possible_cpus().context("counting the CPUs")?;
     rodata.wakeup_mask = wakeup_mask(opts.ringbuf_bytes, cpus);
     rodata.track_sockets = filter.tracks_in_kernel();
-    rodata.has_task_btf = kernel_release().is_some_and(|version| version >= (5, 11));
+    // The helper types its result with the kernel's own BTF: a kernel
+    // described by a --btf file has none to give.
+    rodata.has_task_btf = Path::new(KERNEL_BTF).exists()
+        && kernel_release().is_some_and(|version| version >= (5, 11));
 
     let maps = &mut open.maps;
     maps.events

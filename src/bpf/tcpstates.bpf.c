@@ -54,9 +54,9 @@ const volatile __u32 wakeup_mask = 0;
  */
 const volatile bool track_sockets = false;
 /*
- * Whether the kernel has bpf_get_current_task_btf (5.11+). Set by user space
- * from the kernel release: a CO-RE check of the helper's enum value would
- * cost every start another search of the kernel's BTF.
+ * Whether the kernel has bpf_get_current_task_btf (5.11+, and its own BTF).
+ * Set by user space from the kernel release: a CO-RE check of the helper's
+ * enum value would cost every start another search of the kernel's BTF.
  */
 const volatile bool has_task_btf = false;
 
