@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
     pub attach: Vec<AttachArg>,
 
-    /// tracepoint/kprobe modes: sockets whose last transition time is kept at once
+    /// Sockets whose last transition time is kept at once (by the kernel with -L/-D)
     #[arg(long, value_name = "N", default_value_t = 65536,
           value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
     pub max_sockets: u32,
