@@ -150,12 +150,19 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Event {
-    /// Decodes one ring buffer record. Copies it out (the record need not be
-    /// aligned) after checking its length.
+    /// Decodes one ring buffer record, read in place when it is aligned (as
+    /// the ring buffer's records are), else from a copy.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        let mut raw = RawEvent::default();
-        plain::copy_from_bytes(&mut raw, bytes).map_err(|_| DecodeError::Short(bytes.len()))?;
-        Self::from_raw(&raw)
+        match plain::from_bytes::<RawEvent>(bytes) {
+            Ok(raw) => Self::from_raw(raw),
+            Err(plain::Error::BadAlignment) => {
+                let mut raw = RawEvent::default();
+                plain::copy_from_bytes(&mut raw, bytes)
+                    .map_err(|_| DecodeError::Short(bytes.len()))?;
+                Self::from_raw(&raw)
+            }
+            Err(plain::Error::TooShort) => Err(DecodeError::Short(bytes.len())),
+        }
     }
 
     pub(crate) fn from_raw(raw: &RawEvent) -> Result<Self, DecodeError> {
