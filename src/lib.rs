@@ -9,6 +9,7 @@
 //! - [`output`] formats them (pure, unit-tested without root);
 //! - [`ring`] reads the kernel's ring buffer from its mapping;
 //! - [`tracer`] is the only privileged code: open, configure, load, attach, poll;
+//! - [`writer`] writes the output on a thread of its own;
 //! - [`run`] ties them together for one tracing session.
 //!
 //! For the loss tests and the benchmark: [`storm`] makes loopback connection
@@ -28,6 +29,7 @@ pub mod run;
 pub mod signals;
 pub mod storm;
 pub mod tracer;
+pub mod writer;
 
 /// The skeleton libbpf-cargo generates from `src/bpf/tcpstates.bpf.c`.
 mod bpf {

@@ -1,6 +1,7 @@
 //! One tracing session: attach, print until stopped, report what was lost.
 
-use std::io::{self, IsTerminal, StdoutLock, Write};
+use std::io::{self, IsTerminal};
+use std::mem;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use crate::durations::{Decoder, SocketTimes};
 use crate::output::{Formatter, WallClock};
 use crate::signals;
 use crate::tracer::{Counters, Tracer};
+use crate::writer::Writer;
 
 /// How long one poll waits: also the longest a line written into a pipe or
 /// file waits in the buffer, and how quickly a signal is noticed.
@@ -49,14 +51,15 @@ pub fn run(config: &Config) -> Result<()> {
     // A pipe or file gets batches: the kernel wakes us once enough is
     // waiting (or the poll times out), and we write large chunks, and what
     // is left after every poll.
+    let chunk_bytes = if terminal { 1024 } else { WRITE_BYTES };
+    let writer = Writer::new(stdout, chunk_bytes).context("starting the output thread")?;
     let mut sink = Sink {
         formatter: Formatter::new(config.output),
         clock: EventClock::new(config.output.time),
-        out: stdout.lock(),
-        pending: Vec::with_capacity(WRITE_BYTES + 4096),
+        pending: writer.buffer(),
+        writer,
         write_each_line: terminal,
         decoder: tracer.decoder(),
-        error: None,
         printed: 0,
         undecodable: 0,
     };
@@ -89,15 +92,15 @@ pub fn run(config: &Config) -> Result<()> {
         sink.flush();
     }
     drop(ring);
-    match sink.error {
+    let counts = sink.counts(&tracer);
+    match sink.writer.finish() {
         // `tcpstates | head`: the reader is gone; end quietly.
-        Some(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
-        Some(err) => return Err(err).context("writing the output"),
-        None => {}
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(err) => return Err(err).context("writing the output"),
+        Ok(()) => {}
     }
 
     let counters = tracer.counters()?;
-    let counts = sink.counts(&tracer);
     if verbose {
         eprintln!("tcpstates: {}", describe(&counters, &counts));
     }
@@ -179,13 +182,11 @@ pub fn losses(counters: &Counters, counts: &ReaderCounts) -> Option<String> {
 struct Sink {
     formatter: Formatter,
     clock: EventClock,
-    out: StdoutLock<'static>,
-    /// Formatted lines not written yet.
+    /// Formatted lines not handed to the writer yet.
     pending: Vec<u8>,
+    writer: Writer,
     write_each_line: bool,
     decoder: Decoder,
-    /// The first write error; stops the run.
-    error: Option<io::Error>,
     printed: u64,
     undecodable: u64,
 }
@@ -209,7 +210,7 @@ impl Sink {
         self.formatter.write_event(&mut self.pending, &event, wall);
         self.printed += 1;
         if self.write_each_line || self.pending.len() >= WRITE_BYTES {
-            self.write_pending();
+            self.flush();
         }
         if self.stopped() {
             ControlFlow::Break(())
@@ -230,30 +231,15 @@ impl Sink {
         }
     }
 
-    fn write_pending(&mut self) {
-        if !self.stopped() {
-            let result = self.out.write_all(&self.pending);
-            self.record(result);
-        }
-        self.pending.clear();
-    }
-
+    /// Hands the lines formatted so far to the output thread.
     fn flush(&mut self) {
-        self.write_pending();
-        if !self.stopped() {
-            let result = self.out.flush();
-            self.record(result);
-        }
+        let next = self.writer.buffer();
+        self.writer.send(mem::replace(&mut self.pending, next));
     }
 
-    fn record(&mut self, result: io::Result<()>) {
-        if let Err(err) = result {
-            self.error.get_or_insert(err);
-        }
-    }
-
+    /// Whether the output is gone (a write failed).
     fn stopped(&self) -> bool {
-        self.error.is_some()
+        self.writer.failed()
     }
 }
 
