@@ -233,8 +233,10 @@ impl Sink {
 
     /// Hands the lines formatted so far to the output thread.
     fn flush(&mut self) {
-        let next = self.writer.buffer();
-        self.writer.send(mem::replace(&mut self.pending, next));
+        if !self.pending.is_empty() {
+            let next = self.writer.buffer();
+            self.writer.send(mem::replace(&mut self.pending, next));
+        }
     }
 
     /// Whether the output is gone (a write failed).
