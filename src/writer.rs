@@ -3,25 +3,38 @@
 //! emptying the ring buffer: while the writer waits, formatted chunks queue
 //! up here, in memory, up to a bound; past it the reader waits too, the ring
 //! buffer fills, and the kernel counts what it drops. A stopped output (a
-//! paused pager) stops the reader as a blocking write did before.
+//! paused pager) stops the reader as a blocking write did before, once the
+//! bound is reached.
 
 use std::io::{self, Write};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
-/// Chunks that may wait for the writer. With 64 KiB chunks, 256 hold about
-/// 150,000 lines: half a second of a loopback storm on a small machine.
-const QUEUE_CHUNKS: usize = 256;
+/// Output that may wait for the writer: about 150,000 lines, half a second
+/// of a loopback storm on a small machine. A bound in bytes, not chunks: a
+/// poll that finds a few lines hands them over at once (a pipe sees them
+/// within one poll interval), so chunks can be small.
+const QUEUE_BYTES: usize = 16 << 20;
 /// Written chunks kept for reuse; the rest are freed.
 const SPARE_CHUNKS: usize = 4;
 
+/// What the reader and the writer thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    /// Bytes handed to the writer and not written yet.
+    queued: AtomicUsize,
+    /// A write failed.
+    failed: AtomicBool,
+}
+
 /// The writing end of the output.
 pub struct Writer {
-    chunks: Option<SyncSender<Vec<u8>>>,
+    chunks: Option<Sender<Vec<u8>>>,
     spares: Receiver<Vec<u8>>,
-    failed: Arc<AtomicBool>,
+    shared: Arc<Shared>,
     thread: Option<JoinHandle<io::Result<()>>>,
     chunk_bytes: usize,
 }
@@ -30,17 +43,17 @@ impl Writer {
     /// Starts the writer thread over `out`. Each chunk is written whole and
     /// then flushed, so a chunk per line reaches a terminal at once.
     pub fn new(out: impl Write + Send + 'static, chunk_bytes: usize) -> io::Result<Self> {
-        let (chunks, queue) = mpsc::sync_channel::<Vec<u8>>(QUEUE_CHUNKS);
+        let (chunks, queue) = mpsc::channel::<Vec<u8>>();
         let (spare, spares) = mpsc::sync_channel(SPARE_CHUNKS);
-        let failed = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&failed);
+        let shared = Arc::new(Shared::default());
+        let theirs = Arc::clone(&shared);
         let thread = thread::Builder::new()
             .name("tcpstates-out".into())
-            .spawn(move || write_all_chunks(out, &queue, &spare, &flag))?;
+            .spawn(move || write_all_chunks(out, &queue, &spare, &theirs))?;
         Ok(Writer {
             chunks: Some(chunks),
             spares,
-            failed,
+            shared,
             thread: Some(thread),
             chunk_bytes,
         })
@@ -53,20 +66,33 @@ impl Writer {
             .unwrap_or_else(|_| Vec::with_capacity(self.chunk_bytes + 4096))
     }
 
-    /// Queues `chunk` (if not empty), waiting while the queue is full. After
-    /// a failed write, drops it.
+    /// Queues `chunk` (if not empty), first waiting while the bound is
+    /// reached. After a failed write, drops it.
     pub fn send(&self, chunk: Vec<u8>) {
-        if let Some(chunks) = &self.chunks {
-            if !chunk.is_empty() && !self.failed() {
-                // Fails only if the thread is gone, which `finish` reports.
-                let _ = chunks.send(chunk);
-            }
+        let Some(chunks) = &self.chunks else { return };
+        if chunk.is_empty() {
+            return;
         }
+        let len = chunk.len();
+        loop {
+            if self.failed() || self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+                return;
+            }
+            let queued = self.shared.queued.load(Ordering::Acquire);
+            if queued == 0 || queued + len <= QUEUE_BYTES {
+                break;
+            }
+            // The output is stuck: wait as a blocking write would.
+            thread::sleep(Duration::from_millis(1));
+        }
+        self.shared.queued.fetch_add(len, Ordering::AcqRel);
+        // Fails only if the thread is gone, which `finish` reports.
+        let _ = chunks.send(chunk);
     }
 
     /// Whether a write failed (the writer then drops everything after it).
     pub fn failed(&self) -> bool {
-        self.failed.load(Ordering::Acquire)
+        self.shared.failed.load(Ordering::Acquire)
     }
 
     /// Writes what is queued and returns the first write error.
@@ -97,16 +123,17 @@ fn write_all_chunks(
     mut out: impl Write,
     queue: &Receiver<Vec<u8>>,
     spare: &SyncSender<Vec<u8>>,
-    failed: &AtomicBool,
+    shared: &Shared,
 ) -> io::Result<()> {
     let mut first_error = None;
     for mut chunk in queue {
         if first_error.is_none() {
             if let Err(err) = out.write_all(&chunk).and_then(|()| out.flush()) {
-                failed.store(true, Ordering::Release);
+                shared.failed.store(true, Ordering::Release);
                 first_error = Some(err);
             }
         }
+        shared.queued.fetch_sub(chunk.len(), Ordering::AcqRel);
         chunk.clear();
         // A full spare queue frees the chunk.
         let _ = spare.try_send(chunk);
@@ -185,28 +212,31 @@ mod tests {
         assert_eq!(out.written.lock().unwrap().as_slice(), b"a\nb\n");
     }
 
-    #[test]
-    fn a_stalled_write_does_not_hold_the_reader_up() {
-        /// A writer whose first write waits until released.
-        struct Stalled {
-            entered: Arc<AtomicBool>,
-            release: Arc<AtomicBool>,
-            written: Arc<Mutex<usize>>,
-        }
-        impl Write for Stalled {
-            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-                self.entered.store(true, Ordering::Release);
-                while !self.release.load(Ordering::Acquire) {
-                    thread::sleep(Duration::from_millis(1));
-                }
-                *self.written.lock().unwrap() += buf.len();
-                Ok(buf.len())
+    /// A writer whose writes wait until released.
+    struct Stalled {
+        entered: Arc<AtomicBool>,
+        release: Arc<AtomicBool>,
+        written: Arc<Mutex<usize>>,
+    }
+
+    impl Write for Stalled {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.entered.store(true, Ordering::Release);
+            while !self.release.load(Ordering::Acquire) {
+                thread::sleep(Duration::from_millis(1));
             }
-            fn flush(&mut self) -> io::Result<()> {
-                Ok(())
-            }
+            *self.written.lock().unwrap() += buf.len();
+            Ok(buf.len())
         }
-        let (entered, release) = (Arc::default(), Arc::<AtomicBool>::default());
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A writer stuck in its first write, and the flags to watch it by.
+    fn stalled() -> (Writer, Arc<AtomicBool>, Arc<Mutex<usize>>) {
+        let (entered, release) = (Arc::<AtomicBool>::default(), Arc::default());
         let written = Arc::<Mutex<usize>>::default();
         let writer = Writer::new(
             Stalled {
@@ -221,13 +251,44 @@ mod tests {
         while !entered.load(Ordering::Acquire) {
             thread::sleep(Duration::from_millis(1));
         }
-        // The write is stuck; a whole queue of chunks still goes in.
-        for _ in 0..QUEUE_CHUNKS {
-            writer.send(b"x".to_vec());
+        (writer, release, written)
+    }
+
+    #[test]
+    fn a_stalled_write_does_not_hold_the_reader_up() {
+        let (writer, release, written) = stalled();
+        // The write is stuck; thousands of small chunks still go in.
+        for _ in 0..10_000 {
+            writer.send(b"x\n".to_vec());
         }
         assert_eq!(*written.lock().unwrap(), 0);
         release.store(true, Ordering::Release);
         writer.finish().unwrap();
-        assert_eq!(*written.lock().unwrap(), 5 + QUEUE_CHUNKS);
+        assert_eq!(*written.lock().unwrap(), 5 + 2 * 10_000);
+    }
+
+    #[test]
+    fn past_the_bound_the_reader_waits_for_the_writer() {
+        let (writer, release, written) = stalled();
+        let chunk = vec![b'x'; 1 << 20];
+        // With the first write's 5 bytes, one more chunk would pass the
+        // bound.
+        for _ in 0..(QUEUE_BYTES >> 20) - 1 {
+            writer.send(chunk.clone());
+        }
+        // Full: this send returns only once the writer has written.
+        let releaser = {
+            let release = Arc::clone(&release);
+            thread::spawn(move || {
+                thread::sleep(Duration::from_millis(20));
+                release.store(true, Ordering::Release);
+            })
+        };
+        writer.send(chunk.clone());
+        assert!(release.load(Ordering::Acquire));
+        assert!(*written.lock().unwrap() > 0);
+        releaser.join().unwrap();
+        writer.finish().unwrap();
+        assert_eq!(*written.lock().unwrap(), 5 + QUEUE_BYTES);
     }
 }

@@ -5,8 +5,9 @@
 mod common;
 
 use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -16,29 +17,55 @@ use tcpstates::storm::{self, Ending, Storm};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 
-fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str]) {
+/// Where the tracer's output goes.
+#[derive(Clone, Copy, PartialEq)]
+enum Output {
+    File,
+    /// A pipe nobody reads until the storm is over.
+    StalledPipe,
+}
+
+fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str], output: Output) {
     let listener = TcpListener::bind(SocketAddr::new(loopback(v6), 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("tcpstates-loss-{}-{port}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let out_path = dir.join("out");
     let err_path = dir.join("err");
+    let stdout = match output {
+        Output::File => Stdio::from(File::create(&out_path).unwrap()),
+        Output::StalledPipe => Stdio::piped(),
+    };
     let mut child = Command::new(BIN)
         .args(extra)
-        .stdout(File::create(&out_path).unwrap())
+        .stdout(stdout)
         .stderr(File::create(&err_path).unwrap())
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    // Attached once the header is in the file.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::read_to_string(&out_path).unwrap().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "no header: {}",
-            fs::read_to_string(&err_path).unwrap()
-        );
-        sleep(Duration::from_millis(10));
+    // Attached once the header is out.
+    let mut pipe: Option<BufReader<ChildStdout>> = child.stdout.take().map(BufReader::new);
+    match &mut pipe {
+        Some(pipe) => {
+            let mut header = String::new();
+            pipe.read_line(&mut header).unwrap();
+            assert!(
+                header.starts_with("SKADDR"),
+                "no header: {}",
+                fs::read_to_string(&err_path).unwrap()
+            );
+        }
+        None => {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while fs::read_to_string(&out_path).unwrap().is_empty() {
+                assert!(
+                    Instant::now() < deadline,
+                    "no header: {}",
+                    fs::read_to_string(&err_path).unwrap()
+                );
+                sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     let truth = TransitionCounter::start(port).expect("ground-truth counter");
@@ -53,12 +80,25 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str]) {
     let expected = truth.count().unwrap();
     // SAFETY: kill has no memory preconditions; the pid is our child's.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    // The pipe is read only now: the tracer writes what it kept meanwhile.
+    let text = match &mut pipe {
+        Some(pipe) => {
+            let mut rest = String::new();
+            pipe.read_to_string(&mut rest).unwrap();
+            fs::write(&out_path, &rest).unwrap();
+            rest
+        }
+        None => String::new(),
+    };
     let status = child.wait().unwrap();
     let stderr = fs::read_to_string(&err_path).unwrap();
     assert!(status.success(), "{stderr}");
 
-    let output = fs::read_to_string(&out_path).unwrap();
-    let captured = output
+    let text = match output {
+        Output::File => fs::read_to_string(&out_path).unwrap(),
+        Output::StalledPipe => format!("header\n{text}"),
+    };
+    let captured = text
         .lines()
         .skip(1)
         .filter(|l| {
@@ -90,13 +130,13 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str]) {
 #[test]
 fn ipv4_graceful_storm_is_captured_whole() {
     let Some(_root) = root() else { return };
-    storm_is_captured_whole(false, Ending::Graceful, &["-4"]);
+    storm_is_captured_whole(false, Ending::Graceful, &["-4"], Output::File);
 }
 
 #[test]
 fn ipv6_reset_storm_is_captured_whole() {
     let Some(_root) = root() else { return };
-    storm_is_captured_whole(true, Ending::Reset, &["-6", "-w"]);
+    storm_is_captured_whole(true, Ending::Reset, &["-6", "-w"], Output::File);
 }
 
 #[test]
@@ -104,5 +144,24 @@ fn small_ring_buffer_storm_is_captured_whole() {
     let Some(_root) = root() else { return };
     // 1 MiB holds ~9,000 events, under half the storm: the reader must keep
     // up while it runs, not only drain at the end.
-    storm_is_captured_whole(false, Ending::Graceful, &["--ring-buffer", "1M"]);
+    storm_is_captured_whole(
+        false,
+        Ending::Graceful,
+        &["--ring-buffer", "1M"],
+        Output::File,
+    );
+}
+
+#[test]
+fn stalled_output_loses_nothing() {
+    let Some(_root) = root() else { return };
+    // Nobody reads the pipe during the storm: it fills after some 600
+    // lines, and a 64 KiB ring holds some 600 events. The reader must keep
+    // emptying the ring while the write waits.
+    storm_is_captured_whole(
+        false,
+        Ending::Graceful,
+        &["--ring-buffer", "64K"],
+        Output::StalledPipe,
+    );
 }
