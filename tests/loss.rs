@@ -7,7 +7,7 @@ mod common;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
-use std::process::{ChildStdout, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -43,28 +43,28 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str], output: Out
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    // Attached once the header is out.
-    let mut pipe: Option<BufReader<ChildStdout>> = child.stdout.take().map(BufReader::new);
-    match &mut pipe {
-        Some(pipe) => {
-            let mut header = String::new();
-            pipe.read_line(&mut header).unwrap();
+    // Attached once the header is out. What comes through a pipe is read
+    // (and kept in the file) only after the storm.
+    let pipe = child.stdout.take().map(|stdout| {
+        let mut pipe = BufReader::new(stdout);
+        let mut header = String::new();
+        pipe.read_line(&mut header).unwrap();
+        assert!(
+            header.starts_with("SKADDR"),
+            "no header: {}",
+            fs::read_to_string(&err_path).unwrap()
+        );
+        (pipe, header)
+    });
+    if pipe.is_none() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while fs::read_to_string(&out_path).unwrap().is_empty() {
             assert!(
-                header.starts_with("SKADDR"),
+                Instant::now() < deadline,
                 "no header: {}",
                 fs::read_to_string(&err_path).unwrap()
             );
-        }
-        None => {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while fs::read_to_string(&out_path).unwrap().is_empty() {
-                assert!(
-                    Instant::now() < deadline,
-                    "no header: {}",
-                    fs::read_to_string(&err_path).unwrap()
-                );
-                sleep(Duration::from_millis(10));
-            }
+            sleep(Duration::from_millis(10));
         }
     }
 
@@ -81,23 +81,15 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str], output: Out
     // SAFETY: kill has no memory preconditions; the pid is our child's.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     // The pipe is read only now: the tracer writes what it kept meanwhile.
-    let text = match &mut pipe {
-        Some(pipe) => {
-            let mut rest = String::new();
-            pipe.read_to_string(&mut rest).unwrap();
-            fs::write(&out_path, &rest).unwrap();
-            rest
-        }
-        None => String::new(),
-    };
+    if let Some((mut pipe, mut text)) = pipe {
+        pipe.read_to_string(&mut text).unwrap();
+        fs::write(&out_path, &text).unwrap();
+    }
     let status = child.wait().unwrap();
     let stderr = fs::read_to_string(&err_path).unwrap();
     assert!(status.success(), "{stderr}");
 
-    let text = match output {
-        Output::File => fs::read_to_string(&out_path).unwrap(),
-        Output::StalledPipe => format!("header\n{text}"),
-    };
+    let text = fs::read_to_string(&out_path).unwrap();
     let captured = text
         .lines()
         .skip(1)
