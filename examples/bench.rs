@@ -11,6 +11,7 @@
 //!
 //! Run it with `scripts/bench` (as root).
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
+use libbpf_rs::query::ProgInfoIter;
 use tcpstates::groundtruth::TransitionCounter;
 use tcpstates::storm::{self, Ending, Storm};
 
@@ -52,6 +54,10 @@ struct Args {
     /// The baseline binary ("none" to skip it)
     #[arg(long, default_value = "/usr/sbin/tcpstates")]
     theirs: String,
+    /// Storms per tool for the in-kernel cost (kernel BPF statistics on,
+    /// after the other runs; 0: none)
+    #[arg(long, default_value_t = 3)]
+    kernel_runs: usize,
     /// Startup measurements per tool (0: none)
     #[arg(long, default_value_t = 10)]
     startups: usize,
@@ -85,6 +91,18 @@ struct Sample {
     max_rss_kb: i64,
     busy_secs: f64,
     stderr: String,
+    /// With program statistics on: the tracer's BPF programs' run time and
+    /// runs over the storm, and the ground truth's.
+    programs: Option<ProgramCost>,
+}
+
+/// Run time and runs of some BPF programs over one storm.
+#[derive(Debug, Clone, Copy, Default)]
+struct ProgramCost {
+    tracer_ns: u64,
+    tracer_runs: u64,
+    truth_ns: u64,
+    truth_runs: u64,
 }
 
 fn main() -> Result<()> {
@@ -143,7 +161,8 @@ fn main() -> Result<()> {
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
     for run in 0..args.runs {
         for (i, (name, tool)) in tools.iter().enumerate() {
-            let sample = storm_once(&args, &storm, tool.as_deref(), &format!("run{run}-{i}"))?;
+            let tag = format!("run{run}-{i}");
+            let sample = storm_once(&args, &storm, tool.as_deref(), &tag, false)?;
             eprintln!(
                 "run {} {name}: {:.2} s, busy {:.2} s, truth {}, captured {}, cpu {:.3} s (sys {:.3} s)",
                 run + 1,
@@ -164,7 +183,7 @@ fn main() -> Result<()> {
             .map(|s| storm.connections as f64 / s.storm_secs),
     );
     println!(
-        "| tool | captured (min of runs) | lost | CPU per event | storm rate | slowdown | slowdown IQR | storm CPU | peak RSS |"
+        "| tool | captured (min of runs) | lost | CPU per event | storm rate | slowdown | slowdown 95% CI | storm CPU | peak RSS |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     println!("| untraced | | | | {base_rate:.0} conn/s | | | | |");
@@ -193,15 +212,22 @@ fn main() -> Result<()> {
         let slowdowns: Vec<f64> = pairs()
             .map(|(base, traced)| (1.0 - base.storm_secs / traced.storm_secs) * 100.0)
             .collect();
-        let (q1, slowdown, q3) = quartiles(&slowdowns);
+        let slowdown = median(slowdowns.iter().copied());
+        let ci = match median_ci(&slowdowns) {
+            Some((low, high)) => format!("{low:.1}% to {high:.1}%"),
+            None => "too few runs".into(),
+        };
         let storm_cpu =
             median(pairs().map(|(base, traced)| (traced.busy_secs / base.busy_secs - 1.0) * 100.0));
         println!(
-            "| {name} | {min_captured:.3}% | {lost} of {truth} | {cpu_us:.3} us | {rate:.0} conn/s | {slowdown:.1}% | {q1:.1}% to {q3:.1}% | +{storm_cpu:.1}% | {rss:.1} MB |"
+            "| {name} | {min_captured:.3}% | {lost} of {truth} | {cpu_us:.3} us | {rate:.0} conn/s | {slowdown:.1}% | {ci} | +{storm_cpu:.1}% | {rss:.1} MB |"
         );
     }
     println!();
 
+    if args.kernel_runs > 0 {
+        kernel_cost_table(&args, &storm, &tools[1..], &samples[0])?;
+    }
     if args.startups > 0 {
         startup_table(&args, &tools[1..])?;
     }
@@ -246,13 +272,134 @@ fn startup_table(args: &Args, tools: &[(&str, Option<PathBuf>)]) -> Result<()> {
     Ok(())
 }
 
-/// One storm, traced by `tool` (or not), with the ground truth.
-fn storm_once(args: &Args, storm: &Storm, tool: Option<&Path>, tag: &str) -> Result<Sample> {
+/// Runs `--kernel-runs` storms per tracer with the kernel's BPF program
+/// statistics on, and prints the time the tracer's programs ran per
+/// transition: CPU the traced host pays in the tracepoint, on whatever task
+/// made the transition, which the tracer's own rusage never shows. The
+/// statistics cost each program run two clock reads, so this pass is kept
+/// apart from the storms that measure the slowdown; the ground truth's
+/// programs, a per-CPU counter, show about what that adds per run.
+fn kernel_cost_table(
+    args: &Args,
+    storm: &Storm,
+    tools: &[(&str, Option<PathBuf>)],
+    untraced: &[Sample],
+) -> Result<()> {
+    let _stats = ProgramStats::enable()?;
+    let mut costs = vec![Vec::new(); tools.len()];
+    for run in 0..args.kernel_runs {
+        for (i, (_, tool)) in tools.iter().enumerate() {
+            let tag = format!("kernel{run}-{i}");
+            costs[i].push(storm_once(args, storm, tool.as_deref(), &tag, true)?);
+        }
+    }
+    // What the untraced storm spends per transition, all CPUs together: the
+    // share below is the slowdown the programs alone cause when the storm
+    // keeps every CPU busy.
+    let storm_ns = median(
+        untraced
+            .iter()
+            .map(|s| s.busy_secs * 1e9 / s.truth.max(1) as f64),
+    );
+    println!(
+        "| tool | program runs per transition | in-kernel time per transition | share of the storm's CPU ({storm_ns:.0} ns per transition untraced) |"
+    );
+    println!("| --- | --- | --- | --- |");
+    let mut truth = ProgramCost::default();
+    for (i, (name, _)) in tools.iter().enumerate() {
+        let cost = costs[i].iter().fold(ProgramCost::default(), |a, s| {
+            let p = s.programs.unwrap_or_default();
+            ProgramCost {
+                tracer_ns: a.tracer_ns + p.tracer_ns,
+                tracer_runs: a.tracer_runs + p.tracer_runs,
+                truth_ns: a.truth_ns + p.truth_ns,
+                truth_runs: a.truth_runs + p.truth_runs,
+            }
+        });
+        truth.truth_ns += cost.truth_ns;
+        truth.truth_runs += cost.truth_runs;
+        let transitions = costs[i].iter().map(|s| s.truth).sum::<u64>().max(1) as f64;
+        let per_transition = cost.tracer_ns as f64 / transitions;
+        println!(
+            "| {name} | {:.2} | {per_transition:.0} ns | {:.1}% |",
+            cost.tracer_runs as f64 / transitions,
+            per_transition * 100.0 / storm_ns
+        );
+    }
+    println!(
+        "\nThe ground truth's two programs (a per-CPU counter each), under the same statistics: {:.0} ns per run.\n",
+        truth.truth_ns as f64 / truth.truth_runs.max(1) as f64
+    );
+    Ok(())
+}
+
+/// The kernel's BPF run-time statistics, on while this lives (the bpf
+/// syscall's BPF_ENABLE_STATS: off again when its descriptor closes, however
+/// the benchmark ends).
+struct ProgramStats {
+    _fd: OwnedFd,
+}
+
+impl ProgramStats {
+    fn enable() -> Result<Self> {
+        // SAFETY: no pointers; returns a new descriptor or a negative error.
+        let fd = unsafe {
+            libbpf_rs::libbpf_sys::bpf_enable_stats(libbpf_rs::libbpf_sys::BPF_STATS_RUN_TIME)
+        };
+        ensure!(
+            fd >= 0,
+            "enabling BPF program statistics: {}",
+            std::io::Error::from_raw_os_error(-fd)
+        );
+        // SAFETY: the descriptor was just returned to us and is owned here.
+        Ok(Self {
+            _fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Run time (ns) and runs of every loaded program, by id.
+    fn snapshot() -> HashMap<u32, (u64, u64)> {
+        ProgInfoIter::default()
+            .map(|p| (p.id, (p.run_time_ns, p.run_cnt)))
+            .collect()
+    }
+}
+
+/// Run time and runs, between two snapshots, of the programs in `after`
+/// whose ids are in `ids`.
+fn cost_of(
+    ids: &[u32],
+    before: &HashMap<u32, (u64, u64)>,
+    after: &HashMap<u32, (u64, u64)>,
+) -> (u64, u64) {
+    ids.iter().fold((0, 0), |(ns, runs), id| {
+        let (ns0, runs0) = before.get(id).copied().unwrap_or_default();
+        let (ns1, runs1) = after.get(id).copied().unwrap_or_default();
+        (ns + ns1.saturating_sub(ns0), runs + runs1.saturating_sub(runs0))
+    })
+}
+
+/// Ids in `now` that are not in `earlier`: the programs loaded in between.
+fn new_ids(earlier: &HashMap<u32, (u64, u64)>, now: &HashMap<u32, (u64, u64)>) -> Vec<u32> {
+    now.keys().filter(|id| !earlier.contains_key(id)).copied().collect()
+}
+
+/// One storm, traced by `tool` (or not), with the ground truth. With
+/// `programs` (and the statistics on), also the run time of the tracer's
+/// programs and the ground truth's over the storm.
+fn storm_once(
+    args: &Args,
+    storm: &Storm,
+    tool: Option<&Path>,
+    tag: &str,
+    programs: bool,
+) -> Result<Sample> {
     let ip = if args.ipv6 { "::1" } else { "127.0.0.1" };
     let listener = TcpListener::bind(SocketAddr::new(ip.parse()?, 0))?;
     let port = listener.local_addr()?.port();
     let out = args.workdir.join(format!("{tag}.out"));
     let err = args.workdir.join(format!("{tag}.err"));
+    let before_tool = ProgramStats::snapshot();
     let child = match tool {
         Some(tool) => {
             let extra: &[String] = if tool == args.ours {
@@ -274,18 +421,40 @@ fn storm_once(args: &Args, storm: &Storm, tool: Option<&Path>, tag: &str) -> Res
         }
         None => None,
     };
+    let before_truth = ProgramStats::snapshot();
     let truth = TransitionCounter::start(port)?;
+    let before_storm = ProgramStats::snapshot();
     let busy_before = busy_secs()?;
     let storm_secs = storm::run(&listener, storm)
         .context("the storm")?
         .as_secs_f64();
     let busy = busy_secs()? - busy_before;
+    let after_storm = ProgramStats::snapshot();
     sleep(Duration::from_millis(500));
     let truth_count = truth.count()?;
+    let programs = programs.then(|| {
+        let (tracer_ns, tracer_runs) = cost_of(
+            &new_ids(&before_tool, &before_truth),
+            &before_storm,
+            &after_storm,
+        );
+        let (truth_ns, truth_runs) = cost_of(
+            &new_ids(&before_truth, &before_storm),
+            &before_storm,
+            &after_storm,
+        );
+        ProgramCost {
+            tracer_ns,
+            tracer_runs,
+            truth_ns,
+            truth_runs,
+        }
+    });
     let mut sample = Sample {
         storm_secs,
         truth: truth_count,
         busy_secs: busy,
+        programs,
         ..Sample::default()
     };
     if let Some(child) = child {
@@ -482,18 +651,37 @@ fn soak(args: &Args, storm: &Storm, length: Duration) -> Result<()> {
 }
 
 /// (first quartile, median, third quartile), nearest rank.
-fn quartiles(values: &[f64]) -> (f64, f64, f64) {
-    let mut v = values.to_vec();
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
     if v.is_empty() {
-        return (0.0, 0.0, 0.0);
+        return 0.0;
     }
     v.sort_by(f64::total_cmp);
-    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-    (at(0.25), at(0.5), at(0.75))
+    v[(v.len() - 1).div_ceil(2)]
 }
 
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    quartiles(&values.collect::<Vec<_>>()).1
+/// A 95% confidence interval for the median of `values`, from their order
+/// statistics alone (no assumption about the distribution): the k-th lowest
+/// and the k-th highest value, with k the largest rank for which fewer than
+/// k of n values fall below the median with probability at most 2.5%
+/// (Binomial(n, 1/2)). None below 6 values, where no such k exists.
+fn median_ci(values: &[f64]) -> Option<(f64, f64)> {
+    let n = values.len();
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    // P(X <= j) for X ~ Binomial(n, 1/2), j = 0, 1, ...
+    let mut below = 0.0;
+    let mut choose = 1.0;
+    let mut k = 0;
+    for j in 0..n {
+        below += choose * 0.5f64.powi(n as i32);
+        if below > 0.025 {
+            break;
+        }
+        k = j + 1;
+        choose = choose * (n - j) as f64 / (j + 1) as f64;
+    }
+    (k >= 1).then(|| (v[k - 1], v[n - k]))
 }
 
 fn ensure_tracefs() -> Result<()> {
@@ -519,4 +707,28 @@ fn print_machine() {
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("machine: {cpus} CPUs ({cpu}), Linux {}", kernel.trim());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 3.0);
+        assert_eq!(median(std::iter::empty()), 0.0);
+    }
+
+    #[test]
+    fn median_ci_uses_binomial_ranks() {
+        // n = 20: P(X <= 5) = 0.021, P(X <= 6) = 0.058, so the 6th lowest
+        // and the 6th highest (95.9% coverage).
+        let v: Vec<f64> = (1..=20).rev().map(f64::from).collect();
+        assert_eq!(median_ci(&v), Some((6.0, 15.0)));
+        // n = 6: only the extremes (P(X = 0) = 1/64).
+        assert_eq!(median_ci(&[5.0, 1.0, 4.0, 2.0, 6.0, 3.0]), Some((1.0, 6.0)));
+        // n = 5: even the extremes cover only 93.8%.
+        assert_eq!(median_ci(&[1.0, 2.0, 3.0, 4.0, 5.0]), None);
+    }
 }
