@@ -290,7 +290,17 @@ fn kernel_cost_table(
     for run in 0..args.kernel_runs {
         for (i, (_, tool)) in tools.iter().enumerate() {
             let tag = format!("kernel{run}-{i}");
-            costs[i].push(storm_once(args, storm, tool.as_deref(), &tag, true)?);
+            let sample = storm_once(args, storm, tool.as_deref(), &tag, true)?;
+            let cost = sample.programs.unwrap_or_default();
+            eprintln!(
+                "kernel run {} {}: {:.0} ns per transition in {} program runs, truth {}",
+                run + 1,
+                tools[i].0,
+                cost.tracer_ns as f64 / sample.truth.max(1) as f64,
+                cost.tracer_runs,
+                sample.truth
+            );
+            costs[i].push(sample);
         }
     }
     // What the untraced storm spends per transition, all CPUs together: the
@@ -305,30 +315,29 @@ fn kernel_cost_table(
         "| tool | program runs per transition | in-kernel time per transition | share of the storm's CPU ({storm_ns:.0} ns per transition untraced) |"
     );
     println!("| --- | --- | --- | --- |");
-    let mut truth = ProgramCost::default();
+    let mut truth = (0, 0);
     for (i, (name, _)) in tools.iter().enumerate() {
-        let cost = costs[i].iter().fold(ProgramCost::default(), |a, s| {
-            let p = s.programs.unwrap_or_default();
-            ProgramCost {
-                tracer_ns: a.tracer_ns + p.tracer_ns,
-                tracer_runs: a.tracer_runs + p.tracer_runs,
-                truth_ns: a.truth_ns + p.truth_ns,
-                truth_runs: a.truth_runs + p.truth_runs,
-            }
-        });
-        truth.truth_ns += cost.truth_ns;
-        truth.truth_runs += cost.truth_runs;
-        let transitions = costs[i].iter().map(|s| s.truth).sum::<u64>().max(1) as f64;
-        let per_transition = cost.tracer_ns as f64 / transitions;
+        let per_run = |f: fn(&ProgramCost) -> u64| {
+            median(costs[i].iter().map(|s| {
+                f(&s.programs.unwrap_or_default()) as f64 / s.truth.max(1) as f64
+            }))
+        };
+        let ns = per_run(|p| p.tracer_ns);
         println!(
-            "| {name} | {:.2} | {per_transition:.0} ns | {:.1}% |",
-            cost.tracer_runs as f64 / transitions,
-            per_transition * 100.0 / storm_ns
+            "| {name} | {:.2} | {ns:.0} ns | {:.1}% |",
+            per_run(|p| p.tracer_runs),
+            ns * 100.0 / storm_ns
         );
+        for sample in &costs[i] {
+            let p = sample.programs.unwrap_or_default();
+            truth = (truth.0 + p.truth_ns, truth.1 + p.truth_runs);
+        }
     }
     println!(
-        "\nThe ground truth's two programs (a per-CPU counter each), under the same statistics: {:.0} ns per run.\n",
-        truth.truth_ns as f64 / truth.truth_runs.max(1) as f64
+        "\nMedians of {} storms per tool. The ground truth's two programs (a per-CPU counter each), \
+         under the same statistics: {:.0} ns per run.\n",
+        args.kernel_runs,
+        truth.0 as f64 / truth.1.max(1) as f64
     );
     Ok(())
 }

@@ -189,21 +189,24 @@ static __always_inline void track(struct event *e, __u64 now)
 }
 
 /*
- * The current task's name: two loads through the typed task pointer where
- * the kernel has bpf_get_current_task_btf, else the helper, which
- * copies and pads byte by byte at several times the cost. Bytes after the
- * name's NUL are not cleared; user space stops at the NUL.
+ * The current task's thread group id and name: plain loads through the typed
+ * task pointer where the kernel has bpf_get_current_task_btf, else two
+ * helpers (the name one copies and pads byte by byte, at several times the
+ * cost). Bytes after the name's NUL are not cleared; user space stops at the
+ * NUL.
  */
-static __always_inline void current_comm(char *comm)
+static __always_inline void current_task(struct event *e)
 {
 	if (has_task_btf) {
-		const __u64 *name =
-			(const __u64 *)bpf_get_current_task_btf()->comm;
+		const struct task_struct *task = bpf_get_current_task_btf();
+		const __u64 *name = (const __u64 *)task->comm;
 
-		((__u64 *)comm)[0] = name[0];
-		((__u64 *)comm)[1] = name[1];
+		e->pid = task->tgid;
+		((__u64 *)e->comm)[0] = name[0];
+		((__u64 *)e->comm)[1] = name[1];
 	} else {
-		bpf_get_current_comm(comm, TASK_COMM_LEN);
+		e->pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(e->comm, TASK_COMM_LEN);
 	}
 }
 
@@ -235,8 +238,7 @@ static __always_inline int handle(struct event *e, __u16 protocol)
 		return 0;
 
 	e->ts_ns = now;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	current_comm(e->comm);
+	current_task(e);
 
 	sent = count(COUNTER_EVENTS);
 	if (wakeup_bytes)
@@ -351,7 +353,19 @@ static __always_inline void record_handled(const struct sock *sk, int oldstate,
 	}
 }
 
-/* Whether handle_tp_btf recorded this transition; forgets it if so. */
+static __always_inline bool same_transition(struct transition_id *id,
+					    const struct sock *sk, int oldstate,
+					    int newstate)
+{
+	if (id->skaddr != (__u64)sk || id->oldstate != oldstate ||
+	    id->newstate != newstate)
+		return false;
+	id->skaddr = 0;
+	return true;
+}
+
+/* Whether handle_tp_btf recorded this transition; forgets it if so. Nearly
+ * always it is the last one recorded, so that is looked at first. */
 static __always_inline bool take_handled(const struct sock *sk, int oldstate,
 					 int newstate)
 {
@@ -361,13 +375,12 @@ static __always_inline bool take_handled(const struct sock *sk, int oldstate,
 
 	if (!h)
 		return true;
+	if (same_transition(&h->last[(h->next - 1) % HANDLED_RING], sk,
+			    oldstate, newstate))
+		return true;
 	for (i = 0; i < HANDLED_RING; i++) {
-		if (h->last[i].skaddr == (__u64)sk &&
-		    h->last[i].oldstate == oldstate &&
-		    h->last[i].newstate == newstate) {
-			h->last[i].skaddr = 0;
+		if (same_transition(&h->last[i], sk, oldstate, newstate))
 			return true;
-		}
 	}
 	return false;
 }
