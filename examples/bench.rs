@@ -318,9 +318,11 @@ fn kernel_cost_table(
     let mut truth = (0, 0);
     for (i, (name, _)) in tools.iter().enumerate() {
         let per_run = |f: fn(&ProgramCost) -> u64| {
-            median(costs[i].iter().map(|s| {
-                f(&s.programs.unwrap_or_default()) as f64 / s.truth.max(1) as f64
-            }))
+            median(
+                costs[i]
+                    .iter()
+                    .map(|s| f(&s.programs.unwrap_or_default()) as f64 / s.truth.max(1) as f64),
+            )
         };
         let ns = per_run(|p| p.tracer_ns);
         println!(
@@ -384,13 +386,19 @@ fn cost_of(
     ids.iter().fold((0, 0), |(ns, runs), id| {
         let (ns0, runs0) = before.get(id).copied().unwrap_or_default();
         let (ns1, runs1) = after.get(id).copied().unwrap_or_default();
-        (ns + ns1.saturating_sub(ns0), runs + runs1.saturating_sub(runs0))
+        (
+            ns + ns1.saturating_sub(ns0),
+            runs + runs1.saturating_sub(runs0),
+        )
     })
 }
 
 /// Ids in `now` that are not in `earlier`: the programs loaded in between.
 fn new_ids(earlier: &HashMap<u32, (u64, u64)>, now: &HashMap<u32, (u64, u64)>) -> Vec<u32> {
-    now.keys().filter(|id| !earlier.contains_key(id)).copied().collect()
+    now.keys()
+        .filter(|id| !earlier.contains_key(id))
+        .copied()
+        .collect()
 }
 
 /// One storm, traced by `tool` (or not), with the ground truth. With
