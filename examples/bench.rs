@@ -54,6 +54,13 @@ struct Args {
     /// The baseline binary ("none" to skip it)
     #[arg(long, default_value = "/usr/sbin/tcpstates")]
     theirs: String,
+    /// Also run each storm under a control: a process that prints a header
+    /// and sleeps, traces nothing. Its "slowdown" is the method's noise.
+    #[arg(long)]
+    control: bool,
+    /// (internal) Be the control: print a header, sleep until SIGINT.
+    #[arg(long, hide = true)]
+    sleeper: bool,
     /// Storms per tool for the in-kernel cost (kernel BPF statistics on,
     /// after the other runs; 0: none)
     #[arg(long, default_value_t = 3)]
@@ -105,8 +112,29 @@ struct ProgramCost {
     truth_runs: u64,
 }
 
+/// A program run alongside a storm.
+#[derive(Debug, Clone)]
+struct Tool {
+    name: &'static str,
+    path: PathBuf,
+    args: Vec<String>,
+    /// False for the control, which loads nothing and prints no events.
+    traces: bool,
+}
+
+impl Tool {
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.path);
+        command.args(&self.args);
+        command
+    }
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
+    if args.sleeper {
+        return sleep_until_interrupted();
+    }
     // SAFETY: geteuid has no preconditions.
     ensure!(
         unsafe { libc::geteuid() } == 0,
@@ -151,21 +179,40 @@ fn main() -> Result<()> {
         args.runs
     );
 
-    let mut tools: Vec<(&str, Option<PathBuf>)> = vec![
-        ("untraced", None),
-        ("tcpstates (ours)", Some(args.ours.clone())),
-    ];
+    let mut tools = vec![Tool {
+        name: "tcpstates (ours)",
+        path: args.ours.clone(),
+        args: args.ours_args.clone(),
+        traces: true,
+    }];
     if let Some(path) = &theirs {
-        tools.push(("libbpf-tools", Some(path.clone())));
+        tools.push(Tool {
+            name: "libbpf-tools",
+            path: path.clone(),
+            args: Vec::new(),
+            traces: true,
+        });
     }
+    if args.control {
+        tools.push(Tool {
+            name: "control (traces nothing)",
+            path: std::env::current_exe()?,
+            args: vec!["--sleeper".into()],
+            traces: false,
+        });
+    }
+    let mut untraced = Vec::new();
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
     for run in 0..args.runs {
-        for (i, (name, tool)) in tools.iter().enumerate() {
+        let runs = std::iter::once((None, &mut untraced))
+            .chain(tools.iter().map(Some).zip(samples.iter_mut()));
+        for (i, (tool, into)) in runs.enumerate() {
             let tag = format!("run{run}-{i}");
-            let sample = storm_once(&args, &storm, tool.as_deref(), &tag, false)?;
+            let sample = storm_once(&args, &storm, tool, &tag, false)?;
             eprintln!(
-                "run {} {name}: {:.2} s, busy {:.2} s, truth {}, captured {}, cpu {:.3} s (sys {:.3} s)",
+                "run {} {}: {:.2} s, busy {:.2} s, truth {}, captured {}, cpu {:.3} s (sys {:.3} s)",
                 run + 1,
+                tool.map_or("untraced", |t| t.name),
                 sample.storm_secs,
                 sample.busy_secs,
                 sample.truth,
@@ -173,12 +220,12 @@ fn main() -> Result<()> {
                 sample.cpu_secs,
                 sample.sys_secs
             );
-            samples[i].push(sample);
+            into.push(sample);
         }
     }
 
     let base_rate = median(
-        samples[0]
+        untraced
             .iter()
             .map(|s| storm.connections as f64 / s.storm_secs),
     );
@@ -187,8 +234,7 @@ fn main() -> Result<()> {
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     println!("| untraced | | | | {base_rate:.0} conn/s | | | | |");
-    for (i, (name, _)) in tools.iter().enumerate().skip(1) {
-        let runs = &samples[i];
+    for (tool, runs) in tools.iter().zip(&samples) {
         let min_captured = runs
             .iter()
             .map(|s| s.captured as f64 * 100.0 / s.truth.max(1) as f64)
@@ -204,10 +250,10 @@ fn main() -> Result<()> {
         );
         let rate = median(runs.iter().map(|s| storm.connections as f64 / s.storm_secs));
         let rss = median(runs.iter().map(|s| s.max_rss_kb as f64)) / 1024.0;
-        // Each traced storm against the untraced one just before it: the
+        // Each traced storm against the untraced one of the same run: the
         // storm's own speed drifts over a run (TIME_WAIT sockets pile up, the
         // host's load changes), pairs cancel most of that.
-        let pairs = || samples[0].iter().zip(runs);
+        let pairs = || untraced.iter().zip(runs);
         // Rate drop: 1 - traced rate / untraced rate.
         let slowdowns: Vec<f64> = pairs()
             .map(|(base, traced)| (1.0 - base.storm_secs / traced.storm_secs) * 100.0)
@@ -219,38 +265,65 @@ fn main() -> Result<()> {
         };
         let storm_cpu =
             median(pairs().map(|(base, traced)| (traced.busy_secs / base.busy_secs - 1.0) * 100.0));
+        let traced = if tool.traces {
+            format!("{min_captured:.3}% | {lost} of {truth} | {cpu_us:.3} us")
+        } else {
+            "- | - | -".into()
+        };
         println!(
-            "| {name} | {min_captured:.3}% | {lost} of {truth} | {cpu_us:.3} us | {rate:.0} conn/s | {slowdown:.1}% | {ci} | +{storm_cpu:.1}% | {rss:.1} MB |"
+            "| {} | {traced} | {rate:.0} conn/s | {slowdown:.1}% | {ci} | {storm_cpu:+.1}% | {rss:.1} MB |",
+            tool.name
         );
     }
     println!();
 
+    let tracers: Vec<Tool> = tools.iter().filter(|t| t.traces).cloned().collect();
     if args.kernel_runs > 0 {
-        kernel_cost_table(&args, &storm, &tools[1..], &samples[0])?;
+        kernel_cost_table(&args, &storm, &tracers, &untraced)?;
     }
     if args.startups > 0 {
-        startup_table(&args, &tools[1..])?;
+        startup_table(&args, &tracers)?;
     }
-    for (i, (name, _)) in tools.iter().enumerate().skip(1) {
-        for s in &samples[i] {
+    for (tool, runs) in tools.iter().zip(&samples) {
+        for s in runs {
             let last = s.stderr.lines().rfind(|l| !l.starts_with("Tracing"));
             if let Some(line) = last {
-                println!("\n{name} said: {line}");
+                println!("\n{} said: {line}", tool.name);
             }
         }
     }
     Ok(())
 }
 
+/// The control's life (`--sleeper`): a header line, then nothing until
+/// SIGINT or SIGTERM, then a clean exit, as a tracer's.
+fn sleep_until_interrupted() -> Result<()> {
+    // SAFETY: a zeroed sigset_t is valid to initialize; the calls write only
+    // into the set and the int we own, and block the two signals for this
+    // (single) thread so that sigwait takes them.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        println!("SKADDR (control: traces nothing)");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let mut signal = 0;
+        libc::sigwait(&set, &mut signal);
+    }
+    Ok(())
+}
+
 /// Starts each tracer `--startups` times, in turns, and prints the table of
 /// exec-to-attached times.
-fn startup_table(args: &Args, tools: &[(&str, Option<PathBuf>)]) -> Result<()> {
+fn startup_table(args: &Args, tools: &[Tool]) -> Result<()> {
     let mut times = vec![Vec::new(); tools.len()];
     let mut rss = vec![Vec::new(); tools.len()];
     for _ in 0..args.startups {
-        for (i, (_, tool)) in tools.iter().enumerate() {
+        for (i, tool) in tools.iter().enumerate() {
             sleep(Duration::from_millis(args.startup_gap));
-            let (t, kb) = startup(tool.as_deref().expect("tracers have a path"))?;
+            let (t, kb) = startup(tool)?;
             times[i].push(t * 1e3);
             rss[i].push(kb as f64 / 1024.0);
         }
@@ -260,7 +333,7 @@ fn startup_table(args: &Args, tools: &[(&str, Option<PathBuf>)]) -> Result<()> {
         args.startups
     );
     println!("| --- | --- | --- | --- | --- |");
-    for (i, (name, _)) in tools.iter().enumerate() {
+    for (i, Tool { name, .. }) in tools.iter().enumerate() {
         let min = times[i].iter().copied().fold(f64::INFINITY, f64::min);
         let max = times[i].iter().copied().fold(0.0, f64::max);
         println!(
@@ -282,20 +355,20 @@ fn startup_table(args: &Args, tools: &[(&str, Option<PathBuf>)]) -> Result<()> {
 fn kernel_cost_table(
     args: &Args,
     storm: &Storm,
-    tools: &[(&str, Option<PathBuf>)],
+    tools: &[Tool],
     untraced: &[Sample],
 ) -> Result<()> {
     let _stats = ProgramStats::enable()?;
     let mut costs = vec![Vec::new(); tools.len()];
     for run in 0..args.kernel_runs {
-        for (i, (_, tool)) in tools.iter().enumerate() {
+        for (i, tool) in tools.iter().enumerate() {
             let tag = format!("kernel{run}-{i}");
-            let sample = storm_once(args, storm, tool.as_deref(), &tag, true)?;
+            let sample = storm_once(args, storm, Some(tool), &tag, true)?;
             let cost = sample.programs.unwrap_or_default();
             eprintln!(
                 "kernel run {} {}: {:.0} ns per transition in {} program runs, truth {}",
                 run + 1,
-                tools[i].0,
+                tool.name,
                 cost.tracer_ns as f64 / sample.truth.max(1) as f64,
                 cost.tracer_runs,
                 sample.truth
@@ -316,7 +389,7 @@ fn kernel_cost_table(
     );
     println!("| --- | --- | --- | --- |");
     let mut truth = (0, 0);
-    for (i, (name, _)) in tools.iter().enumerate() {
+    for (i, Tool { name, .. }) in tools.iter().enumerate() {
         let per_run = |f: fn(&ProgramCost) -> u64| {
             median(
                 costs[i]
@@ -407,7 +480,7 @@ fn new_ids(earlier: &HashMap<u32, (u64, u64)>, now: &HashMap<u32, (u64, u64)>) -
 fn storm_once(
     args: &Args,
     storm: &Storm,
-    tool: Option<&Path>,
+    tool: Option<&Tool>,
     tag: &str,
     programs: bool,
 ) -> Result<Sample> {
@@ -419,25 +492,24 @@ fn storm_once(
     let before_tool = ProgramStats::snapshot();
     let child = match tool {
         Some(tool) => {
-            let extra: &[String] = if tool == args.ours {
-                &args.ours_args
-            } else {
-                &[]
-            };
-            let child = Command::new(tool)
-                .args(extra)
+            let child = tool
+                .command()
                 .stdout(File::create(&out)?)
                 .stderr(File::create(&err)?)
                 .stdin(Stdio::null())
                 .spawn()
-                .with_context(|| format!("starting {}", tool.display()))?;
-            // Both attach in tens of milliseconds; a file gives no signal
-            // (theirs buffers its header), so wait generously.
-            sleep(Duration::from_millis(1500));
+                .with_context(|| format!("starting {}", tool.path.display()))?;
             Some(child)
         }
         None => None,
     };
+    // Both tools attach in tens of milliseconds; a file gives no signal
+    // (theirs buffers its header), so wait generously. Every storm waits
+    // the same, traced or not: a storm that starts after a pause of the
+    // machine runs slower than one that starts right after other work (a
+    // control that traces nothing came out 4-10% "slower" than the untraced
+    // storm when only traced storms waited).
+    sleep(Duration::from_millis(1500));
     let before_truth = ProgramStats::snapshot();
     let truth = TransitionCounter::start(port)?;
     let before_storm = ProgramStats::snapshot();
@@ -539,7 +611,7 @@ fn count_lines(path: &Path, port: u16) -> Result<(u64, u64)> {
 
 /// Seconds from exec to the header on a pseudo-terminal (both tools print it
 /// once attached, and flush it at once on a terminal), and the peak RSS.
-fn startup(tool: &Path) -> Result<(f64, i64)> {
+fn startup(tool: &Tool) -> Result<(f64, i64)> {
     let (mut master_fd, mut slave_fd) = (0, 0);
     // SAFETY: openpty writes two fds into the ints we own; the name, termios
     // and window size may be null.
@@ -561,7 +633,8 @@ fn startup(tool: &Path) -> Result<(f64, i64)> {
         )
     };
     let start = Instant::now();
-    let child = Command::new(tool)
+    let child = tool
+        .command()
         .stdout(Stdio::from(slave))
         .stderr(Stdio::null())
         .stdin(Stdio::null())
@@ -572,7 +645,7 @@ fn startup(tool: &Path) -> Result<(f64, i64)> {
     let elapsed = loop {
         let n = pty.read(&mut buf).context("reading the pseudo-terminal")?;
         if n == 0 {
-            bail!("{} exited before attaching", tool.display());
+            bail!("{} exited before attaching", tool.path.display());
         }
         seen.extend_from_slice(&buf[..n]);
         let text = String::from_utf8_lossy(&seen);
