@@ -353,9 +353,10 @@ static __always_inline void record_handled(const struct sock *sk, int oldstate,
 	}
 }
 
-static __always_inline bool same_transition(struct transition_id *id,
-					    const struct sock *sk, int oldstate,
-					    int newstate)
+/* Whether `id` is this transition; forgets it if so. */
+static __always_inline bool take_if_same(struct transition_id *id,
+					 const struct sock *sk, int oldstate,
+					 int newstate)
 {
 	if (id->skaddr != (__u64)sk || id->oldstate != oldstate ||
 	    id->newstate != newstate)
@@ -375,11 +376,11 @@ static __always_inline bool take_handled(const struct sock *sk, int oldstate,
 
 	if (!h)
 		return true;
-	if (same_transition(&h->last[(h->next - 1) % HANDLED_RING], sk,
-			    oldstate, newstate))
+	if (take_if_same(&h->last[(h->next - 1) % HANDLED_RING], sk, oldstate,
+			 newstate))
 		return true;
 	for (i = 0; i < HANDLED_RING; i++) {
-		if (same_transition(&h->last[i], sk, oldstate, newstate))
+		if (take_if_same(&h->last[i], sk, oldstate, newstate))
 			return true;
 	}
 	return false;
