@@ -365,6 +365,11 @@ fn kernel_cost_table(
             let tag = format!("kernel{run}-{i}");
             let sample = storm_once(args, storm, Some(tool), &tag, true)?;
             let cost = sample.programs.unwrap_or_default();
+            ensure!(
+                cost.tracer_runs > 0,
+                "{}: none of its BPF programs ran during the storm (not attached 1.5 s after it started?)",
+                tool.name
+            );
             eprintln!(
                 "kernel run {} {}: {:.0} ns per transition in {} program runs, truth {}",
                 run + 1,
@@ -418,6 +423,9 @@ fn kernel_cost_table(
     Ok(())
 }
 
+/// Program id -> (run time in ns, runs), as the kernel counts them.
+type RunStats = HashMap<u32, (u64, u64)>;
+
 /// The kernel's BPF run-time statistics, on while this lives (the bpf
 /// syscall's BPF_ENABLE_STATS: off again when its descriptor closes, however
 /// the benchmark ends).
@@ -443,7 +451,7 @@ impl ProgramStats {
     }
 
     /// Run time (ns) and runs of every loaded program, by id.
-    fn snapshot() -> HashMap<u32, (u64, u64)> {
+    fn snapshot() -> RunStats {
         ProgInfoIter::default()
             .map(|p| (p.id, (p.run_time_ns, p.run_cnt)))
             .collect()
@@ -452,11 +460,7 @@ impl ProgramStats {
 
 /// Run time and runs, between two snapshots, of the programs in `after`
 /// whose ids are in `ids`.
-fn cost_of(
-    ids: &[u32],
-    before: &HashMap<u32, (u64, u64)>,
-    after: &HashMap<u32, (u64, u64)>,
-) -> (u64, u64) {
+fn cost_of(ids: &[u32], before: &RunStats, after: &RunStats) -> (u64, u64) {
     ids.iter().fold((0, 0), |(ns, runs), id| {
         let (ns0, runs0) = before.get(id).copied().unwrap_or_default();
         let (ns1, runs1) = after.get(id).copied().unwrap_or_default();
@@ -468,7 +472,7 @@ fn cost_of(
 }
 
 /// Ids in `now` that are not in `earlier`: the programs loaded in between.
-fn new_ids(earlier: &HashMap<u32, (u64, u64)>, now: &HashMap<u32, (u64, u64)>) -> Vec<u32> {
+fn new_ids(earlier: &RunStats, now: &RunStats) -> Vec<u32> {
     now.keys()
         .filter(|id| !earlier.contains_key(id))
         .copied()
