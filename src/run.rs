@@ -142,10 +142,16 @@ fn describe(counters: &Counters, counts: &ReaderCounts) -> String {
         counts.printed,
         counters.ringbuf_drops,
         counters.recursion_misses,
-        counters.map_full + counts.no_room,
+        no_room(counters, counts),
         counts.undecodable,
         counts.sockets_tracked
     )
+}
+
+/// Transitions whose socket had no room for its time, in the kernel's map or
+/// the reader's (only one of them is in use).
+fn no_room(counters: &Counters, counts: &ReaderCounts) -> u64 {
+    counters.map_full + counts.no_room
 }
 
 /// The one line printed at exit when anything was lost or unknown.
@@ -163,7 +169,7 @@ pub fn losses(counters: &Counters, counts: &ReaderCounts) -> Option<String> {
             counters.recursion_misses
         ));
     }
-    let no_room = counters.map_full + counts.no_room;
+    let no_room = no_room(counters, counts);
     if no_room > 0 {
         parts.push(format!(
             "{no_room} durations unknown (socket map full: raise --max-sockets)"
