@@ -54,7 +54,7 @@ struct Observed {
 }
 
 /// A listener, one connection closed as `close` says, then the listener closed.
-fn connection(capture: &Capture, v6: bool, close: Close) -> Observed {
+fn connection(capture: &mut Capture, v6: bool, close: Close) -> Observed {
     let conn = connect(v6);
     let (port, client_port) = (conn.port, conn.client_port);
     sleep(HOLD);
@@ -171,8 +171,8 @@ fn at_least_hold(e: &Event) {
 }
 
 fn client_closes_first(v6: bool) {
-    let capture = Capture::start(&opts(test_attach(), Filter::default()));
-    let o = connection(&capture, v6, Close::ClientFirst);
+    let mut capture = Capture::start(&opts(test_attach(), Filter::default()));
+    let o = connection(&mut capture, v6, Close::ClientFirst);
     check_common(&o);
     assert_eq!(o.listener.transitions(), [(Close, Listen), (Listen, Close)]);
     assert_eq!(
@@ -214,8 +214,8 @@ fn ipv6_client_closes_first() {
 }
 
 fn server_closes_first(v6: bool) {
-    let capture = Capture::start(&opts(test_attach(), Filter::default()));
-    let o = connection(&capture, v6, Close::ServerFirst);
+    let mut capture = Capture::start(&opts(test_attach(), Filter::default()));
+    let o = connection(&mut capture, v6, Close::ServerFirst);
     check_common(&o);
     assert_eq!(
         o.client.transitions(),
@@ -253,8 +253,8 @@ fn ipv6_server_closes_first() {
 }
 
 fn reset(v6: bool) {
-    let capture = Capture::start(&opts(test_attach(), Filter::default()));
-    let o = connection(&capture, v6, Close::ClientReset);
+    let mut capture = Capture::start(&opts(test_attach(), Filter::default()));
+    let o = connection(&mut capture, v6, Close::ClientReset);
     check_common(&o);
     assert_eq!(
         o.client.transitions(),
@@ -288,7 +288,7 @@ fn ipv6_rst_close() {
 }
 
 fn refused(v6: bool) {
-    let capture = Capture::start(&opts(test_attach(), Filter::default()));
+    let mut capture = Capture::start(&opts(test_attach(), Filter::default()));
     // A port that was just free: bind, note it, close.
     let (listener, port) = listen(v6);
     drop(listener);
@@ -327,7 +327,7 @@ fn ipv6_refused_connect() {
 #[test]
 fn listener_opened_and_closed() {
     let Some(_root) = root() else { return };
-    let capture = Capture::start(&opts(test_attach(), Filter::default()));
+    let mut capture = Capture::start(&opts(test_attach(), Filter::default()));
     for v6 in [false, true] {
         let (listener, port) = listen(v6);
         sleep(HOLD);
@@ -347,7 +347,7 @@ fn listener_opened_and_closed() {
 #[test]
 fn reused_socket_addresses_start_with_unknown_duration() {
     let Some(_root) = root() else { return };
-    let capture = Capture::start(&opts(test_attach(), Filter::default()));
+    let mut capture = Capture::start(&opts(test_attach(), Filter::default()));
     let (listener, port) = listen(false);
     for _ in 0..200 {
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -374,7 +374,7 @@ fn reused_socket_addresses_start_with_unknown_duration() {
 }
 
 fn family_only(family: Family) {
-    let capture = Capture::start(&opts(
+    let mut capture = Capture::start(&opts(
         test_attach(),
         Filter {
             family: Some(family),
@@ -416,7 +416,7 @@ fn local_port_filter_keeps_the_server_side() {
     let Some(_root) = root() else { return };
     // The listener's port must be known before the tracer starts.
     let (listener, port) = listen(false);
-    let capture = Capture::start(&opts(
+    let mut capture = Capture::start(&opts(
         test_attach(),
         Filter {
             local_ports: vec![port],
@@ -447,7 +447,7 @@ fn local_port_filter_keeps_the_server_side() {
 fn remote_port_filter_keeps_the_client_side() {
     let Some(_root) = root() else { return };
     let (listener, port) = listen(true);
-    let capture = Capture::start(&opts(
+    let mut capture = Capture::start(&opts(
         test_attach(),
         Filter {
             remote_ports: vec![port, 9],
@@ -490,10 +490,10 @@ fn each_attachable_mode_traces() {
         modes.push(AttachMode::Kprobe);
     }
     for mode in modes {
-        let capture = Capture::start(&opts(AttachRequest::Only(mode), Filter::default()));
+        let mut capture = Capture::start(&opts(AttachRequest::Only(mode), Filter::default()));
         assert_eq!(capture.tracer.mode(), mode);
         for v6 in [false, true] {
-            let o = connection(&capture, v6, Close::ClientFirst);
+            let o = connection(&mut capture, v6, Close::ClientFirst);
             check_common(&o);
             assert_eq!(o.client.transitions().len(), 5, "{mode}");
         }
@@ -532,9 +532,9 @@ fn works_without_tracefs() {
         AttachRequest::Only(AttachMode::Tracepoint),
         Filter::default(),
     ));
-    let capture = Capture::start(&opts(AttachRequest::Auto, Filter::default()));
+    let mut capture = Capture::start(&opts(AttachRequest::Auto, Filter::default()));
     assert_eq!(capture.tracer.mode(), AttachMode::TpBtf);
-    let o = connection(&capture, false, Close::ClientFirst);
+    let o = connection(&mut capture, false, Close::ClientFirst);
     check_common(&o);
     set_tracefs(was_mounted);
     assert!(
@@ -546,12 +546,12 @@ fn works_without_tracefs() {
 #[test]
 fn custom_btf_path() {
     let Some(_root) = root() else { return };
-    let capture = Capture::start(&TracerOptions {
+    let mut capture = Capture::start(&TracerOptions {
         btf: Some("/sys/kernel/btf/vmlinux".into()),
         attach: test_attach(),
         ..TracerOptions::default()
     });
-    let o = connection(&capture, true, Close::ServerFirst);
+    let o = connection(&mut capture, true, Close::ServerFirst);
     check_common(&o);
 }
 
@@ -564,18 +564,18 @@ fn falls_back_when_the_preferred_mode_is_missing() {
     // Without tracefs the classic tracepoint cannot attach.
     set_tracefs(false);
     let order = vec![AttachMode::Tracepoint, AttachMode::TpBtf];
-    let capture = Capture::start(&opts(AttachRequest::Order(order), Filter::default()));
+    let mut capture = Capture::start(&opts(AttachRequest::Order(order), Filter::default()));
     assert_eq!(capture.tracer.mode(), AttachMode::TpBtf);
-    check_common(&connection(&capture, false, Close::ServerFirst));
+    check_common(&connection(&mut capture, false, Close::ServerFirst));
     drop(capture);
     set_tracefs(true);
     // Where the kernel has no kprobes (this project's CI host), the kprobe
     // mode cannot attach either.
     if !kernel_has_kprobes() {
         let order = vec![AttachMode::Kprobe, AttachMode::Tracepoint];
-        let capture = Capture::start(&opts(AttachRequest::Order(order), Filter::default()));
+        let mut capture = Capture::start(&opts(AttachRequest::Order(order), Filter::default()));
         assert_eq!(capture.tracer.mode(), AttachMode::Tracepoint);
-        check_common(&connection(&capture, true, Close::ServerFirst));
+        check_common(&connection(&mut capture, true, Close::ServerFirst));
     }
     set_tracefs(was_mounted);
 }
@@ -600,8 +600,8 @@ fn kprobe_matches_tracepoint_on_the_same_traffic() {
     }
     let was_mounted = tracefs_mounted();
     set_tracefs(true);
-    let kprobe = Capture::start(&kprobe_opts);
-    let tracepoint = Capture::start(&opts(
+    let mut kprobe = Capture::start(&kprobe_opts);
+    let mut tracepoint = Capture::start(&opts(
         AttachRequest::Only(AttachMode::Tracepoint),
         Filter::default(),
     ));
@@ -609,7 +609,7 @@ fn kprobe_matches_tracepoint_on_the_same_traffic() {
         for close in [Close::ClientFirst, Close::ServerFirst, Close::ClientReset] {
             // `connection` waits on the first capture; the second then has
             // them too, or soon.
-            let k = connection(&kprobe, v6, close);
+            let k = connection(&mut kprobe, v6, close);
             let events =
                 tracepoint.wait_until("the tracepoint's events", |ev| all_closed(ev, k.port, 3));
             let t = lives(&events, k.port);

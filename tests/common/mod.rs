@@ -3,7 +3,6 @@
 //! events per socket.
 #![allow(dead_code)]
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -79,46 +78,45 @@ pub fn loopback(v6: bool) -> IpAddr {
 /// An in-process tracer and everything it received.
 pub struct Capture {
     pub tracer: Tracer,
-    decoder: RefCell<Decoder>,
-    pub events: RefCell<Vec<Event>>,
+    decoder: Decoder,
+    events: Vec<Event>,
 }
 
 impl Capture {
     pub fn start(opts: &TracerOptions) -> Self {
         let tracer = Tracer::start(opts).expect("starting the tracer");
         Capture {
-            decoder: RefCell::new(tracer.decoder()),
+            decoder: tracer.decoder(),
             tracer,
-            events: RefCell::new(Vec::new()),
+            events: Vec::new(),
         }
     }
 
     /// Polls until `done` holds for what was received, or fails after 5 s.
-    pub fn wait_until(&self, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
-        let mut ring = self.tracer.ring_reader().expect("ring buffer");
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+        let Capture {
+            tracer,
+            decoder,
+            events,
+        } = self;
+        let mut ring = tracer.ring_reader().expect("ring buffer");
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             ring.wait(Duration::from_millis(50)).expect("polling");
             ring.consume(|data| {
-                self.events.borrow_mut().push(
-                    self.decoder
-                        .borrow_mut()
-                        .decode(data)
-                        .expect("decoding an event"),
-                );
+                events.push(decoder.decode(data).expect("decoding an event"));
                 ControlFlow::Continue(())
             });
-            if done(&self.events.borrow()) {
+            if done(events) {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}; got:\n{}",
-                dump(&self.events.borrow())
+                dump(events)
             );
         }
-        drop(ring);
-        self.events.borrow().clone()
+        events.clone()
     }
 }
 
