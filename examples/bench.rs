@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -494,7 +494,16 @@ fn storm_once(
     let port = listener.local_addr()?.port();
     let out = args.workdir.join(format!("{tag}.out"));
     let err = args.workdir.join(format!("{tag}.err"));
-    let before_tool = ProgramStats::snapshot();
+    // Program statistics only when asked for: each snapshot queries every
+    // loaded program.
+    let snapshot = || {
+        if programs {
+            ProgramStats::snapshot()
+        } else {
+            RunStats::new()
+        }
+    };
+    let before_tool = snapshot();
     let child = match tool {
         Some(tool) => {
             let child = tool
@@ -515,15 +524,15 @@ fn storm_once(
     // control that traces nothing came out 4-10% "slower" than the untraced
     // storm when only traced storms waited).
     sleep(Duration::from_millis(1500));
-    let before_truth = ProgramStats::snapshot();
+    let before_truth = snapshot();
     let truth = TransitionCounter::start(port)?;
-    let before_storm = ProgramStats::snapshot();
+    let before_storm = snapshot();
     let busy_before = busy_secs()?;
     let storm_secs = storm::run(&listener, storm)
         .context("the storm")?
         .as_secs_f64();
     let busy = busy_secs()? - busy_before;
-    let after_storm = ProgramStats::snapshot();
+    let after_storm = snapshot();
     sleep(Duration::from_millis(500));
     let truth_count = truth.count()?;
     let programs = programs.then(|| {
@@ -552,16 +561,7 @@ fn storm_once(
         ..Sample::default()
     };
     if let Some(child) = child {
-        let pid = child.id() as libc::pid_t;
-        // SAFETY: kill and wait4 have no memory preconditions beyond the
-        // status and rusage we own; the pid is our child's.
-        let (status, usage) = unsafe {
-            libc::kill(pid, libc::SIGINT);
-            let mut status = 0;
-            let mut usage: libc::rusage = std::mem::zeroed();
-            libc::wait4(pid, &mut status, 0, &mut usage);
-            (status, usage)
-        };
+        let (status, usage) = interrupt(&child);
         ensure!(libc::WIFEXITED(status), "{} did not exit cleanly", tag);
         let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
         sample.cpu_secs = tv(usage.ru_utime) + tv(usage.ru_stime);
@@ -660,16 +660,24 @@ fn startup(tool: &Tool) -> Result<(f64, i64)> {
             }
         }
     };
+    let (_, usage) = interrupt(&child);
+    Ok((elapsed, usage.ru_maxrss))
+}
+
+/// Stops a tracer as Ctrl-C would and reaps it: its wait status and its
+/// resource usage (CPU time, peak RSS).
+fn interrupt(child: &Child) -> (libc::c_int, libc::rusage) {
     let pid = child.id() as libc::pid_t;
-    // SAFETY: as in storm_once.
-    let usage = unsafe {
+    // SAFETY: kill and wait4 have no memory preconditions beyond the status
+    // and rusage we own (all-zero bytes are a valid rusage); the pid is our
+    // child's, not reaped before.
+    unsafe {
         libc::kill(pid, libc::SIGINT);
         let mut status = 0;
         let mut usage: libc::rusage = std::mem::zeroed();
         libc::wait4(pid, &mut status, 0, &mut usage);
-        usage
-    };
-    Ok((elapsed, usage.ru_maxrss))
+        (status, usage)
+    }
 }
 
 /// Storms back to back under ours for `length`, sampling its RSS and map
@@ -729,10 +737,7 @@ fn soak(args: &Args, storm: &Storm, length: Duration) -> Result<()> {
     }
     sleep(Duration::from_millis(500));
     let expected = truth.count()?;
-    // SAFETY: kill has no memory preconditions; the pid is our child's.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
-    let mut child = child;
-    child.wait()?;
+    interrupt(&child);
     let (captured, _) = count_lines(&out, port)?;
     fs::remove_file(&out)?;
     println!(
