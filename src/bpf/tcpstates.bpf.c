@@ -281,10 +281,12 @@ static __always_inline void read_sock(struct event *e, const struct sock *sk)
  * read_sock() with plain loads where it can: a tp_btf argument is a BTF
  * pointer to a struct sock, which the verifier lets the program dereference
  * directly (relocated by CO-RE), with no helper call per field. The
- * inet_sock fields lie beyond struct sock as the verifier types it, so they
- * still take a probe read. A shorter program is also less often interrupted
- * by a softirq that changes another socket's state on the same CPU, which
- * the kernel then skips (a recursion miss).
+ * inet_sock fields lie beyond struct sock as the verifier types it, so the
+ * caller passes the pointer bpf_skc_to_tcp_sock returned (which also checks
+ * the protocol), and every field is reached from inet_sock: one type for
+ * libbpf to look up at load, not three. A shorter program is also less
+ * often interrupted by a softirq that changes another socket's state on the
+ * same CPU, which the kernel then skips (a recursion miss).
  */
 static __always_inline void read_sock_btf(struct event *e,
 					  const struct inet_sock *inet)
