@@ -12,17 +12,20 @@ use clap::CommandFactory;
 use clap_complete::Shell;
 use libbpf_cargo::SkeletonBuilder;
 
+// The command line's definition and the config types it names; only the
+// definition is used here.
 #[allow(dead_code)]
 #[path = "src/args.rs"]
 mod args;
+#[allow(dead_code)]
+#[path = "src/config.rs"]
+mod config;
 
 /// The name the packages install the binary under: libbpf-tools owns
 /// /usr/sbin/tcpstates and bpfcc-tools /usr/sbin/tcpstates-bpfcc.
 const PACKAGED_NAME: &str = "tcpstates-rs";
 
 const SRC: &str = "src/bpf/tcpstates.bpf.c";
-/// The benchmark's and loss tests' independent transition counter.
-const GROUND_TRUTH: &str = "src/bpf/groundtruth.bpf.c";
 const HEADER: &str = "src/bpf/tcpstates.h";
 
 fn main() {
@@ -37,17 +40,12 @@ fn main() {
     check_tools();
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for (src, skel) in [
-        (SRC, "tcpstates.skel.rs"),
-        (GROUND_TRUTH, "groundtruth.skel.rs"),
-    ] {
-        let result = SkeletonBuilder::new()
-            .source(src)
-            .clang_args([std::ffi::OsString::from("-I"), vmlinux_dir.clone().into()])
-            .build_and_generate(out_dir.join(skel));
-        if let Err(err) = result {
-            fail(&format!("compiling {src} failed: {err:#}"));
-        }
+    let result = SkeletonBuilder::new()
+        .source(SRC)
+        .clang_args([std::ffi::OsString::from("-I"), vmlinux_dir.into()])
+        .build_and_generate(out_dir.join("tcpstates.skel.rs"));
+    if let Err(err) = result {
+        fail(&format!("compiling {SRC} failed: {err:#}"));
     }
 
     // OUT_DIR is target/<profile>/build/<crate>-<hash>/out.
@@ -64,8 +62,8 @@ fn main() {
     }
 
     println!("cargo:rerun-if-changed=src/args.rs");
+    println!("cargo:rerun-if-changed=src/config.rs");
     println!("cargo:rerun-if-changed={SRC}");
-    println!("cargo:rerun-if-changed={GROUND_TRUTH}");
     println!("cargo:rerun-if-changed={HEADER}");
     println!("cargo:rerun-if-changed=vmlinux");
 }

@@ -1,11 +1,16 @@
 //! The command line's clap definition and the value parsers that reject bad
-//! input. Self-contained (clap and std only): `build.rs` includes it too, to
-//! generate the man page and shell completions from the same definition.
+//! input. Self-contained (clap, std and the plain config types): `build.rs`
+//! includes it too, to generate the man page and shell completions from the
+//! same definition.
 
 use std::path::PathBuf;
 
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::config::{AttachMode, ReportFormat};
+
+/// The EXAMPLES and COLUMNS block after the options in `--help`.
 pub const EXAMPLES: &str = "\
 EXAMPLES:
     tcpstates                  # trace all TCP state changes
@@ -24,21 +29,12 @@ COLUMNS:
     MS is the time the socket spent in OLDSTATE; '-' means it is not known (the
     socket is new, or predates the trace).";
 
-/// Version and the attach modes built in, for `--version`.
-const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    "\nattach modes: tp-btf tracepoint kprobe (auto tries them in that order)"
-);
+/// The most sockets `--max-sockets` takes.
+pub const MAX_SOCKETS: u32 = 1 << 24;
 
 /// Trace TCP socket state changes, with the time spent in the state left.
 #[derive(Debug, Parser)]
-#[command(
-    name = "tcpstates",
-    version = VERSION,
-    about,
-    after_help = EXAMPLES,
-    max_term_width = 100
-)]
+#[command(name = "tcpstates", about, after_help = EXAMPLES, max_term_width = 100)]
 pub struct Args {
     /// Include an HH:MM:SS column
     #[arg(short = 'T', long)]
@@ -57,11 +53,13 @@ pub struct Args {
     pub csv: bool,
 
     /// Comma-separated list of local ports to trace
-    #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = parse_ports, action = ArgAction::Append)]
+    #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = parse_ports,
+          action = ArgAction::Append, allow_hyphen_values = true)]
     pub local_ports: Vec<Ports>,
 
     /// Comma-separated list of remote ports to trace
-    #[arg(short = 'D', long = "remoteport", value_name = "PORTS", value_parser = parse_ports, action = ArgAction::Append)]
+    #[arg(short = 'D', long = "remoteport", value_name = "PORTS", value_parser = parse_ports,
+          action = ArgAction::Append, allow_hyphen_values = true)]
     pub remote_ports: Vec<Ports>,
 
     /// Trace IPv4 sockets only
@@ -76,17 +74,21 @@ pub struct Args {
     #[arg(short = 'v', long)]
     pub verbose: bool,
 
+    /// The form of the counters -v reports (kv: stable key=value pairs)
+    #[arg(long, value_enum, value_name = "FORM", default_value = "text")]
+    pub report: ReportFormat,
+
     /// Kernel BTF file, for kernels without /sys/kernel/btf/vmlinux
     #[arg(long, value_name = "FILE", value_parser = parse_file)]
     pub btf: Option<PathBuf>,
 
     /// Where to attach; a comma list is tried in its order (auto = all, best first)
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "auto")]
+    #[arg(long, value_parser = attach_parser(), value_delimiter = ',', default_value = "auto")]
     pub attach: Vec<AttachArg>,
 
     /// Sockets whose last transition time is kept at once (by the kernel with -L/-D)
-    #[arg(long, value_name = "N", default_value_t = 65536,
-          value_parser = clap::value_parser!(u32).range(1..=(1 << 24)))]
+    #[arg(long, value_name = "N", default_value = "65536", value_parser = parse_max_sockets,
+          allow_hyphen_values = true)]
     pub max_sockets: u32,
 
     /// Ring buffer size: a power of two from 4K to 1G, with an optional K/M/G suffix
@@ -94,18 +96,23 @@ pub struct Args {
     pub ring_buffer: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AttachArg {
-    /// The best one the kernel supports: tp-btf, then tracepoint, then kprobe
-    Auto,
-    /// BTF tracepoint sock:inet_sock_set_state (needs no tracefs)
-    TpBtf,
-    /// Classic tracepoint sock:inet_sock_set_state (needs tracefs)
-    Tracepoint,
-    /// kprobe on tcp_set_state (kernels without the tracepoint)
-    Kprobe,
+/// One `--attach` value: a mode, or `auto` for all of them, best first.
+pub type AttachArg = Option<AttachMode>;
+
+/// `auto` and every [`AttachMode`], with their help, for the parser, the
+/// completions and the error that lists them.
+fn attach_parser() -> impl TypedValueParser<Value = AttachArg> {
+    let auto =
+        PossibleValue::new("auto").help("The best one the kernel supports, in the order below");
+    let modes = AttachMode::value_variants()
+        .iter()
+        .filter_map(ValueEnum::to_possible_value);
+    // Only the listed names get through, so anything but a mode is auto.
+    PossibleValuesParser::new(std::iter::once(auto).chain(modes))
+        .map(|name| AttachMode::from_str(&name, false).ok())
 }
 
+/// A list of ports as given once on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ports(pub Vec<u16>);
 
@@ -116,14 +123,30 @@ fn parse_ports(text: &str) -> Result<Ports, String> {
             if item.is_empty() {
                 return Err(format!("empty item in port list '{text}'"));
             }
-            match item.parse::<u32>() {
-                Ok(port @ 1..=65535) => Ok(port as u16),
-                Ok(port) => Err(format!("port {port} is out of range 1-65535")),
-                Err(_) => Err(format!("'{item}' is not a port number")),
-            }
+            parse_in_range(item, 1, 65535, "port", "port number").map(|port| port as u16)
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Ports)
+}
+
+fn parse_max_sockets(text: &str) -> Result<u32, String> {
+    parse_in_range(
+        text.trim(),
+        1,
+        MAX_SOCKETS,
+        "socket count",
+        "number of sockets",
+    )
+}
+
+/// A whole number from `low` to `high`, or an error that says it is not
+/// `a` or that this `what` is out of range.
+fn parse_in_range(item: &str, low: u32, high: u32, what: &str, a: &str) -> Result<u32, String> {
+    match item.parse::<u64>() {
+        Ok(n) if (u64::from(low)..=u64::from(high)).contains(&n) => Ok(n as u32),
+        Ok(n) => Err(format!("{what} {n} is out of range {low}-{high}")),
+        Err(_) => Err(format!("'{item}' is not a {a}")),
+    }
 }
 
 fn parse_size(text: &str) -> Result<u32, String> {

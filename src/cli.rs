@@ -1,25 +1,14 @@
-//! The command line: clap's derive definition, value parsers that reject
-//! bad input, and the conversion into a plain [`Config`].
+//! The command line: parses it with the clap definition of `args.rs` and
+//! turns the arguments into the plain [`Config`] everything else reads.
 
 use std::ffi::OsString;
-
 use std::path::Path;
 
-use clap::{CommandFactory, FromArgMatches, error::ErrorKind};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, FromArgMatches};
 
-use crate::args::{Args, AttachArg, Ports};
-
-use crate::output::OutputOptions;
-use crate::tracer::{AttachMode, AttachRequest, Family, Filter, TracerOptions};
-
-/// Everything a tracing run needs, parsed and checked.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
-    /// How lines look.
-    pub output: OutputOptions,
-    /// What is traced, and how.
-    pub tracer: TracerOptions,
-}
+use crate::args::{Args, Ports};
+use crate::config::{AttachMode, Config, Family, Filter, Format, Mode, TimeColumns};
 
 /// The outcome of parsing: run, or print something and exit.
 #[derive(Debug)]
@@ -34,6 +23,16 @@ pub enum Parsed {
         /// What to print, newline included.
         message: String,
     },
+}
+
+/// `--version`: the version and the attach modes built in.
+fn version() -> String {
+    let modes: Vec<&str> = AttachMode::ALL.iter().map(|m| m.name()).collect();
+    format!(
+        "{}\nattach modes: {} (auto tries them in that order)",
+        env!("CARGO_PKG_VERSION"),
+        modes.join(" ")
+    )
 }
 
 /// Parses a full command line (program name first).
@@ -52,6 +51,7 @@ where
         .unwrap_or_else(|| "tcpstates".to_owned());
     let parsed = Args::command()
         .display_name(invoked)
+        .version(version())
         .try_get_matches_from(args)
         .and_then(|matches| Args::from_arg_matches(&matches));
     match parsed {
@@ -61,18 +61,25 @@ where
                 code: 0,
                 message: err.render().to_string(),
             },
-            _ => {
-                let rendered = err.render().to_string();
-                let first = rendered.lines().next().unwrap_or("invalid arguments");
-                Parsed::Exit {
-                    code: 2,
-                    message: format!(
-                        "tcpstates: {} (see --help)\n",
-                        first.trim_start_matches("error: ")
-                    ),
-                }
-            }
+            _ => Parsed::Exit {
+                code: 2,
+                message: format!("tcpstates: {} (see --help)\n", one_line(&err)),
+            },
         },
+    }
+}
+
+/// clap's error as one line: its first line, and the values it would have
+/// taken where it lists them on lines of their own.
+fn one_line(err: &clap::Error) -> String {
+    let rendered = err.render().to_string();
+    let first = rendered.lines().next().unwrap_or("invalid arguments");
+    let first = first.trim_start_matches("error: ");
+    match err.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(values)) if !values.is_empty() => {
+            format!("{first}; valid values: {}", values.join(", "))
+        }
+        _ => first.to_owned(),
     }
 }
 
@@ -91,53 +98,51 @@ impl Args {
         };
         // Each name, auto standing for every mode, best first; a mode named
         // twice keeps its first place.
-        let mut modes: Vec<AttachMode> = Vec::new();
+        let mut attach: Vec<AttachMode> = Vec::new();
         for arg in &self.attach {
             let named = match arg {
-                AttachArg::Auto => &AttachMode::ALL[..],
-                AttachArg::TpBtf => &[AttachMode::TpBtf],
-                AttachArg::Tracepoint => &[AttachMode::Tracepoint],
-                AttachArg::Kprobe => &[AttachMode::Kprobe],
+                None => &AttachMode::ALL[..],
+                Some(mode) => std::slice::from_ref(mode),
             };
             for mode in named {
-                if !modes.contains(mode) {
-                    modes.push(*mode);
+                if !attach.contains(mode) {
+                    attach.push(*mode);
                 }
             }
         }
-        let attach = match modes.as_slice() {
-            [one] => AttachRequest::Only(*one),
-            all if all == AttachMode::ALL => AttachRequest::Auto,
-            _ => AttachRequest::Order(modes),
+        let times = TimeColumns {
+            clock: self.time,
+            elapsed: self.timestamp,
+        };
+        let format = if self.csv {
+            Format::Csv { times }
+        } else {
+            Format::Table {
+                times,
+                wide: self.wide,
+            }
         };
         Config {
-            output: OutputOptions {
-                time: self.time,
-                timestamp: self.timestamp,
-                wide: self.wide,
-                csv: self.csv,
+            mode: Mode::Stream,
+            format,
+            filter: Filter {
+                family,
+                local_ports: flatten(self.local_ports),
+                remote_ports: flatten(self.remote_ports),
             },
-            tracer: TracerOptions {
-                filter: Filter {
-                    family,
-                    local_ports: flatten(self.local_ports),
-                    remote_ports: flatten(self.remote_ports),
-                },
-                attach,
-                btf: self.btf,
-                max_sockets: self.max_sockets,
-                ringbuf_bytes: self.ring_buffer,
-                verbose: self.verbose,
-                // Set by the run, which knows where the output goes.
-                wakeup_bytes: 0,
-            },
+            attach,
+            btf: self.btf,
+            max_sockets: self.max_sockets,
+            ring_bytes: self.ring_buffer,
+            verbose: self.verbose,
+            report: self.report,
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ReportFormat;
 
     fn config(args: &[&str]) -> Config {
         match parse(std::iter::once("tcpstates").chain(args.iter().copied())) {
@@ -160,73 +165,65 @@ mod tests {
     #[test]
     fn defaults() {
         let c = config(&[]);
-        assert_eq!(c.output, OutputOptions::default());
-        assert_eq!(c.tracer.filter, Filter::default());
-        assert_eq!(c.tracer.attach, AttachRequest::Auto);
-        assert_eq!(c.tracer.attach.candidates(), AttachMode::ALL.to_vec());
-        assert_eq!(c.tracer.max_sockets, 65536);
-        assert_eq!(c.tracer.ringbuf_bytes, 4 << 20);
-        assert_eq!(c.tracer, TracerOptions::default());
-        assert!(!c.tracer.verbose && c.tracer.btf.is_none());
+        assert_eq!(c, Config::default());
+        assert_eq!(c.mode, Mode::Stream);
+        assert_eq!(c.format, Format::default());
+        assert_eq!(c.filter, Filter::default());
+        assert_eq!(c.attach, AttachMode::ALL.to_vec());
+        assert_eq!(c.max_sockets, 65536);
+        assert_eq!(c.ring_bytes, 4 << 20);
+        assert_eq!(c.report, ReportFormat::Text);
+        assert!(!c.verbose && c.btf.is_none());
     }
 
     #[test]
     fn bcc_flags() {
-        let c = config(&["-T", "-t", "-w", "-s", "-4", "-v"]);
-        assert!(c.output.time && c.output.timestamp && c.output.wide && c.output.csv);
-        assert_eq!(c.tracer.filter.family, Some(Family::Ipv4));
-        assert!(c.tracer.verbose);
-        assert_eq!(config(&["--ipv6"]).tracer.filter.family, Some(Family::Ipv6));
+        let both = TimeColumns {
+            clock: true,
+            elapsed: true,
+        };
+        let c = config(&["-T", "-t", "-w", "-4", "-v"]);
+        assert_eq!(
+            c.format,
+            Format::Table {
+                times: both,
+                wide: true
+            }
+        );
+        assert_eq!(c.filter.family, Some(Family::Ipv4));
+        assert!(c.verbose);
+        assert_eq!(config(&["--ipv6"]).filter.family, Some(Family::Ipv6));
+        assert_eq!(
+            config(&["-s", "-T", "-t"]).format,
+            Format::Csv { times: both }
+        );
+        assert_eq!(config(&["--report", "kv"]).report, ReportFormat::Kv);
     }
 
     #[test]
     fn port_lists_merge_sort_and_dedup() {
         let c = config(&["-L", "443,80", "--localport=80", "-D", " 5432 "]);
-        assert_eq!(c.tracer.filter.local_ports, [80, 443]);
-        assert_eq!(c.tracer.filter.remote_ports, [5432]);
-        assert_eq!(config(&["-L65535"]).tracer.filter.local_ports, [65535]);
+        assert_eq!(c.filter.local_ports, [80, 443]);
+        assert_eq!(c.filter.remote_ports, [5432]);
+        assert_eq!(config(&["-L65535"]).filter.local_ports, [65535]);
     }
 
     #[test]
     fn attach_modes() {
-        assert_eq!(
-            config(&["--attach", "tp-btf"]).tracer.attach,
-            AttachRequest::Only(AttachMode::TpBtf)
-        );
-        assert_eq!(
-            config(&["--attach=kprobe"]).tracer.attach.candidates(),
-            [AttachMode::Kprobe]
-        );
-        assert_eq!(
-            config(&["--attach", "tracepoint"]).tracer.attach,
-            AttachRequest::Only(AttachMode::Tracepoint)
-        );
-        assert_eq!(
-            config(&["--attach", "kprobe,tracepoint"]).tracer.attach,
-            AttachRequest::Order(vec![AttachMode::Kprobe, AttachMode::Tracepoint])
-        );
-        assert_eq!(
-            config(&["--attach", "kprobe,auto"])
-                .tracer
-                .attach
-                .candidates(),
-            [
-                AttachMode::Kprobe,
-                AttachMode::TpBtf,
-                AttachMode::Tracepoint
-            ]
-        );
-        assert_eq!(
-            config(&["--attach", "tp-btf,tracepoint,kprobe"])
-                .tracer
-                .attach,
-            AttachRequest::Auto
-        );
+        use AttachMode::*;
+        let attach = |value: &str| config(&["--attach", value]).attach;
+        assert_eq!(attach("tp-btf"), [TpBtf]);
+        assert_eq!(config(&["--attach=kprobe"]).attach, [Kprobe]);
+        assert_eq!(attach("tracepoint"), [Tracepoint]);
+        assert_eq!(attach("kprobe,tracepoint"), [Kprobe, Tracepoint]);
+        assert_eq!(attach("kprobe,auto"), [Kprobe, TpBtf, Tracepoint]);
+        assert_eq!(attach("tp-btf,tracepoint,kprobe"), AttachMode::ALL);
+        assert_eq!(attach("auto,tp-btf"), AttachMode::ALL);
     }
 
     #[test]
     fn ring_buffer_sizes() {
-        let size = |s: &str| config(&["--ring-buffer", s]).tracer.ringbuf_bytes;
+        let size = |s: &str| config(&["--ring-buffer", s]).ring_bytes;
         assert_eq!(size("4096"), 4096);
         assert_eq!(size("64K"), 65536);
         assert_eq!(size("16m"), 16 << 20);
@@ -254,16 +251,26 @@ mod tests {
         assert!(rejected(&["-L", "80,"]).contains("empty item"));
         assert!(rejected(&["-L", ""]).contains("empty item"));
         assert!(rejected(&["-D", "http"]).contains("'http' is not a port number"));
-        assert!(rejected(&["-L", "-1"]).contains("-1"));
+        assert!(rejected(&["-L", "-1"]).contains("'-1' is not a port number"));
+        assert!(rejected(&["-D", "-1"]).contains("'-1' is not a port number"));
     }
 
     #[test]
     fn rejects_other_bad_input() {
         assert!(rejected(&["-4", "-6"]).contains("cannot be used with"));
-        assert!(rejected(&["--attach", "uprobe"]).contains("uprobe"));
+        let attach = rejected(&["--attach", "uprobe"]);
+        assert!(
+            attach.contains("uprobe") && attach.contains("auto, tp-btf, tracepoint, kprobe"),
+            "{attach}"
+        );
         assert!(rejected(&["--attach", "tp-btf,"]).contains("--attach"));
         assert!(rejected(&["--btf", "/nonexistent/btf"]).contains("no such file"));
-        assert!(rejected(&["--max-sockets", "0"]).contains("0"));
+        assert!(
+            rejected(&["--max-sockets", "0"]).contains("socket count 0 is out of range 1-16777216")
+        );
+        assert!(rejected(&["--max-sockets", "abc"]).contains("'abc' is not a number of sockets"));
+        assert!(rejected(&["--max-sockets", "-5"]).contains("'-5' is not a number of sockets"));
+        assert!(rejected(&["--report", "json"]).contains("text, kv"));
         assert!(rejected(&["--bogus"]).contains("--bogus"));
         assert!(rejected(&["extra"]).contains("extra"));
     }

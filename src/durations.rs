@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use crate::config::Config;
 use crate::event::{DecodeError, Event, TcpState};
 
 /// Turns ring buffer records into events, with the time in the old state
@@ -29,6 +30,12 @@ impl Decoder {
         Self {
             times: (!kernel_tracks).then(|| SocketTimes::new(max_sockets)),
         }
+    }
+
+    /// For the program `config` loads: it keeps the times itself when a
+    /// port filter is on.
+    pub fn for_config(config: &Config) -> Self {
+        Self::new(config.filter.tracks_in_kernel(), config.max_sockets)
     }
 
     /// Decodes one record; the caller must pass every record, in order.

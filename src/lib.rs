@@ -2,34 +2,38 @@
 //! in the state it left, with an eBPF program (CO-RE, libbpf-rs).
 //!
 //! `main.rs` is a thin entry point over this library:
-//! - [`cli`] parses the command line into a [`cli::Config`];
-//! - [`durations`] keeps each socket's time in its state, when the kernel
-//!   does not;
-//! - [`event`] decodes the kernel's records into typed [`event::Event`]s;
-//! - [`output`] formats them (pure, unit-tested without root);
-//! - [`ring`] reads the kernel's ring buffer from its mapping;
-//! - [`tracer`] is the only privileged code: open, configure, load, attach, poll;
-//! - [`writer`] writes the output on a thread of its own;
-//! - [`run`] ties them together for one tracing session.
-//!
-//! For the loss tests and the benchmark: [`storm`] makes loopback connection
-//! storms, and [`groundtruth`] counts their transitions in the kernel,
-//! independently of the tracer (privileged too).
+//! - [`cli`] parses the command line (defined in `args.rs`) into a
+//!   [`config::Config`], the plain configuration everything else reads;
+//! - [`session`] runs one tracing session in the mode the config asks for;
+//! - [`tracer`] is the only privileged code: open, configure, load, attach;
+//!   [`host`] says what the host offers it, and [`ring`] reads its ring
+//!   buffer from the mapping;
+//! - [`event`] decodes the kernel's records into typed [`event::Event`]s,
+//!   and [`durations`] keeps each socket's time in its state when the
+//!   kernel does not;
+//! - [`output`] holds the outputs behind one [`output::Sink`] trait (the
+//!   table and CSV formatters are pure, unit-tested without root), with
+//!   [`clock`] for every time conversion and [`batching`] for how events
+//!   are batched on their way out;
+//! - [`stats`] holds the run's counters and their reports; [`signals`]
+//!   ends a run cleanly.
 
 #![warn(missing_docs)]
 
 mod args;
+pub mod batching;
 pub mod cli;
+pub mod clock;
+pub mod config;
 pub mod durations;
 pub mod event;
-pub mod groundtruth;
+pub mod host;
 pub mod output;
 pub mod ring;
-pub mod run;
+pub mod session;
 pub mod signals;
-pub mod storm;
+pub mod stats;
 pub mod tracer;
-pub mod writer;
 
 /// The skeleton libbpf-cargo generates from `src/bpf/tcpstates.bpf.c`.
 mod bpf {

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             let _ = std::io::stderr().write_all(message.as_bytes());
             ExitCode::from(code)
         }
-        Parsed::Run(config) => match tcpstates::run::run(&config) {
+        Parsed::Run(config) => match tcpstates::session::run(&config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 let message = format!("{err:#}").replace('\n', " ");

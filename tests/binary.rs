@@ -2,8 +2,6 @@
 //! closed stdout, real output, and a differential run against libbpf-tools'
 //! tcpstates on the same traffic.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read};
 use std::os::unix::process::CommandExt;
@@ -12,7 +10,10 @@ use std::sync::mpsc::{self, Receiver};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
-use common::*;
+use tcpstates_testkit::host::{Tracefs, root};
+use tcpstates_testkit::net::{connect, listen, read_to_eof};
+use tcpstates_testkit::process;
+use tcpstates_testkit::rows::{Row, last_counters};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 const LIBBPF_TOOLS: &str = "/usr/sbin/tcpstates";
@@ -81,6 +82,9 @@ fn bad_arguments_get_one_line_and_exit_2() {
         &["--attach", "fentry"],
         &["--btf", "/nonexistent"],
         &["--max-sockets", "0"],
+        &["--max-sockets", "abc"],
+        &["-D", "-1"],
+        &["--report", "json"],
         &["--frobnicate"],
         &["unexpected"],
     ] {
@@ -183,18 +187,13 @@ impl Tracing {
     }
 
     fn signal(&self, signal: libc::c_int) {
-        // SAFETY: kill has no memory preconditions; the pid is our child's.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, signal) },
-            0
-        );
+        process::signal(&self.child, signal);
     }
 
     /// Sends `signal`, waits for exit, and returns (exit code, all stdout
     /// lines after the header, stderr).
     fn stop(mut self, signal: libc::c_int) -> (Option<i32>, Vec<String>, String) {
-        self.signal(signal);
-        let status = self.child.wait().expect("waiting for the tracer");
+        let ended = process::stop(&self.child, signal);
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(line);
         }
@@ -205,7 +204,7 @@ impl Tracing {
             .unwrap()
             .read_to_string(&mut stderr)
             .unwrap();
-        (status.code(), self.seen, stderr)
+        (ended.code(), self.seen, stderr)
     }
 }
 
@@ -222,46 +221,16 @@ fn spawn_reader(stdout: ChildStdout) -> Receiver<String> {
     rx
 }
 
-/// One output row, split into columns (the task name may hold spaces).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-struct Row {
-    skaddr: String,
-    pid: String,
-    comm: String,
-    laddr: String,
-    lport: u16,
-    raddr: String,
-    rport: u16,
-    old: String,
-    new: String,
-    ms: String,
-}
-
+/// A row of the table; every line after the header must be one.
 fn parse_row(line: &str, wide: bool) -> Row {
-    let t: Vec<&str> = line.split_whitespace().collect();
-    let n = t.len();
-    assert!(n >= 11, "short row: {line}");
-    assert_eq!(t[n - 3], "->", "{line}");
-    let comm_end = n - 8 - usize::from(wide);
-    Row {
-        skaddr: t[0].into(),
-        pid: t[1].into(),
-        comm: t[2..comm_end].join(" "),
-        laddr: t[n - 8].into(),
-        lport: t[n - 7].parse().unwrap_or_else(|_| panic!("{line}")),
-        raddr: t[n - 6].into(),
-        rport: t[n - 5].parse().unwrap_or_else(|_| panic!("{line}")),
-        old: t[n - 4].into(),
-        new: t[n - 2].into(),
-        ms: t[n - 1].into(),
-    }
+    Row::parse(line, wide).unwrap_or_else(|| panic!("not a row: {line}"))
 }
 
 fn rows_for_port(lines: &[String], port: u16, wide: bool) -> Vec<Row> {
     lines
         .iter()
         .map(|l| parse_row(l, wide))
-        .filter(|r| r.lport == port || r.rport == port)
+        .filter(|r| r.involves(port))
         .collect()
 }
 
@@ -272,7 +241,7 @@ fn traces_a_connection_end_to_end() {
     let conn = connect(false);
     let (port, client_port) = (conn.port, conn.client_port);
     drop(conn.client);
-    read_to_eof(&conn.server);
+    read_to_eof(&conn.server, Some(Duration::from_secs(5)));
     drop((conn.server, conn.listener));
     // Into a pipe, lines arrive within a poll interval, not at exit.
     tracer.wait_for("for the listener's close", Duration::from_secs(2), |l| {
@@ -392,9 +361,8 @@ fn reports_everything_libbpf_tools_reports() {
         std::path::Path::new(LIBBPF_TOOLS).exists(),
         "{LIBBPF_TOOLS} is missing: apt-get install libbpf-tools"
     );
-    let was_mounted = tracefs_mounted();
     // libbpf-tools attaches the classic tracepoint, which needs tracefs.
-    set_tracefs(true);
+    let tracefs = Tracefs::set(true);
     // Line-buffered, so its header shows when it is attached.
     let theirs = Tracing::start("stdbuf", &["-oL", LIBBPF_TOOLS, "-w"], "SKADDR");
     let ours = Tracing::start(BIN, &["-w"], "SKADDR");
@@ -409,7 +377,7 @@ fn reports_everything_libbpf_tools_reports() {
             (conn.client, conn.server)
         };
         drop(first);
-        read_to_eof(&second);
+        read_to_eof(&second, Some(Duration::from_secs(5)));
         drop((second, conn.listener));
     }
     let (listener, refused_port) = listen(false);
@@ -420,7 +388,7 @@ fn reports_everything_libbpf_tools_reports() {
 
     let (their_code, their_lines, their_err) = theirs.stop(libc::SIGINT);
     let (our_code, our_lines, our_err) = ours.stop(libc::SIGINT);
-    set_tracefs(was_mounted);
+    drop(tracefs);
     assert_eq!(their_code, Some(0), "{their_err}");
     assert_eq!(our_code, Some(0), "{our_err}");
 
@@ -458,9 +426,10 @@ fn reports_everything_libbpf_tools_reports() {
     }
 }
 
-/// Runs `args` with -v around `traffic` and returns (printed lines, stderr).
+/// Runs `args` with -v (counters as key=value pairs) around `traffic` and
+/// returns (printed lines, stderr).
 fn run_verbose(args: &[&str], traffic: impl FnOnce(&Tracing)) -> (Vec<String>, String) {
-    let mut all = vec!["-v"];
+    let mut all = vec!["-v", "--report", "kv"];
     all.extend_from_slice(args);
     let tracer = Tracing::start(BIN, &all, "SKADDR");
     traffic(&tracer);
@@ -470,20 +439,12 @@ fn run_verbose(args: &[&str], traffic: impl FnOnce(&Tracing)) -> (Vec<String>, S
     (lines, stderr)
 }
 
-/// The -v summary's numbers: (matched, printed, lost, map full); the
+/// The final counters' numbers: (matched, printed, lost, no room); the
 /// transitions missed must be none.
 fn summary(stderr: &str) -> (u64, u64, u64, u64) {
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.contains(" transitions matched, "))
-        .unwrap_or_else(|| panic!("no summary in {stderr}"));
-    let n: Vec<u64> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert_eq!(n[3], 0, "missed transitions: {line}");
-    (n[0], n[1], n[2], n[4])
+    let c = last_counters(stderr).unwrap_or_else(|| panic!("no counters in {stderr}"));
+    assert_eq!(c["recursion_misses"], 0, "missed transitions: {stderr}");
+    (c["matched"], c["printed"], c["ring_drops"], c["no_room"])
 }
 
 /// --max-sockets 1, with the times kept here (no port filter) and in the
@@ -491,8 +452,7 @@ fn summary(stderr: &str) -> (u64, u64, u64, u64) {
 #[test]
 fn full_socket_map_is_reported_not_hidden() {
     let Some(_root) = root() else { return };
-    let was_mounted = tracefs_mounted();
-    set_tracefs(true);
+    let _tracefs = Tracefs::set(true);
     for mode in ["tp-btf", "tracepoint"] {
         for kernel_tracks in [false, true] {
             let (listener, port) = listen(false);
@@ -540,7 +500,6 @@ fn full_socket_map_is_reported_not_hidden() {
             );
         }
     }
-    set_tracefs(was_mounted);
 }
 
 #[test]

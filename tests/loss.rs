@@ -2,8 +2,6 @@
 //! of the same transitions during a loopback connection storm. Exact
 //! equality, not a rate: a timed check belongs to the benchmark.
 
-mod common;
-
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
@@ -11,9 +9,12 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use common::*;
-use tcpstates::groundtruth::TransitionCounter;
-use tcpstates::storm::{self, Ending, Storm};
+use tcpstates_testkit::groundtruth::TransitionCounter;
+use tcpstates_testkit::host::root;
+use tcpstates_testkit::net::loopback;
+use tcpstates_testkit::process;
+use tcpstates_testkit::rows::Row;
+use tcpstates_testkit::storm::{self, Ending, Storm};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 
@@ -26,6 +27,7 @@ enum Output {
 }
 
 fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str], output: Output) {
+    let wide = extra.contains(&"-w");
     let listener = TcpListener::bind(SocketAddr::new(loopback(v6), 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let dir = std::env::temp_dir().join(format!("tcpstates-loss-{}-{port}", std::process::id()));
@@ -78,8 +80,7 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str], output: Out
     // The last server-side closes may still be in flight.
     sleep(Duration::from_millis(300));
     let expected = truth.count().unwrap();
-    // SAFETY: kill has no memory preconditions; the pid is our child's.
-    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    process::signal(&child, libc::SIGINT);
     // The pipe is read only now: the tracer writes what it kept meanwhile.
     if let Some((mut pipe, mut text)) = pipe {
         pipe.read_to_string(&mut text).unwrap();
@@ -93,10 +94,10 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str], output: Out
     let captured = text
         .lines()
         .skip(1)
-        .filter(|l| {
-            let t: Vec<&str> = l.split_whitespace().collect();
-            let n = t.len();
-            t[n - 7] == port.to_string() || t[n - 5] == port.to_string()
+        .filter(|line| {
+            Row::parse(line, wide)
+                .unwrap_or_else(|| panic!("not a row: {line}"))
+                .involves(port)
         })
         .count() as u64;
     // Nearly every connection makes the nominal transitions (a few take

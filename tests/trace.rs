@@ -8,32 +8,46 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use common::*;
+use tcpstates::config::{AttachMode, Config, Family, Filter};
 use tcpstates::event::{Event, TcpState::*};
-use tcpstates::tracer::{self, AttachMode, AttachRequest, Family, Filter, Tracer, TracerOptions};
+use tcpstates::tracer::{self, Tracer};
+use tcpstates_testkit::host::{Tracefs, kernel_has_kprobes, root};
+use tcpstates_testkit::net::{connect, listen, loopback};
 
 /// Time the connection is held open before the first close.
 const HOLD: Duration = Duration::from_millis(30);
 
-/// The attach mode the scenario tests use: auto, or the one named by
-/// TCPSTATES_TEST_ATTACH (the kernel matrix runs them once per mode).
-fn test_attach() -> AttachRequest {
+/// The attach modes the scenario tests use: auto (all, best first), or the
+/// one named by TCPSTATES_TEST_ATTACH (the kernel matrix runs them once per
+/// mode).
+fn test_attach() -> Vec<AttachMode> {
     match std::env::var("TCPSTATES_TEST_ATTACH").as_deref() {
-        Err(_) | Ok("auto") => AttachRequest::Auto,
-        Ok(name) => AttachRequest::Only(
+        Err(_) | Ok("auto") => AttachMode::ALL.to_vec(),
+        Ok(name) => vec![
             AttachMode::ALL
                 .into_iter()
                 .find(|m| m.name() == name)
                 .unwrap_or_else(|| panic!("TCPSTATES_TEST_ATTACH={name} is no attach mode")),
-        ),
+        ],
     }
 }
 
-fn opts(attach: AttachRequest, filter: Filter) -> TracerOptions {
-    TracerOptions {
+fn opts(attach: Vec<AttachMode>, filter: Filter) -> Config {
+    Config {
         attach,
         filter,
-        ..TracerOptions::default()
+        ..Config::default()
     }
+}
+
+/// Reads until the peer's FIN.
+fn read_to_eof(stream: &TcpStream) {
+    tcpstates_testkit::net::read_to_eof(stream, Some(Duration::from_secs(5)));
+}
+
+/// Makes close() send an RST instead of a FIN.
+fn set_linger_zero(stream: &TcpStream) {
+    tcpstates_testkit::net::set_linger_zero(stream).expect("SO_LINGER");
 }
 
 /// Which side sends the first FIN, or an RST.
@@ -483,14 +497,13 @@ fn remote_port_filter_keeps_the_client_side() {
 #[test]
 fn each_attachable_mode_traces() {
     let Some(_root) = root() else { return };
-    let was_mounted = tracefs_mounted();
-    set_tracefs(true);
+    let _tracefs = Tracefs::set(true);
     let mut modes = vec![AttachMode::TpBtf, AttachMode::Tracepoint];
     if kernel_has_kprobes() {
         modes.push(AttachMode::Kprobe);
     }
     for mode in modes {
-        let mut capture = Capture::start(&opts(AttachRequest::Only(mode), Filter::default()));
+        let mut capture = Capture::start(&opts(vec![mode], Filter::default()));
         assert_eq!(capture.tracer.mode(), mode);
         for v6 in [false, true] {
             let o = connection(&mut capture, v6, Close::ClientFirst);
@@ -498,18 +511,14 @@ fn each_attachable_mode_traces() {
             assert_eq!(o.client.transitions().len(), 5, "{mode}");
         }
     }
-    set_tracefs(was_mounted);
 }
 
 /// The kprobe program must pass the verifier even where it cannot attach.
 #[test]
 fn kprobe_program_loads() {
     let Some(_root) = root() else { return };
-    tracer::load(&TracerOptions::default(), AttachMode::Kprobe).expect("the kprobe program loads");
-    let result = Tracer::start(&opts(
-        AttachRequest::Only(AttachMode::Kprobe),
-        Filter::default(),
-    ));
+    tracer::load(&Config::default(), AttachMode::Kprobe, 0).expect("the kprobe program loads");
+    let result = Tracer::start(&opts(vec![AttachMode::Kprobe], Filter::default()), 0);
     if kernel_has_kprobes() {
         assert!(result.is_ok(), "{:#}", result.err().unwrap());
     } else {
@@ -526,17 +535,13 @@ fn kprobe_program_loads() {
 #[test]
 fn works_without_tracefs() {
     let Some(_root) = root() else { return };
-    let was_mounted = tracefs_mounted();
-    set_tracefs(false);
-    let forced = Tracer::start(&opts(
-        AttachRequest::Only(AttachMode::Tracepoint),
-        Filter::default(),
-    ));
-    let mut capture = Capture::start(&opts(AttachRequest::Auto, Filter::default()));
+    let tracefs = Tracefs::set(false);
+    let forced = Tracer::start(&opts(vec![AttachMode::Tracepoint], Filter::default()), 0);
+    let mut capture = Capture::start(&opts(AttachMode::ALL.to_vec(), Filter::default()));
     assert_eq!(capture.tracer.mode(), AttachMode::TpBtf);
     let o = connection(&mut capture, false, Close::ClientFirst);
     check_common(&o);
-    set_tracefs(was_mounted);
+    drop(tracefs);
     assert!(
         forced.is_err(),
         "the classic tracepoint attached without tracefs"
@@ -546,10 +551,10 @@ fn works_without_tracefs() {
 #[test]
 fn custom_btf_path() {
     let Some(_root) = root() else { return };
-    let mut capture = Capture::start(&TracerOptions {
+    let mut capture = Capture::start(&Config {
         btf: Some("/sys/kernel/btf/vmlinux".into()),
         attach: test_attach(),
-        ..TracerOptions::default()
+        ..Config::default()
     });
     let o = connection(&mut capture, true, Close::ServerFirst);
     check_common(&o);
@@ -560,24 +565,22 @@ fn custom_btf_path() {
 #[test]
 fn falls_back_when_the_preferred_mode_is_missing() {
     let Some(_root) = root() else { return };
-    let was_mounted = tracefs_mounted();
     // Without tracefs the classic tracepoint cannot attach.
-    set_tracefs(false);
+    let unmounted = Tracefs::set(false);
     let order = vec![AttachMode::Tracepoint, AttachMode::TpBtf];
-    let mut capture = Capture::start(&opts(AttachRequest::Order(order), Filter::default()));
+    let mut capture = Capture::start(&opts(order, Filter::default()));
     assert_eq!(capture.tracer.mode(), AttachMode::TpBtf);
     check_common(&connection(&mut capture, false, Close::ServerFirst));
-    drop(capture);
-    set_tracefs(true);
+    drop((capture, unmounted));
+    let _mounted = Tracefs::set(true);
     // Where the kernel has no kprobes (this project's CI host), the kprobe
     // mode cannot attach either.
     if !kernel_has_kprobes() {
         let order = vec![AttachMode::Kprobe, AttachMode::Tracepoint];
-        let mut capture = Capture::start(&opts(AttachRequest::Order(order), Filter::default()));
+        let mut capture = Capture::start(&opts(order, Filter::default()));
         assert_eq!(capture.tracer.mode(), AttachMode::Tracepoint);
         check_common(&connection(&mut capture, true, Close::ServerFirst));
     }
-    set_tracefs(was_mounted);
 }
 
 /// The kprobe mode reports what the tracepoint reports, on the same traffic
@@ -590,21 +593,17 @@ fn falls_back_when_the_preferred_mode_is_missing() {
 #[test]
 fn kprobe_matches_tracepoint_on_the_same_traffic() {
     let Some(_root) = root() else { return };
-    let kprobe_opts = opts(AttachRequest::Only(AttachMode::Kprobe), Filter::default());
+    let kprobe_opts = opts(vec![AttachMode::Kprobe], Filter::default());
     if !kernel_has_kprobes() {
-        let err = Tracer::start(&kprobe_opts)
+        let err = Tracer::start(&kprobe_opts, 0)
             .err()
             .expect("kprobes attached on a kernel without them");
         assert!(format!("{err:#}").contains("no kprobes"), "{err:#}");
         return;
     }
-    let was_mounted = tracefs_mounted();
-    set_tracefs(true);
+    let _tracefs = Tracefs::set(true);
     let mut kprobe = Capture::start(&kprobe_opts);
-    let mut tracepoint = Capture::start(&opts(
-        AttachRequest::Only(AttachMode::Tracepoint),
-        Filter::default(),
-    ));
+    let mut tracepoint = Capture::start(&opts(vec![AttachMode::Tracepoint], Filter::default()));
     for v6 in [false, true] {
         for close in [Close::ClientFirst, Close::ServerFirst, Close::ClientReset] {
             // `connection` waits on the first capture; the second then has
@@ -639,6 +638,4 @@ fn kprobe_matches_tracepoint_on_the_same_traffic() {
             }
         }
     }
-    drop((kprobe, tracepoint));
-    set_tracefs(was_mounted);
 }

@@ -1,57 +1,16 @@
 //! Formatting events as text: BCC tcpstates.py's columns, or CSV.
 //!
-//! Pure: writes to any `io::Write`, with the wall clock passed in, so every
-//! mode is tested without root. The header and the rows come from one list
+//! Pure: appends to a byte buffer, with the wall clock passed in, so every
+//! form is tested without root. The header and the rows come from one list
 //! of columns.
 
 use std::io::Write;
-use std::net::IpAddr;
 
+use super::LineFormat;
+use super::number::{push_hex, push_ip, push_micros, push_spaces, push_two_digits, push_u64};
+use crate::clock::{EventClock, WallClock};
+use crate::config::Format;
 use crate::event::{Event, TcpState};
-
-/// What the output looks like.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct OutputOptions {
-    /// `-T`: an HH:MM:SS column first.
-    pub time: bool,
-    /// `-t`: seconds since the first event.
-    pub timestamp: bool,
-    /// `-w`: an IP version column and room for IPv6 addresses.
-    pub wide: bool,
-    /// `-s`: comma-separated values.
-    pub csv: bool,
-}
-
-/// Local wall-clock time of day, for the `-T` column.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WallClock {
-    /// 0-23.
-    pub hour: u8,
-    /// 0-59.
-    pub minute: u8,
-    /// 0-60 (a leap second).
-    pub second: u8,
-}
-
-impl WallClock {
-    /// The local time of day at `secs` seconds since the Unix epoch.
-    pub fn at_unix(secs: i64) -> Self {
-        let t = secs as libc::time_t;
-        // SAFETY: localtime_r writes only into the `tm` we own and is
-        // thread-safe (unlike localtime); a zeroed `tm` is a valid value.
-        unsafe {
-            let mut tm: libc::tm = std::mem::zeroed();
-            if libc::localtime_r(&t, &mut tm).is_null() {
-                return Self::default();
-            }
-            Self {
-                hour: tm.tm_hour as u8,
-                minute: tm.tm_min as u8,
-                second: tm.tm_sec as u8,
-            }
-        }
-    }
-}
 
 /// Printed in the MS column when the time in the old state is not known.
 pub const UNKNOWN_DURATION: &str = "-";
@@ -96,20 +55,25 @@ const fn col(field: Field, header: &'static str, width: usize) -> Column {
 /// Formats events, one line each. Remembers the first event's time for `-t`.
 #[derive(Debug, Clone)]
 pub struct Formatter {
-    opts: OutputOptions,
+    csv: bool,
+    /// Whether the HH:MM:SS column is shown (the clock is read only then).
+    local_time: bool,
     columns: Vec<Column>,
     first_ts_ns: Option<u64>,
 }
 
 impl Formatter {
-    /// A formatter for the columns `opts` asks for.
-    pub fn new(opts: OutputOptions) -> Self {
-        let wide = opts.wide;
+    /// A formatter for the columns `format` asks for.
+    pub fn new(format: Format) -> Self {
+        let (times, wide, csv) = match format {
+            Format::Table { times, wide } => (times, wide, false),
+            Format::Csv { times } => (times, false, true),
+        };
         let mut columns = Vec::new();
-        if opts.time {
+        if times.clock {
             columns.push(col(Field::Time, "TIME", 8));
         }
-        if opts.timestamp {
+        if times.elapsed {
             columns.push(col(Field::Timestamp, "TIME(s)", 9));
         }
         let addr = if wide { 39 } else { 15 };
@@ -122,7 +86,7 @@ impl Formatter {
                 ..col(Field::Comm, "C-COMM", if wide { 16 } else { 10 })
             },
         ]);
-        if wide || opts.csv {
+        if wide || csv {
             columns.push(col(Field::Ip, "IP", 2));
         }
         columns.extend([
@@ -132,12 +96,13 @@ impl Formatter {
             col(Field::Rport, "RPORT", 5),
             col(Field::Old, "OLDSTATE", 11),
         ]);
-        if !opts.csv {
+        if !csv {
             columns.push(col(Field::Arrow, "->", 2));
         }
         columns.extend([col(Field::New, "NEWSTATE", 11), col(Field::Ms, "MS", 0)]);
         Self {
-            opts,
+            csv,
+            local_time: times.clock,
             columns,
             first_ts_ns: None,
         }
@@ -153,18 +118,14 @@ impl Formatter {
     /// Appends one event as one line to `out`.
     pub fn write_event(&mut self, out: &mut Vec<u8>, ev: &Event, clock: WallClock) {
         let first = *self.first_ts_ns.get_or_insert(ev.ts_ns);
-        let csv = self.opts.csv;
+        let csv = self.csv;
         self.write_line(out, |column, out| match column.field {
             Field::Time => {
-                for (i, n) in [clock.hour, clock.minute, clock.second]
-                    .into_iter()
-                    .enumerate()
-                {
-                    if i > 0 {
-                        out.push(b':');
-                    }
-                    out.extend_from_slice(&[b'0' + n / 10, b'0' + n % 10]);
-                }
+                push_two_digits(out, clock.hour);
+                out.push(b':');
+                push_two_digits(out, clock.minute);
+                out.push(b':');
+                push_two_digits(out, clock.second);
             }
             Field::Timestamp => push_micros(out, ev.ts_ns.saturating_sub(first), 6),
             Field::Skaddr => push_hex(out, ev.skaddr),
@@ -197,7 +158,7 @@ impl Formatter {
         for (i, column) in self.columns.iter().enumerate() {
             let start = out.len();
             cell(column, out);
-            if self.opts.csv {
+            if self.csv {
                 out.push(if i == last { b'\n' } else { b',' });
                 continue;
             }
@@ -213,6 +174,21 @@ impl Formatter {
                 push_spaces(out, column.width.saturating_sub(chars) + 1);
             }
         }
+    }
+}
+
+impl LineFormat for Formatter {
+    fn header(&mut self, out: &mut Vec<u8>) {
+        self.write_header(out);
+    }
+
+    fn event(&mut self, out: &mut Vec<u8>, ev: &Event, clock: &mut EventClock) {
+        let wall = if self.local_time {
+            clock.local(ev.ts_ns)
+        } else {
+            WallClock::default()
+        };
+        self.write_event(out, ev, wall);
     }
 }
 
@@ -234,16 +210,6 @@ fn cut(out: &mut Vec<u8>, start: usize, width: usize) -> usize {
     width
 }
 
-fn push_spaces(out: &mut Vec<u8>, n: usize) {
-    const SPACES: [u8; 64] = [b' '; 64];
-    let mut left = n;
-    while left > 0 {
-        let chunk = left.min(SPACES.len());
-        out.extend_from_slice(&SPACES[..chunk]);
-        left -= chunk;
-    }
-}
-
 /// The task name, as `Event::comm` gives it, checked with the cheaper
 /// ASCII test first (nearly every name is ASCII).
 fn push_comm(out: &mut Vec<u8>, ev: &Event) {
@@ -255,63 +221,6 @@ fn push_comm(out: &mut Vec<u8>, ev: &Event) {
     }
 }
 
-/// "00" to "99".
-const DIGIT_PAIRS: &[u8; 200] = b"\
-    0001020304050607080910111213141516171819\
-    2021222324252627282930313233343536373839\
-    4041424344454647484950515253545556575859\
-    6061626364656667686970717273747576777879\
-    8081828384858687888990919293949596979899";
-
-/// Decimal digits of `n`, two at a time.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    while n >= 100 {
-        let pair = (n % 100) as usize * 2;
-        n /= 100;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    }
-    if n >= 10 {
-        at -= 2;
-        let pair = n as usize * 2;
-        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    } else {
-        at -= 1;
-        digits[at] = b'0' + n as u8;
-    }
-    out.extend_from_slice(&digits[at..]);
-}
-
-/// Lower-case hex digits of `n`, without leading zeros.
-fn push_hex(out: &mut Vec<u8>, n: u64) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut digits = [0u8; 16];
-    for (i, d) in digits.iter_mut().enumerate() {
-        *d = HEX[(n >> ((15 - i) * 4)) as usize & 0xf];
-    }
-    let nibbles = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
-    out.extend_from_slice(&digits[16 - nibbles..]);
-}
-
-fn push_ip(out: &mut Vec<u8>, addr: IpAddr) {
-    match addr {
-        IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            push_u64(out, a.into());
-            for octet in [b, c, d] {
-                out.push(b'.');
-                push_u64(out, octet.into());
-            }
-        }
-        // Canonical text form (RFC 5952) from the standard library.
-        IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
-    }
-}
-
 fn push_state(out: &mut Vec<u8>, state: TcpState) {
     match (state.name(), state) {
         (Some(name), _) => out.extend_from_slice(name.as_bytes()),
@@ -319,21 +228,6 @@ fn push_state(out: &mut Vec<u8>, state: TcpState) {
             let _ = write!(out, "{n}");
         }
         (None, _) => unreachable!("every known state has a name"),
-    }
-}
-
-/// A duration in nanoseconds with `digits` decimals: 3 for milliseconds, 6
-/// for seconds. Rounded to the microsecond, in integers.
-fn push_micros(out: &mut Vec<u8>, ns: u64, digits: u32) {
-    let micros = ns.saturating_add(500) / 1000;
-    let per_unit = 10u64.pow(digits);
-    push_u64(out, micros / per_unit);
-    out.push(b'.');
-    let frac = micros % per_unit;
-    let mut div = per_unit / 10;
-    while div > 0 {
-        out.push(b'0' + (frac / div % 10) as u8);
-        div /= 10;
     }
 }
 
@@ -351,6 +245,7 @@ fn push_csv_text(out: &mut Vec<u8>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::TimeColumns;
     use crate::event::tests::raw_v4;
     use crate::event::{Event, TcpState};
 
@@ -371,8 +266,15 @@ mod tests {
         ev
     }
 
-    fn render(opts: OutputOptions, events: &[Event]) -> Vec<String> {
-        let mut f = Formatter::new(opts);
+    fn table(clock: bool, elapsed: bool, wide: bool) -> Format {
+        Format::Table {
+            times: TimeColumns { clock, elapsed },
+            wide,
+        }
+    }
+
+    fn render(format: Format, events: &[Event]) -> Vec<String> {
+        let mut f = Formatter::new(format);
         let mut out = Vec::new();
         f.write_header(&mut out);
         for ev in events {
@@ -387,7 +289,7 @@ mod tests {
 
     #[test]
     fn default_columns() {
-        let lines = render(OutputOptions::default(), &[v4()]);
+        let lines = render(Format::default(), &[v4()]);
         assert_eq!(
             lines,
             [
@@ -402,7 +304,7 @@ mod tests {
         let mut ev = v4();
         ev.pid = 4_194_304;
         ev.comm = *b"kworker/u4:12345";
-        let lines = render(OutputOptions::default(), &[ev]);
+        let lines = render(Format::default(), &[ev]);
         assert_eq!(
             lines[1],
             "ffff8881043b9280 4194304 kworker/u4 127.0.0.1       48792 10.1.2.3        80    SYN_SENT    -> ESTABLISHED 0.271"
@@ -412,13 +314,7 @@ mod tests {
 
     #[test]
     fn wide_ipv6() {
-        let lines = render(
-            OutputOptions {
-                wide: true,
-                ..Default::default()
-            },
-            &[v6()],
-        );
+        let lines = render(table(false, false, true), &[v6()]);
         assert_eq!(
             lines,
             [
@@ -430,7 +326,7 @@ mod tests {
 
     #[test]
     fn default_ipv6_overflows_like_bcc() {
-        let lines = render(OutputOptions::default(), &[v6()]);
+        let lines = render(Format::default(), &[v6()]);
         assert_eq!(
             lines[1],
             "ffff8881043b9280 9376    python3    2001:db8:85a3::8a2e:370:7334 48792 ::ffff:10.1.2.3 80    SYN_SENT    -> ESTABLISHED 0.271"
@@ -442,15 +338,13 @@ mod tests {
         let mut second = v4();
         second.ts_ns += 1_234_567_890;
         second.comm = *b"a,\"b\"\0\0\0\0\0\0\0\0\0\0\0";
-        let lines = render(
-            OutputOptions {
-                csv: true,
-                time: true,
-                timestamp: true,
-                ..Default::default()
+        let csv = Format::Csv {
+            times: TimeColumns {
+                clock: true,
+                elapsed: true,
             },
-            &[v4(), second],
-        );
+        };
+        let lines = render(csv, &[v4(), second]);
         assert_eq!(
             lines,
             [
@@ -463,13 +357,7 @@ mod tests {
 
     #[test]
     fn time_column() {
-        let lines = render(
-            OutputOptions {
-                time: true,
-                ..Default::default()
-            },
-            &[v4()],
-        );
+        let lines = render(table(true, false, false), &[v4()]);
         assert!(
             lines[0].starts_with("TIME     SKADDR           C-PID"),
             "{}",
@@ -486,13 +374,7 @@ mod tests {
     fn timestamp_column_counts_from_first_event() {
         let mut later = v4();
         later.ts_ns += 2_500_000;
-        let lines = render(
-            OutputOptions {
-                timestamp: true,
-                ..Default::default()
-            },
-            &[v4(), later],
-        );
+        let lines = render(table(false, true, false), &[v4(), later]);
         assert!(lines[0].starts_with("TIME(s)   SKADDR"), "{}", lines[0]);
         assert!(
             lines[1].starts_with("0.000000  ffff8881043b9280 "),
@@ -508,14 +390,7 @@ mod tests {
 
     #[test]
     fn time_comes_before_timestamp() {
-        let lines = render(
-            OutputOptions {
-                time: true,
-                timestamp: true,
-                ..Default::default()
-            },
-            &[v4()],
-        );
+        let lines = render(table(true, true, false), &[v4()]);
         assert!(
             lines[0].starts_with("TIME     TIME(s)   SKADDR"),
             "{}",
@@ -533,7 +408,7 @@ mod tests {
         let mut ev = v4();
         ev.old = TcpState::Unknown(42);
         ev.new = TcpState::Unknown(-1);
-        let lines = render(OutputOptions::default(), &[ev]);
+        let lines = render(Format::default(), &[ev]);
         assert!(
             lines[1].ends_with(" 42          -> -1          0.271"),
             "{}",
@@ -545,16 +420,15 @@ mod tests {
     fn unknown_duration_is_marked_not_zero() {
         let mut ev = v4();
         ev.duration_ns = None;
-        let lines = render(OutputOptions::default(), &[ev.clone()]);
+        let lines = render(Format::default(), &[ev.clone()]);
         assert!(
             lines[1].ends_with("SYN_SENT    -> ESTABLISHED -"),
             "{}",
             lines[1]
         );
         let csv = render(
-            OutputOptions {
-                csv: true,
-                ..Default::default()
+            Format::Csv {
+                times: TimeColumns::default(),
             },
             &[ev],
         );
@@ -567,28 +441,12 @@ mod tests {
         ev.comm = [0; 16];
         let name = "ñandú-srv-x".as_bytes();
         ev.comm[..name.len()].copy_from_slice(name);
-        let lines = render(OutputOptions::default(), &[ev]);
+        let lines = render(Format::default(), &[ev]);
         assert!(
             lines[1].contains(" 9376    ñandú-srv- 127.0.0.1 "),
             "{}",
             lines[1]
         );
-    }
-
-    #[test]
-    fn integer_helpers() {
-        let text = |f: &dyn Fn(&mut Vec<u8>)| {
-            let mut out = Vec::new();
-            f(&mut out);
-            String::from_utf8(out).unwrap()
-        };
-        assert_eq!(text(&|o| push_hex(o, 0)), "0");
-        assert_eq!(text(&|o| push_hex(o, 0xf)), "f");
-        assert_eq!(text(&|o| push_hex(o, u64::MAX)), "ffffffffffffffff");
-        assert_eq!(text(&|o| push_u64(o, 0)), "0");
-        assert_eq!(text(&|o| push_u64(o, u64::MAX)), u64::MAX.to_string());
-        assert_eq!(text(&|o| push_micros(o, 1_000_000_000, 6)), "1.000000");
-        assert_eq!(text(&|o| push_micros(o, 1_234_567, 3)), "1.235");
     }
 
     #[test]
@@ -602,7 +460,7 @@ mod tests {
             (65_476_000_000, "65476.000"),
         ] {
             ev.duration_ns = Some(ns);
-            let lines = render(OutputOptions::default(), std::slice::from_ref(&ev));
+            let lines = render(Format::default(), std::slice::from_ref(&ev));
             assert!(
                 lines[1].ends_with(&format!(" {text}")),
                 "{ns}: {}",

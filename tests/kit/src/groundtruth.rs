@@ -6,9 +6,7 @@ use std::mem::MaybeUninit;
 
 use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, OpenObject};
-
-use crate::tracer::sum_percpu;
+use libbpf_rs::{Link, MapCore, MapFlags, OpenObject};
 
 mod skel {
     include!(concat!(env!("OUT_DIR"), "/groundtruth.skel.rs"));
@@ -51,13 +49,18 @@ impl TransitionCounter {
         })
     }
 
-    /// Transitions the backup program counted (they interrupted the main one).
-    pub fn nested(&self) -> Result<u64> {
-        sum_percpu(&self.skel.maps.transitions, 1)
-    }
-
     /// Transitions counted so far.
     pub fn count(&self) -> Result<u64> {
-        sum_percpu(&self.skel.maps.transitions, 0)
+        let per_cpu = self
+            .skel
+            .maps
+            .transitions
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .context("reading the ground truth's counter")?
+            .unwrap_or_default();
+        Ok(per_cpu
+            .iter()
+            .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
+            .sum())
     }
 }

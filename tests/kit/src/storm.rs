@@ -1,12 +1,13 @@
 //! A loopback connection storm, for the benchmark and the loss tests: many
 //! short connections, made and closed as fast as the machine allows.
 
-use std::io::{self, Read};
+use std::io;
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::net::{read_to_eof, set_linger_zero, wait_readable};
 
 /// How each connection ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +68,10 @@ pub fn run(listener: &TcpListener, storm: &Storm) -> io::Result<Duration> {
                 let result = (0..count).try_for_each(|_| {
                     let stream = TcpStream::connect(target)?;
                     match storm.ending {
-                        Ending::Graceful => read_to_end(stream),
+                        Ending::Graceful => {
+                            read_to_eof(&stream, None);
+                            Ok(())
+                        }
                         Ending::Reset => set_linger_zero(&stream),
                     }
                 });
@@ -104,54 +108,5 @@ fn serve(listener: &TcpListener, clients_left: &AtomicUsize) -> io::Result<()> {
             Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
             Err(err) => return Err(err),
         }
-    }
-}
-
-/// Reads until the peer's FIN (or an error), then closes.
-fn read_to_end(mut stream: TcpStream) -> io::Result<()> {
-    let mut buf = [0u8; 64];
-    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
-    Ok(())
-}
-
-/// Sleeps until a connection waits on `listener`, or `timeout` passes.
-fn wait_readable(listener: &TcpListener, timeout: Duration) -> io::Result<()> {
-    let mut fd = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, for a descriptor open for the call.
-    let rc = unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
-    if rc < 0 {
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
-    }
-    Ok(())
-}
-
-/// Makes close() send an RST instead of a FIN.
-pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: the fd is open for the life of `stream`; the option value is a
-    // valid `linger` of the size passed.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }

@@ -1,0 +1,119 @@
+//! Every time conversion in one place: the kernel stamps events with its
+//! monotonic clock; the outputs show wall-clock time (local time of day for
+//! `-T`).
+
+/// Local wall-clock time of day, for the `-T` column.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WallClock {
+    /// 0-23.
+    pub hour: u8,
+    /// 0-59.
+    pub minute: u8,
+    /// 0-60 (a leap second).
+    pub second: u8,
+}
+
+impl WallClock {
+    /// The local time of day at `secs` seconds since the Unix epoch.
+    pub fn at_unix(secs: i64) -> Self {
+        let t = secs as libc::time_t;
+        // SAFETY: localtime_r writes only into the `tm` we own and is
+        // thread-safe (unlike localtime); a zeroed `tm` is a valid value.
+        unsafe {
+            let mut tm: libc::tm = std::mem::zeroed();
+            if libc::localtime_r(&t, &mut tm).is_null() {
+                return Self::default();
+            }
+            Self {
+                hour: tm.tm_hour as u8,
+                minute: tm.tm_min as u8,
+                second: tm.tm_sec as u8,
+            }
+        }
+    }
+}
+
+/// Turns the kernel's monotonic event times into wall-clock times, so an
+/// output shows when the transition happened, not when it was printed.
+#[derive(Debug, Clone)]
+pub struct EventClock {
+    /// CLOCK_REALTIME minus CLOCK_MONOTONIC, in nanoseconds.
+    offset_ns: i128,
+    /// The last second converted to local time, and its time of day.
+    cached: Option<(i64, WallClock)>,
+}
+
+impl EventClock {
+    /// A clock for events from now on (the offset is read once: a wall
+    /// clock that is set later does not move the events' times).
+    pub fn now() -> Self {
+        Self::with_offset(clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC))
+    }
+
+    /// A clock whose wall time is `offset_ns` ahead of the monotonic clock.
+    pub fn with_offset(offset_ns: i128) -> Self {
+        Self {
+            offset_ns,
+            cached: None,
+        }
+    }
+
+    /// Nanoseconds since the Unix epoch at monotonic time `monotonic_ns`.
+    pub fn unix_ns(&self, monotonic_ns: u64) -> i128 {
+        i128::from(monotonic_ns) + self.offset_ns
+    }
+
+    /// The local time of day at monotonic time `monotonic_ns`, converted
+    /// once per second.
+    pub fn local(&mut self, monotonic_ns: u64) -> WallClock {
+        let secs = self.unix_ns(monotonic_ns).div_euclid(1_000_000_000) as i64;
+        match self.cached {
+            Some((cached, wall)) if cached == secs => wall,
+            _ => {
+                let wall = WallClock::at_unix(secs);
+                self.cached = Some((secs, wall));
+                wall
+            }
+        }
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only into the timespec we own; both
+    // clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_to_unix() {
+        let clock = EventClock::with_offset(1_700_000_000_000_000_000);
+        assert_eq!(clock.unix_ns(5), 1_700_000_000_000_000_005);
+    }
+
+    #[test]
+    fn local_time_is_cached_per_second() {
+        let mut clock = EventClock::with_offset(0);
+        let first = clock.local(3_000_000_000);
+        assert_eq!(clock.cached.map(|(s, _)| s), Some(3));
+        assert_eq!(clock.local(3_999_999_999), first);
+        clock.local(4_000_000_000);
+        assert_eq!(clock.cached.map(|(s, _)| s), Some(4));
+    }
+
+    #[test]
+    fn now_is_close_to_the_system_clock() {
+        let clock = EventClock::now();
+        let mono = clock_ns(libc::CLOCK_MONOTONIC) as u64;
+        let real = clock_ns(libc::CLOCK_REALTIME);
+        assert!((clock.unix_ns(mono) - real).abs() < 1_000_000_000);
+    }
+}

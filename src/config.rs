@@ -1,0 +1,195 @@
+//! The plain configuration of a run: what the command line produces and
+//! everything else reads. Nothing here touches the system.
+//!
+//! Self-contained (clap and std only): `build.rs` includes it with the
+//! command line's definition, to generate the man page and completions.
+
+use std::path::PathBuf;
+
+use clap::ValueEnum;
+
+/// Everything a tracing run needs, parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// What the run produces.
+    pub mode: Mode,
+    /// How each transition is written, in stream mode.
+    pub format: Format,
+    /// What the kernel side keeps.
+    pub filter: Filter,
+    /// Attach modes to try, in this order; the first that attaches is used.
+    pub attach: Vec<AttachMode>,
+    /// BTF of the running kernel, when it has none at /sys/kernel/btf/vmlinux.
+    pub btf: Option<PathBuf>,
+    /// How many sockets' last-transition times are kept at once (in the
+    /// kernel with a port filter, else in user space).
+    pub max_sockets: u32,
+    /// Size of the ring buffer in bytes (a power of two, at least a page).
+    pub ring_bytes: u32,
+    /// `-v`: say which attach point is used, show libbpf's log and report
+    /// the counters periodically and at exit.
+    pub verbose: bool,
+    /// The form of the counters report.
+    pub report: ReportFormat,
+}
+
+impl Default for Config {
+    /// The command line's defaults.
+    fn default() -> Self {
+        Self {
+            mode: Mode::Stream,
+            format: Format::default(),
+            filter: Filter::default(),
+            attach: AttachMode::ALL.to_vec(),
+            btf: None,
+            max_sockets: 65536,
+            ring_bytes: 4 << 20,
+            verbose: false,
+            report: ReportFormat::Text,
+        }
+    }
+}
+
+/// What a run produces.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// One record per transition, through the ring buffer, to the outputs.
+    #[default]
+    Stream,
+}
+
+/// The optional time columns, first on each line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimeColumns {
+    /// `-T`: the local time of day of the transition, HH:MM:SS.
+    pub clock: bool,
+    /// `-t`: seconds since the first transition printed.
+    pub elapsed: bool,
+}
+
+/// How each transition is written to standard output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// BCC's aligned columns.
+    Table {
+        /// Time columns.
+        times: TimeColumns,
+        /// `-w`: an IP version column and room for IPv6 addresses.
+        wide: bool,
+    },
+    /// `-s`: comma-separated values (always with the IP version column).
+    Csv {
+        /// Time columns.
+        times: TimeColumns,
+    },
+}
+
+impl Default for Format {
+    fn default() -> Self {
+        Format::Table {
+            times: TimeColumns::default(),
+            wide: false,
+        }
+    }
+}
+
+/// An address family to keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    /// AF_INET.
+    Ipv4,
+    /// AF_INET6.
+    Ipv6,
+}
+
+/// What the kernel side keeps; everything else never reaches user space.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Filter {
+    /// Only this family (None: both).
+    pub family: Option<Family>,
+    /// Only sockets with one of these local ports (empty: any), sorted.
+    pub local_ports: Vec<u16>,
+    /// Only sockets with one of these remote ports (empty: any), sorted.
+    pub remote_ports: Vec<u16>,
+}
+
+impl Filter {
+    /// Whether the kernel keeps each socket's last-transition time. With a
+    /// port filter it must: it drops transitions user space would need
+    /// (a client's local port is still 0 at CLOSE -> SYN_SENT). Without one,
+    /// user space sees every transition of the family and keeps the times
+    /// itself (src/durations.rs), which costs the traced host much less.
+    pub fn tracks_in_kernel(&self) -> bool {
+        !self.local_ports.is_empty() || !self.remote_ports.is_empty()
+    }
+}
+
+/// Where the program attaches. The `--attach` values, their help and the
+/// `--version` line all come from this one list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum AttachMode {
+    /// BTF tracepoint sock:inet_sock_set_state (needs no tracefs)
+    TpBtf,
+    /// Classic tracepoint sock:inet_sock_set_state (needs tracefs)
+    Tracepoint,
+    /// kprobe on tcp_set_state (kernels without the tracepoint)
+    Kprobe,
+}
+
+impl AttachMode {
+    /// Every mode, best first: the order `auto` tries them in.
+    pub const ALL: [AttachMode; 3] = [
+        AttachMode::TpBtf,
+        AttachMode::Tracepoint,
+        AttachMode::Kprobe,
+    ];
+
+    /// The name `--attach` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::TpBtf => "tp-btf",
+            AttachMode::Tracepoint => "tracepoint",
+            AttachMode::Kprobe => "kprobe",
+        }
+    }
+}
+
+impl std::fmt::Display for AttachMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The form of the counters report (`-v`, and the final line).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    /// A sentence for people
+    #[default]
+    Text,
+    /// key=value pairs with stable keys, for scripts
+    Kv,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_names_are_claps() {
+        for mode in AttachMode::ALL {
+            let value = mode.to_possible_value().expect("every mode is a value");
+            assert_eq!(value.get_name(), mode.name());
+        }
+        assert_eq!(AttachMode::value_variants(), AttachMode::ALL);
+    }
+
+    #[test]
+    fn port_filters_move_the_times_into_the_kernel() {
+        assert!(!Filter::default().tracks_in_kernel());
+        let filter = Filter {
+            remote_ports: vec![80],
+            ..Filter::default()
+        };
+        assert!(filter.tracks_in_kernel());
+    }
+}

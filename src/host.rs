@@ -1,0 +1,137 @@
+//! What the host offers the tracer: capabilities, kernel release, BTF,
+//! tracefs and kprobes. Reading these needs no privilege; the decisions
+//! made from them are pure functions, unit-tested on fixed input.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::AttachMode;
+
+/// The kernel's own BTF, which CO-RE reads unless `--btf` names a file.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// Says plainly what is missing, instead of an EPERM from deep in libbpf.
+pub fn check_privileges() -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let caps = effective_caps(&status).context("no CapEff line in /proc/self/status")?;
+    if has_bpf_caps(caps) {
+        Ok(())
+    } else {
+        bail!("needs root, or CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN")
+    }
+}
+
+/// Says what to do when the kernel has no BTF and no file was given.
+pub fn check_btf(custom: Option<&Path>) -> Result<()> {
+    if custom.is_none() && !has_kernel_btf() {
+        bail!("this kernel has no BTF at {KERNEL_BTF}: pass --btf FILE");
+    }
+    Ok(())
+}
+
+/// Whether the running kernel describes itself in BTF.
+pub fn has_kernel_btf() -> bool {
+    Path::new(KERNEL_BTF).exists()
+}
+
+/// Whether the kernel has bpf_get_current_task_btf: 5.11+, and only with
+/// its own BTF (the helper types its result with it; a kernel described by
+/// a --btf file has none to give).
+pub fn has_task_btf() -> bool {
+    has_kernel_btf() && kernel_release().is_some_and(|version| version >= (5, 11))
+}
+
+/// What commonly stops `mode` from attaching on this host, if it applies.
+pub fn attach_hint(mode: AttachMode) -> &'static str {
+    let tracefs = Path::new("/sys/kernel/tracing/events").exists()
+        || Path::new("/sys/kernel/debug/tracing/events").exists();
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    hint(mode, tracefs, kprobes)
+}
+
+fn hint(mode: AttachMode, tracefs: bool, kprobes: bool) -> &'static str {
+    match mode {
+        AttachMode::Tracepoint if !tracefs => {
+            " (tracefs is not mounted: mount -t tracefs nodev /sys/kernel/tracing)"
+        }
+        AttachMode::Kprobe if !kprobes => " (this kernel has no kprobes: CONFIG_KPROBES is off)",
+        _ => "",
+    }
+}
+
+/// The running kernel's major and minor version, from uname.
+fn kernel_release() -> Option<(u32, u32)> {
+    // SAFETY: uname fills the struct we own; all-zero bytes are a valid
+    // utsname.
+    let name = unsafe {
+        let mut name: libc::utsname = std::mem::zeroed();
+        (libc::uname(&mut name) == 0).then_some(name)
+    }?;
+    let release: Vec<u8> = name
+        .release
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    parse_release(&String::from_utf8_lossy(&release))
+}
+
+/// "6.18.44-fc" -> (6, 18).
+fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+fn effective_caps(status: &str) -> Option<u64> {
+    let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+    u64::from_str_radix(hex.trim(), 16).ok()
+}
+
+fn has_bpf_caps(caps: u64) -> bool {
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_releases() {
+        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18)));
+        assert_eq!(parse_release("5.10.0-32-amd64"), Some((5, 10)));
+        assert_eq!(parse_release("4.18.0-553.el8_10.x86_64"), Some((4, 18)));
+        assert_eq!(parse_release("7.2"), Some((7, 2)));
+        assert_eq!(parse_release("garbage"), None);
+        assert_eq!(parse_release("6"), None);
+    }
+
+    #[test]
+    fn capability_checks() {
+        let status = "Name:\tx\nCapEff:\t000001fffeffffff\n";
+        assert_eq!(effective_caps(status), Some(0x1fffeffffff));
+        assert!(has_bpf_caps(0x1fffeffffff));
+        assert!(has_bpf_caps(1 << CAP_SYS_ADMIN));
+        assert!(has_bpf_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)));
+        assert!(!has_bpf_caps(1 << CAP_BPF));
+        assert!(!has_bpf_caps(0));
+        assert_eq!(effective_caps("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn hints_name_what_is_missing() {
+        assert!(hint(AttachMode::Tracepoint, false, true).contains("mount -t tracefs"));
+        assert_eq!(hint(AttachMode::Tracepoint, true, false), "");
+        assert!(hint(AttachMode::Kprobe, true, false).contains("no kprobes"));
+        assert_eq!(hint(AttachMode::Kprobe, false, true), "");
+        assert_eq!(hint(AttachMode::TpBtf, false, false), "");
+    }
+}

@@ -1,0 +1,146 @@
+//! One tracing session: start the tracer, run the mode the configuration
+//! asks for, report what was lost. With the privileged core, the only code
+//! that touches the tracer.
+
+use std::io::{self, IsTerminal};
+use std::ops::ControlFlow;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::batching::Batching;
+use crate::config::{Config, Mode, ReportFormat};
+use crate::durations::Decoder;
+use crate::output::{self, Sink};
+use crate::signals;
+use crate::stats::{ReaderCounts, Stats};
+use crate::tracer::Tracer;
+
+/// How long one poll waits: also the longest a line written into a pipe or
+/// file waits in the buffer, and how quickly a signal is noticed.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// With -v, how often the counters are shown.
+const VERBOSE_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// Traces as `config` says until SIGINT, SIGTERM or a closed output.
+pub fn run(config: &Config) -> Result<()> {
+    signals::install().context("installing signal handlers")?;
+    match config.mode {
+        Mode::Stream => stream(config),
+    }
+}
+
+/// Every transition, through the ring buffer, to the outputs.
+fn stream(config: &Config) -> Result<()> {
+    let stdout = io::stdout();
+    let batching = Batching::for_output(stdout.is_terminal(), config.ring_bytes);
+    let tracer = Tracer::start(config, batching.wakeup_bytes)?;
+    if config.verbose {
+        let times = if config.filter.tracks_in_kernel() {
+            "in the kernel (a port filter is on)"
+        } else {
+            "here"
+        };
+        eprintln!(
+            "tcpstates: attached with {}; per-socket times kept {times}",
+            tracer.mode()
+        );
+    }
+    let mut sink = output::build(config, stdout, batching).context("starting the output")?;
+    let mut reader = Reader::new(Decoder::for_config(config));
+    eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
+    sink.start();
+
+    let mut ring = tracer.ring_reader()?;
+    let mut last_report = Instant::now();
+    while !signals::stop_requested() && !sink.closed() {
+        // A wait ends when the kernel wakes us or the interval ends; either
+        // way, read everything waiting: with batched wakeups, events below
+        // the batch size are read only here.
+        ring.wait(POLL_INTERVAL)
+            .context("waiting on the ring buffer")?;
+        ring.consume(|data| reader.accept(data, sink.as_mut()));
+        sink.tick();
+        if config.verbose && last_report.elapsed() >= VERBOSE_REPORT_EVERY {
+            last_report = Instant::now();
+            report(config.report, &reader.stats(&tracer)?);
+        }
+    }
+    // Detach first, so that the drain below hands on everything the kernel
+    // sent and the counters read after it are final.
+    tracer.detach();
+    if !sink.closed() {
+        ring.consume(|data| reader.accept(data, sink.as_mut()));
+    }
+    drop(ring);
+    let stats = reader.stats(&tracer)?;
+    match sink.finish() {
+        // `tcpstates | head`: the reader is gone; end quietly.
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
+        Err(err) => return Err(err).context("writing the output"),
+        Ok(()) => {}
+    }
+    if config.verbose {
+        report(config.report, &stats);
+    }
+    if let Some(losses) = stats.losses() {
+        eprintln!("tcpstates: {losses}");
+    }
+    Ok(())
+}
+
+/// The counters, on stderr, in the form asked for.
+fn report(format: ReportFormat, stats: &Stats) {
+    let line = match format {
+        ReportFormat::Text => stats.describe(),
+        ReportFormat::Kv => stats.key_values(),
+    };
+    eprintln!("tcpstates: {line}");
+}
+
+/// Decodes ring buffer records and hands the events to the outputs.
+struct Reader {
+    decoder: Decoder,
+    counts: ReaderCounts,
+}
+
+impl Reader {
+    fn new(decoder: Decoder) -> Self {
+        Self {
+            decoder,
+            counts: ReaderCounts::default(),
+        }
+    }
+
+    /// Takes one ring buffer record; breaks once an output is gone.
+    fn accept(&mut self, data: &[u8], sink: &mut dyn Sink) -> ControlFlow<()> {
+        if sink.closed() {
+            return ControlFlow::Break(());
+        }
+        match self.decoder.decode(data) {
+            Ok(event) => {
+                sink.event(&event);
+                self.counts.printed += 1;
+            }
+            Err(_) => self.counts.undecodable += 1,
+        }
+        ControlFlow::Continue(())
+    }
+
+    /// Every counter now: the kernel's and this reader's.
+    fn stats(&self, tracer: &Tracer) -> Result<Stats> {
+        let times = self.decoder.times();
+        Ok(Stats {
+            kernel: tracer.counters()?,
+            reader: ReaderCounts {
+                no_room: times.map_or(0, |t| t.no_room()),
+                sockets_tracked: match times {
+                    Some(times) => times.len() as u64,
+                    None => tracer.sockets_tracked(),
+                },
+                ..self.counts
+            },
+        })
+    }
+}

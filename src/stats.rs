@@ -1,0 +1,174 @@
+//! The run's counters, the kernel's and the reader's, as one structured
+//! value: what `-v` reports, what the exit line says was lost, and a stable
+//! key=value form for scripts (`--report kv`).
+
+use std::fmt::Write;
+
+/// The in-kernel counters, summed over CPUs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KernelCounters {
+    /// Transitions that passed the filters (sent or dropped).
+    pub events: u64,
+    /// Events lost because the ring buffer was full.
+    pub ringbuf_drops: u64,
+    /// Sockets the kernel's per-socket map had no room for.
+    pub map_full: u64,
+    /// Transitions the kernel did not run the program for, because it was
+    /// already running on that CPU (a softirq interrupted it, and changed
+    /// another socket's state). Counted by the kernel (Linux 5.12+).
+    pub recursion_misses: u64,
+}
+
+/// What the reader counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReaderCounts {
+    /// Events handed to the outputs.
+    pub printed: u64,
+    /// Records that could not be decoded.
+    pub undecodable: u64,
+    /// Transitions whose socket had no room among the remembered ones
+    /// (user space's map; the kernel's is in [`KernelCounters`]).
+    pub no_room: u64,
+    /// Sockets whose last-transition time is kept now, wherever it is kept.
+    pub sockets_tracked: u64,
+}
+
+/// Every counter of a run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// The kernel's.
+    pub kernel: KernelCounters,
+    /// The reader's.
+    pub reader: ReaderCounts,
+}
+
+impl Stats {
+    /// Transitions whose socket had no room for its time, in the kernel's
+    /// map or the reader's (only one of them is in use).
+    pub fn no_room(&self) -> u64 {
+        self.kernel.map_full + self.reader.no_room
+    }
+
+    /// Every counter as a sentence, for `-v`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} transitions matched, {} printed, {} lost (ring buffer full), \
+             {} missed (recursion), {} sockets without room in the map, {} undecodable records, \
+             {} sockets tracked",
+            self.kernel.events,
+            self.reader.printed,
+            self.kernel.ringbuf_drops,
+            self.kernel.recursion_misses,
+            self.no_room(),
+            self.reader.undecodable,
+            self.reader.sockets_tracked
+        )
+    }
+
+    /// The counters as `key=value` pairs, keys in this fixed order (the
+    /// names and their meaning are documented in the README and stay).
+    pub fn key_values(&self) -> String {
+        let mut line = String::new();
+        for (key, value) in self.pairs() {
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            let _ = write!(line, "{key}={value}");
+        }
+        line
+    }
+
+    fn pairs(&self) -> [(&'static str, u64); 7] {
+        [
+            ("matched", self.kernel.events),
+            ("printed", self.reader.printed),
+            ("ring_drops", self.kernel.ringbuf_drops),
+            ("recursion_misses", self.kernel.recursion_misses),
+            ("no_room", self.no_room()),
+            ("undecodable", self.reader.undecodable),
+            ("sockets_tracked", self.reader.sockets_tracked),
+        ]
+    }
+
+    /// The one line printed at exit when anything was lost or unknown.
+    pub fn losses(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.kernel.ringbuf_drops > 0 {
+            parts.push(format!(
+                "{} events lost (ring buffer full)",
+                self.kernel.ringbuf_drops
+            ));
+        }
+        if self.kernel.recursion_misses > 0 {
+            parts.push(format!(
+                "{} transitions missed (the kernel skipped the program: it was already running on that CPU)",
+                self.kernel.recursion_misses
+            ));
+        }
+        let no_room = self.no_room();
+        if no_room > 0 {
+            parts.push(format!(
+                "{no_room} durations unknown (socket map full: raise --max-sockets)"
+            ));
+        }
+        if self.reader.undecodable > 0 {
+            parts.push(format!(
+                "{} records could not be decoded",
+                self.reader.undecodable
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Stats {
+        Stats {
+            kernel: KernelCounters {
+                events: 10,
+                ringbuf_drops: 3,
+                map_full: 2,
+                recursion_misses: 4,
+            },
+            reader: ReaderCounts {
+                printed: 7,
+                undecodable: 1,
+                no_room: 3,
+                sockets_tracked: 9,
+            },
+        }
+    }
+
+    #[test]
+    fn losses_line() {
+        assert_eq!(Stats::default().losses(), None);
+        assert_eq!(
+            sample().losses().unwrap(),
+            "3 events lost (ring buffer full); 4 transitions missed (the kernel skipped the \
+             program: it was already running on that CPU); 5 durations unknown (socket map \
+             full: raise --max-sockets); 1 records could not be decoded"
+        );
+    }
+
+    #[test]
+    fn sentence_for_people() {
+        assert_eq!(
+            sample().describe(),
+            "10 transitions matched, 7 printed, 3 lost (ring buffer full), 4 missed \
+             (recursion), 5 sockets without room in the map, 1 undecodable records, 9 \
+             sockets tracked"
+        );
+    }
+
+    #[test]
+    fn key_values_for_scripts() {
+        assert_eq!(
+            sample().key_values(),
+            "matched=10 printed=7 ring_drops=3 recursion_misses=4 no_room=5 undecodable=1 \
+             sockets_tracked=9"
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! The benchmark: tcpstates against libbpf-tools' tcpstates on the same
+//! loopback connection storm, with an in-kernel ground truth.
+//!
+//! For each run it makes a storm three ways, interleaved: untraced, traced by
+//! ours, traced by theirs (each tracer writing to a file), and reports the
+//! share of the ground truth's transitions each tracer printed, its CPU time
+//! per event, how much it slowed the storm, and its peak RSS. Startup time
+//! (exec to attached) is measured apart, on a pseudo-terminal, where both
+//! tools print their header as soon as they are attached. `--soak SECS` runs
+//! storms back to back under ours and samples RSS and map occupancy.
+//!
+//! Run it with `scripts/bench` (as root). The parts: [`sample`] runs one
+//! storm under one tool, [`kernel`] measures the tracers' in-kernel time,
+//! [`startup`] their start, [`soak`] a long run, [`stats`] the statistics
+//! the tables print.
+
+mod kernel;
+mod sample;
+mod soak;
+mod startup;
+mod stats;
+
+use std::fs;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use clap::Parser;
+use tcpstates_testkit::host::set_tracefs;
+use tcpstates_testkit::storm::{Ending, Storm};
+
+use crate::kernel::kernel_cost_table;
+use crate::sample::{Sample, storm_once};
+use crate::soak::soak;
+use crate::startup::startup_table;
+use crate::stats::{median, median_ci};
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark tcpstates against libbpf-tools' tcpstates on a loopback storm")]
+struct Args {
+    /// Connections per storm
+    #[arg(long, default_value_t = 20_000)]
+    connections: usize,
+    /// Client threads (and as many server threads)
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Storms per tool
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// IPv6 instead of IPv4
+    #[arg(long)]
+    ipv6: bool,
+    /// Close with RST instead of FIN
+    #[arg(long)]
+    rst: bool,
+    /// Our binary
+    #[arg(long, default_value = "target/release/tcpstates")]
+    ours: PathBuf,
+    /// Extra arguments for ours (e.g. --ring-buffer 2M)
+    #[arg(long, allow_hyphen_values = true)]
+    ours_args: Vec<String>,
+    /// The baseline binary ("none" to skip it)
+    #[arg(long, default_value = "/usr/sbin/tcpstates")]
+    theirs: String,
+    /// Also run each storm under a control: a process that prints a header
+    /// and sleeps, traces nothing. Its "slowdown" is the method's noise.
+    #[arg(long)]
+    control: bool,
+    /// (internal) Be the control: print a header, sleep until SIGINT.
+    #[arg(long, hide = true)]
+    sleeper: bool,
+    /// Storms per tool for the in-kernel cost (kernel BPF statistics on,
+    /// after the other runs; 0: none)
+    #[arg(long, default_value_t = 3)]
+    kernel_runs: usize,
+    /// Startup measurements per tool (0: none)
+    #[arg(long, default_value_t = 10)]
+    startups: usize,
+    /// Milliseconds to wait after a tracer exits before the next one starts.
+    /// The kernel makes the first attach to a tracepoint wait for an RCU
+    /// grace period when the last program left it less than one ago, so
+    /// starts right after an exit measure the previous run's exit
+    #[arg(long, default_value_t = 250)]
+    startup_gap: u64,
+    /// Instead: run storms back to back under ours for this many seconds,
+    /// sampling RSS and map occupancy
+    #[arg(long, value_name = "SECS")]
+    soak: Option<u64>,
+    /// Seconds between soak samples
+    #[arg(long, default_value_t = 30)]
+    soak_every: u64,
+    /// Where the tracers' output goes
+    #[arg(long, default_value = "target/bench")]
+    workdir: PathBuf,
+}
+
+/// A program run alongside a storm.
+#[derive(Debug, Clone)]
+struct Tool {
+    name: &'static str,
+    path: PathBuf,
+    args: Vec<String>,
+    /// False for the control, which loads nothing and prints no events.
+    traces: bool,
+}
+
+impl Tool {
+    fn command(&self) -> Command {
+        let mut command = Command::new(&self.path);
+        command.args(&self.args);
+        command
+    }
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.sleeper {
+        return sleep_until_interrupted();
+    }
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "the benchmark loads BPF programs: run it as root"
+    );
+    ensure!(
+        args.ours.exists(),
+        "{} is missing: cargo build --release",
+        args.ours.display()
+    );
+    fs::create_dir_all(&args.workdir)?;
+    // libbpf-tools attaches the classic tracepoint, which needs tracefs.
+    set_tracefs(true).map_err(anyhow::Error::msg)?;
+    let theirs = (args.theirs != "none").then(|| PathBuf::from(&args.theirs));
+    if let Some(path) = &theirs {
+        ensure!(
+            path.exists(),
+            "{} is missing: apt-get install libbpf-tools (or --theirs none)",
+            path.display()
+        );
+    }
+    let storm = Storm {
+        connections: args.connections,
+        concurrency: args.concurrency,
+        ending: if args.rst {
+            Ending::Reset
+        } else {
+            Ending::Graceful
+        },
+    };
+    if let Some(secs) = args.soak {
+        return soak(&args, &storm, Duration::from_secs(secs));
+    }
+
+    print_machine();
+    println!(
+        "storm: {} connections, {} client + {} server threads, {}, {} close; {} runs per tool\n",
+        storm.connections,
+        storm.concurrency,
+        storm.concurrency,
+        if args.ipv6 { "IPv6" } else { "IPv4" },
+        if args.rst { "RST" } else { "FIN" },
+        args.runs
+    );
+
+    let mut tools = vec![Tool {
+        name: "tcpstates (ours)",
+        path: args.ours.clone(),
+        args: args.ours_args.clone(),
+        traces: true,
+    }];
+    if let Some(path) = &theirs {
+        tools.push(Tool {
+            name: "libbpf-tools",
+            path: path.clone(),
+            args: Vec::new(),
+            traces: true,
+        });
+    }
+    if args.control {
+        tools.push(Tool {
+            name: "control (traces nothing)",
+            path: std::env::current_exe()?,
+            args: vec!["--sleeper".into()],
+            traces: false,
+        });
+    }
+    let mut untraced = Vec::new();
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
+    for run in 0..args.runs {
+        let runs = std::iter::once((None, &mut untraced))
+            .chain(tools.iter().map(Some).zip(samples.iter_mut()));
+        for (i, (tool, into)) in runs.enumerate() {
+            let tag = format!("run{run}-{i}");
+            let sample = storm_once(&args, &storm, tool, &tag, false)?;
+            eprintln!(
+                "run {} {}: {:.2} s, busy {:.2} s, truth {}, captured {}, cpu {:.3} s (sys {:.3} s)",
+                run + 1,
+                tool.map_or("untraced", |t| t.name),
+                sample.storm_secs,
+                sample.busy_secs,
+                sample.truth,
+                sample.captured,
+                sample.cpu_secs,
+                sample.sys_secs
+            );
+            into.push(sample);
+        }
+    }
+
+    let base_rate = median(
+        untraced
+            .iter()
+            .map(|s| storm.connections as f64 / s.storm_secs),
+    );
+    println!(
+        "| tool | captured (min of runs) | lost | CPU per event | storm rate | slowdown | slowdown 95% CI | storm CPU | peak RSS |"
+    );
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| untraced | | | | {base_rate:.0} conn/s | | | | |");
+    for (tool, runs) in tools.iter().zip(&samples) {
+        let min_captured = runs
+            .iter()
+            .map(|s| s.captured as f64 * 100.0 / s.truth.max(1) as f64)
+            .fold(f64::INFINITY, f64::min);
+        let lost: u64 = runs
+            .iter()
+            .map(|s| s.truth.saturating_sub(s.captured))
+            .sum();
+        let truth: u64 = runs.iter().map(|s| s.truth).sum();
+        let cpu_us = median(
+            runs.iter()
+                .map(|s| s.cpu_secs * 1e6 / s.printed.max(1) as f64),
+        );
+        let rate = median(runs.iter().map(|s| storm.connections as f64 / s.storm_secs));
+        let rss = median(runs.iter().map(|s| s.max_rss_kb as f64)) / 1024.0;
+        // Each traced storm against the untraced one of the same run: the
+        // storm's own speed drifts over a run (TIME_WAIT sockets pile up, the
+        // host's load changes), pairs cancel most of that.
+        let pairs = || untraced.iter().zip(runs);
+        // Rate drop: 1 - traced rate / untraced rate.
+        let slowdowns: Vec<f64> = pairs()
+            .map(|(base, traced)| (1.0 - base.storm_secs / traced.storm_secs) * 100.0)
+            .collect();
+        let slowdown = median(slowdowns.iter().copied());
+        let ci = match median_ci(&slowdowns) {
+            Some((low, high)) => format!("{low:.1}% to {high:.1}%"),
+            None => "too few runs".into(),
+        };
+        let storm_cpu =
+            median(pairs().map(|(base, traced)| (traced.busy_secs / base.busy_secs - 1.0) * 100.0));
+        let traced = if tool.traces {
+            format!("{min_captured:.3}% | {lost} of {truth} | {cpu_us:.3} us")
+        } else {
+            "- | - | -".into()
+        };
+        println!(
+            "| {} | {traced} | {rate:.0} conn/s | {slowdown:.1}% | {ci} | {storm_cpu:+.1}% | {rss:.1} MB |",
+            tool.name
+        );
+    }
+    println!();
+
+    let tracers: Vec<Tool> = tools.iter().filter(|t| t.traces).cloned().collect();
+    if args.kernel_runs > 0 {
+        kernel_cost_table(&args, &storm, &tracers, &untraced)?;
+    }
+    if args.startups > 0 {
+        startup_table(&args, &tracers)?;
+    }
+    for (tool, runs) in tools.iter().zip(&samples) {
+        for s in runs {
+            let last = s.stderr.lines().rfind(|l| !l.starts_with("Tracing"));
+            if let Some(line) = last {
+                println!("\n{} said: {line}", tool.name);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The control's life (`--sleeper`): a header line, then nothing until
+/// SIGINT or SIGTERM, then a clean exit, as a tracer's.
+fn sleep_until_interrupted() -> Result<()> {
+    // SAFETY: a zeroed sigset_t is valid to initialize; the calls write only
+    // into the set and the int we own, and block the two signals for this
+    // (single) thread so that sigwait takes them.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        println!("SKADDR (control: traces nothing)");
+        std::io::Write::flush(&mut std::io::stdout())?;
+        let mut signal = 0;
+        libc::sigwait(&set, &mut signal);
+    }
+    Ok(())
+}
+
+fn print_machine() {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name\t: ").map(str::to_owned))
+        })
+        .unwrap_or_default();
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("machine: {cpus} CPUs ({cpu}), Linux {}", kernel.trim());
+}

@@ -1,0 +1,176 @@
+//! One storm, traced by one tool or untraced, with the ground truth.
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::Stdio;
+use std::thread::sleep;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use tcpstates_testkit::groundtruth::TransitionCounter;
+use tcpstates_testkit::process::interrupt;
+use tcpstates_testkit::rows::Row;
+use tcpstates_testkit::storm::{self, Storm};
+
+use crate::kernel::{ProgramStats, RunStats, cost_of, new_ids};
+use crate::{Args, Tool};
+
+/// One traced (or untraced) storm.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    pub storm_secs: f64,
+    pub truth: u64,
+    pub captured: u64,
+    pub printed: u64,
+    pub cpu_secs: f64,
+    pub sys_secs: f64,
+    pub max_rss_kb: i64,
+    pub busy_secs: f64,
+    pub stderr: String,
+    /// With program statistics on: the tracer's BPF programs' run time and
+    /// runs over the storm, and the ground truth's.
+    pub programs: Option<ProgramCost>,
+}
+
+/// Run time and runs of some BPF programs over one storm.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProgramCost {
+    pub tracer_ns: u64,
+    pub tracer_runs: u64,
+    pub truth_ns: u64,
+    pub truth_runs: u64,
+}
+
+/// One storm, traced by `tool` (or not), with the ground truth. With
+/// `programs` (and the statistics on), also the run time of the tracer's
+/// programs and the ground truth's over the storm.
+pub fn storm_once(
+    args: &Args,
+    storm: &Storm,
+    tool: Option<&Tool>,
+    tag: &str,
+    programs: bool,
+) -> Result<Sample> {
+    let ip = if args.ipv6 { "::1" } else { "127.0.0.1" };
+    let listener = TcpListener::bind(SocketAddr::new(ip.parse()?, 0))?;
+    let port = listener.local_addr()?.port();
+    let out = args.workdir.join(format!("{tag}.out"));
+    let err = args.workdir.join(format!("{tag}.err"));
+    // Program statistics only when asked for: each snapshot queries every
+    // loaded program.
+    let snapshot = || {
+        if programs {
+            ProgramStats::snapshot()
+        } else {
+            RunStats::new()
+        }
+    };
+    let before_tool = snapshot();
+    let child = match tool {
+        Some(tool) => {
+            let child = tool
+                .command()
+                .stdout(File::create(&out)?)
+                .stderr(File::create(&err)?)
+                .stdin(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", tool.path.display()))?;
+            Some(child)
+        }
+        None => None,
+    };
+    // Both tools attach in tens of milliseconds; a file gives no signal
+    // (theirs buffers its header), so wait generously. Every storm waits
+    // the same, traced or not: a storm that starts after a pause of the
+    // machine runs slower than one that starts right after other work (a
+    // control that traces nothing came out 4-10% "slower" than the untraced
+    // storm when only traced storms waited).
+    sleep(Duration::from_millis(1500));
+    let before_truth = snapshot();
+    let truth = TransitionCounter::start(port)?;
+    let before_storm = snapshot();
+    let busy_before = busy_secs()?;
+    let storm_secs = storm::run(&listener, storm)
+        .context("the storm")?
+        .as_secs_f64();
+    let busy = busy_secs()? - busy_before;
+    let after_storm = snapshot();
+    sleep(Duration::from_millis(500));
+    let truth_count = truth.count()?;
+    let programs = programs.then(|| {
+        let (tracer_ns, tracer_runs) = cost_of(
+            &new_ids(&before_tool, &before_truth),
+            &before_storm,
+            &after_storm,
+        );
+        let (truth_ns, truth_runs) = cost_of(
+            &new_ids(&before_truth, &before_storm),
+            &before_storm,
+            &after_storm,
+        );
+        ProgramCost {
+            tracer_ns,
+            tracer_runs,
+            truth_ns,
+            truth_runs,
+        }
+    });
+    let mut sample = Sample {
+        storm_secs,
+        truth: truth_count,
+        busy_secs: busy,
+        programs,
+        ..Sample::default()
+    };
+    if let Some(child) = child {
+        let ended = interrupt(&child);
+        let usage = ended.usage;
+        ensure!(ended.code().is_some(), "{} did not exit cleanly", tag);
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        sample.cpu_secs = tv(usage.ru_utime) + tv(usage.ru_stime);
+        sample.sys_secs = tv(usage.ru_stime);
+        sample.max_rss_kb = usage.ru_maxrss;
+        let (captured, printed) = count_lines(&out, port)?;
+        sample.captured = captured;
+        sample.printed = printed;
+        sample.stderr = fs::read_to_string(&err)?;
+        fs::remove_file(&out)?;
+    }
+    Ok(sample)
+}
+
+/// CPU time all CPUs have spent busy since boot (not idle, not waiting for
+/// I/O, not stolen by the hypervisor), from /proc/stat.
+fn busy_secs() -> Result<f64> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("/proc/stat is empty")?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .context("parsing /proc/stat")?;
+    ensure!(ticks.len() >= 8, "/proc/stat: short cpu line");
+    // user nice system idle iowait irq softirq steal
+    let busy = ticks[0] + ticks[1] + ticks[2] + ticks[5] + ticks[6];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(busy as f64 / hz)
+}
+
+/// (lines for `port`, all rows) in a tracer's default output.
+pub fn count_lines(path: &Path, port: u16) -> Result<(u64, u64)> {
+    let (mut captured, mut rows) = (0, 0);
+    for line in BufReader::new(File::open(path)?).lines() {
+        let Some(row) = Row::parse(&line?, false) else {
+            continue;
+        };
+        rows += 1;
+        if row.involves(port) {
+            captured += 1;
+        }
+    }
+    Ok((captured, rows))
+}

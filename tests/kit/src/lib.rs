@@ -1,0 +1,20 @@
+//! Test and benchmark helpers for tcpstates, kept out of the product: its
+//! build, and its packages, compile only what ships.
+//!
+//! - [`storm`] makes loopback connection storms;
+//! - [`groundtruth`] counts their transitions in the kernel, apart from the
+//!   tracer;
+//! - [`rows`] parses the tracer's output rows and its `--report kv` line;
+//! - [`net`] makes single loopback connections and closes them as a test
+//!   asks;
+//! - [`host`] holds the root requirement, tracefs and kprobe state;
+//! - [`process`] stops a tracer as Ctrl-C would.
+
+#![warn(missing_docs)]
+
+pub mod groundtruth;
+pub mod host;
+pub mod net;
+pub mod process;
+pub mod rows;
+pub mod storm;

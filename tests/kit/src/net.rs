@@ -1,0 +1,104 @@
+//! Single loopback connections, closed as a test asks.
+
+use std::io::{self, Read};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::Duration;
+
+/// 127.0.0.1 or ::1.
+pub fn loopback(v6: bool) -> IpAddr {
+    if v6 {
+        IpAddr::V6(Ipv6Addr::LOCALHOST)
+    } else {
+        IpAddr::V4(Ipv4Addr::LOCALHOST)
+    }
+}
+
+/// A connected pair on loopback and its listener.
+pub struct Connection {
+    /// The listener the client connected to.
+    pub listener: TcpListener,
+    /// The connecting side.
+    pub client: TcpStream,
+    /// The accepted side.
+    pub server: TcpStream,
+    /// The listener's port.
+    pub port: u16,
+    /// The client's local port.
+    pub client_port: u16,
+}
+
+/// A listener on a free loopback port, and that port.
+pub fn listen(v6: bool) -> (TcpListener, u16) {
+    let listener = TcpListener::bind(SocketAddr::new(loopback(v6), 0)).expect("bind");
+    let port = listener.local_addr().expect("local address").port();
+    (listener, port)
+}
+
+/// A listener, a client connected to it and the accepted server side.
+pub fn connect(v6: bool) -> Connection {
+    let (listener, port) = listen(v6);
+    let client = TcpStream::connect(listener.local_addr().expect("address")).expect("connect");
+    let (server, _) = listener.accept().expect("accept");
+    let client_port = client.local_addr().expect("address").port();
+    Connection {
+        listener,
+        client,
+        server,
+        port,
+        client_port,
+    }
+}
+
+/// Reads until the peer's FIN, an error, or `timeout` of silence (None:
+/// no limit, and no system call to set one, for the storm).
+pub fn read_to_eof(mut stream: &TcpStream, timeout: Option<Duration>) {
+    if timeout.is_some() {
+        let _ = stream.set_read_timeout(timeout);
+    }
+    let mut buf = [0u8; 64];
+    while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+}
+
+/// Makes close() send an RST instead of a FIN.
+pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: the fd is open for the life of `stream`; the option value is a
+    // valid `linger` of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Sleeps until `fd` is readable or `timeout` passes; a signal ends the
+/// wait early, without an error.
+pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> io::Result<()> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: one valid pollfd, for a descriptor open for the call.
+    if unsafe { libc::poll(&mut pollfd, 1, millis) } < 0 {
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(())
+}

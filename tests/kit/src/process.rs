@@ -1,0 +1,45 @@
+//! Stopping a tracer process as Ctrl-C would.
+
+use std::process::Child;
+
+/// How a stopped tracer ended.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    /// The wait status.
+    pub status: libc::c_int,
+    /// Its resource usage: CPU time, peak RSS.
+    pub usage: libc::rusage,
+}
+
+impl Ended {
+    /// The exit code, when it exited (not killed by a signal).
+    pub fn code(&self) -> Option<i32> {
+        libc::WIFEXITED(self.status).then(|| libc::WEXITSTATUS(self.status))
+    }
+}
+
+/// Sends SIGINT to `child` and reaps it.
+pub fn interrupt(child: &Child) -> Ended {
+    stop(child, libc::SIGINT)
+}
+
+/// Sends `sig` to `child` and reaps it (do not wait on `child` after).
+pub fn stop(child: &Child, sig: libc::c_int) -> Ended {
+    signal(child, sig);
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: wait4 writes only the status and rusage we own (all-zero
+    // bytes are a valid rusage); the pid is our child's, not reaped before.
+    unsafe {
+        let mut status = 0;
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::wait4(pid, &mut status, 0, &mut usage);
+        Ended { status, usage }
+    }
+}
+
+/// Sends `signal` to `child`.
+pub fn signal(child: &Child, signal: libc::c_int) {
+    // SAFETY: kill has no memory preconditions; the pid is our child's.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({}, {signal})", child.id());
+}

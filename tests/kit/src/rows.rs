@@ -1,0 +1,122 @@
+//! The tracer's output as data: its table rows (default and `-w`) and its
+//! `--report kv` counters line. The one parser the tests and the
+//! benchmark share.
+
+use std::collections::HashMap;
+
+/// One row of the table, split into columns. Parsed from the right: the
+/// task name, the only column that may hold spaces, is what is left.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Row {
+    /// SKADDR, as printed (hex).
+    pub skaddr: String,
+    /// C-PID.
+    pub pid: String,
+    /// C-COMM.
+    pub comm: String,
+    /// LADDR.
+    pub laddr: String,
+    /// LPORT.
+    pub lport: u16,
+    /// RADDR.
+    pub raddr: String,
+    /// RPORT.
+    pub rport: u16,
+    /// OLDSTATE.
+    pub old: String,
+    /// NEWSTATE.
+    pub new: String,
+    /// MS, as printed ('-' when unknown).
+    pub ms: String,
+}
+
+impl Row {
+    /// A row of the default table, or of `-w`'s (one more column, IP), or
+    /// None for a line that is not a row (the header, say).
+    pub fn parse(line: &str, wide: bool) -> Option<Row> {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        let n = t.len();
+        let columns = 11 + usize::from(wide);
+        if n < columns || t[n - 3] != "->" {
+            return None;
+        }
+        Some(Row {
+            skaddr: t[0].into(),
+            pid: t[1].into(),
+            comm: t[2..n - 8 - usize::from(wide)].join(" "),
+            laddr: t[n - 8].into(),
+            lport: t[n - 7].parse().ok()?,
+            raddr: t[n - 6].into(),
+            rport: t[n - 5].parse().ok()?,
+            old: t[n - 4].into(),
+            new: t[n - 2].into(),
+            ms: t[n - 1].into(),
+        })
+    }
+
+    /// Whether either end of the socket is `port`.
+    pub fn involves(&self, port: u16) -> bool {
+        self.lport == port || self.rport == port
+    }
+}
+
+/// The counters of a `tcpstates: key=value ...` line (`--report kv`), or
+/// None for another line.
+pub fn counters(line: &str) -> Option<HashMap<String, u64>> {
+    let pairs = line.strip_prefix("tcpstates: matched=")?;
+    format!("matched={pairs}")
+        .split(' ')
+        .map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            Some((key.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The counters of the last `--report kv` line in `stderr`.
+pub fn last_counters(stderr: &str) -> Option<HashMap<String, u64>> {
+    stderr.lines().rev().find_map(counters)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_parse_from_the_right() {
+        let line = "ffff8881043b9280 9376    my prog    127.0.0.1       48792 10.1.2.3        80    SYN_SENT    -> ESTABLISHED 0.271";
+        let row = Row::parse(line, false).unwrap();
+        assert_eq!(row.comm, "my prog");
+        assert_eq!((row.lport, row.rport), (48792, 80));
+        assert_eq!(
+            (row.old.as_str(), row.new.as_str(), row.ms.as_str()),
+            ("SYN_SENT", "ESTABLISHED", "0.271")
+        );
+        assert!(row.involves(80) && !row.involves(81));
+        let wide = "ffff8881043b9280 1 python3 6 ::1 48792 ::1 80 LISTEN -> CLOSE -";
+        let row = Row::parse(wide, true).unwrap();
+        assert_eq!((row.comm.as_str(), row.laddr.as_str()), ("python3", "::1"));
+        assert_eq!(
+            Row::parse(
+                "SKADDR C-PID C-COMM LADDR LPORT RADDR RPORT OLDSTATE -> NEWSTATE MS",
+                false
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn counters_line() {
+        let c = counters("tcpstates: matched=10 printed=7 ring_drops=0 sockets_tracked=9").unwrap();
+        assert_eq!(
+            (c["matched"], c["printed"], c["sockets_tracked"]),
+            (10, 7, 9)
+        );
+        assert_eq!(
+            counters("tcpstates: 10 transitions matched, 7 printed"),
+            None
+        );
+        let stderr = "Tracing\ntcpstates: matched=1 printed=1\ntcpstates: matched=2 printed=2\n";
+        assert_eq!(last_counters(stderr).unwrap()["matched"], 2);
+    }
+}
