@@ -529,3 +529,26 @@ fn full_ring_buffer_is_counted_and_reported() {
         "{stderr}"
     );
 }
+
+/// Without `--report kv`, -v's counters stay a sentence for people, and the
+/// same numbers as the key=value form.
+#[test]
+fn verbose_counters_are_a_sentence_by_default() {
+    let Some(_root) = root() else { return };
+    let tracer = Tracing::start(BIN, &["-v", "-4"], "SKADDR");
+    drop(listen(false));
+    sleep(Duration::from_millis(300));
+    let (code, lines, stderr) = tracer.stop(libc::SIGINT);
+    assert_eq!(code, Some(0), "{stderr}");
+    let printed = lines.len() - 1;
+    let sentence = stderr
+        .lines()
+        .rfind(|l| l.contains(" transitions matched, "))
+        .unwrap_or_else(|| panic!("no counters sentence in {stderr}"));
+    assert!(
+        sentence.contains(&format!(" {printed} printed, 0 lost (ring buffer full), ")),
+        "{sentence}"
+    );
+    assert!(sentence.ends_with(" sockets tracked"), "{sentence}");
+    assert!(last_counters(&stderr).is_none(), "{stderr}");
+}
