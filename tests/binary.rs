@@ -552,3 +552,43 @@ fn verbose_counters_are_a_sentence_by_default() {
     assert!(sentence.ends_with(" sockets tracked"), "{sentence}");
     assert!(last_counters(&stderr).is_none(), "{stderr}");
 }
+
+/// `tcpstates | head -1` on a quiet host: the reader leaves after the
+/// header, nothing is ever written again, and the tracer still ends,
+/// within a poll interval, with exit 0 and nothing more on stderr.
+#[test]
+fn a_pipe_whose_reader_left_ends_the_run_without_traffic() {
+    let Some(_root) = root() else { return };
+    let mut child = Command::new(BIN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut header = String::new();
+    stdout.read_line(&mut header).unwrap();
+    assert_eq!(header.trim_end(), HEADER);
+    let left = Instant::now();
+    drop(stdout);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if left.elapsed() > Duration::from_secs(1) {
+            let _ = child.kill();
+            panic!("still running 1 s after its reader left");
+        }
+        sleep(Duration::from_millis(10));
+    };
+    let took = left.elapsed();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert_eq!(stderr, "Tracing tcpstates ... Hit Ctrl-C to end\n");
+    eprintln!("ended {took:?} after the reader left");
+}

@@ -9,6 +9,7 @@ pub mod table;
 pub mod writer;
 
 use std::io;
+use std::os::fd::AsFd;
 
 pub use lines::LineSink;
 
@@ -48,16 +49,15 @@ pub trait LineFormat {
 }
 
 /// The outputs `config` asks for, writing to `stdout`.
-pub fn build(
-    config: &Config,
-    stdout: impl io::Write + Send + 'static,
-    batching: Batching,
-) -> io::Result<Box<dyn Sink>> {
+pub fn build(config: &Config, stdout: io::Stdout, batching: Batching) -> io::Result<Box<dyn Sink>> {
+    // A second descriptor of stdout, to watch for a reader that left.
+    let watch = stdout.as_fd().try_clone_to_owned().ok();
     let sinks: Vec<Box<dyn Sink>> = match config.format {
         Format::Table { .. } | Format::Csv { .. } => vec![Box::new(LineSink::new(
             table::Formatter::new(config.format),
             stdout,
             batching,
+            watch,
         )?)],
     };
     Ok(Fanout::of(sinks))
