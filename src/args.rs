@@ -86,10 +86,10 @@ pub struct Args {
     #[arg(long, value_parser = attach_parser(), value_delimiter = ',', default_value = "auto")]
     pub attach: Vec<AttachArg>,
 
-    /// Sockets whose last transition time is kept at once (by the kernel with -L/-D)
-    #[arg(long, value_name = "N", default_value = "65536", value_parser = parse_max_sockets,
-          allow_hyphen_values = true)]
-    pub max_sockets: u32,
+    /// At most N sockets' last-change times kept at once (default: no bound where memory
+    /// grows with use; 65536 for the kernel's preallocated map, used with -L/-D outside tp-btf)
+    #[arg(long, value_name = "N", value_parser = parse_max_sockets, allow_hyphen_values = true)]
+    pub max_sockets: Option<u32>,
 
     /// Ring buffer size: a power of two from 4K to 1G, with an optional K/M/G suffix
     #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]

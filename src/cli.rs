@@ -170,7 +170,8 @@ mod tests {
         assert_eq!(c.format, Format::default());
         assert_eq!(c.filter, Filter::default());
         assert_eq!(c.attach, AttachMode::ALL.to_vec());
-        assert_eq!(c.max_sockets, 65536);
+        assert_eq!(c.max_sockets, None);
+        assert_eq!(config(&["--max-sockets", "9"]).max_sockets, Some(9));
         assert_eq!(c.ring_bytes, 4 << 20);
         assert_eq!(c.report, ReportFormat::Text);
         assert!(!c.verbose && c.btf.is_none());

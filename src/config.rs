@@ -21,9 +21,12 @@ pub struct Config {
     pub attach: Vec<AttachMode>,
     /// BTF of the running kernel, when it has none at /sys/kernel/btf/vmlinux.
     pub btf: Option<PathBuf>,
-    /// How many sockets' last-transition times are kept at once (in the
-    /// kernel with a port filter, else in user space).
-    pub max_sockets: u32,
+    /// `--max-sockets`: at most this many sockets' last-transition times are
+    /// kept at once (in the kernel with a port filter, else in user space).
+    /// None: no bound where memory grows with use (user space, the kernel's
+    /// socket-local storage), [`DEFAULT_MAP_SOCKETS`] for the kernel's
+    /// preallocated map.
+    pub max_sockets: Option<u32>,
     /// Size of the ring buffer in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
     /// `-v`: say which attach point is used, show libbpf's log and report
@@ -42,13 +45,17 @@ impl Default for Config {
             filter: Filter::default(),
             attach: AttachMode::ALL.to_vec(),
             btf: None,
-            max_sockets: 65536,
+            max_sockets: None,
             ring_bytes: 4 << 20,
             verbose: false,
             report: ReportFormat::Text,
         }
     }
 }
+
+/// Sockets the kernel's preallocated per-socket map holds when
+/// `--max-sockets` is not given (it takes memory for all of them at load).
+pub const DEFAULT_MAP_SOCKETS: u32 = 65536;
 
 /// What a run produces.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -25,8 +25,9 @@ pub struct Decoder {
 
 impl Decoder {
     /// For a program that keeps times itself (`kernel_tracks`), or for one
-    /// that leaves them to user space, remembering at most `max_sockets`.
-    pub fn new(kernel_tracks: bool, max_sockets: u32) -> Self {
+    /// that leaves them to user space, remembering at most `max_sockets`
+    /// (None: as many as there are).
+    pub fn new(kernel_tracks: bool, max_sockets: Option<u32>) -> Self {
         Self {
             times: (!kernel_tracks).then(|| SocketTimes::new(max_sockets)),
         }
@@ -65,22 +66,40 @@ pub struct Tracked {
     pub no_room: bool,
 }
 
-/// Socket address -> time of its last transition, for live sockets.
+/// Below this many slots, a map that emptied is not worth shrinking.
+const SHRINK_ABOVE: usize = 4096;
+
+/// Socket address -> time of its last transition, for live sockets. Grows
+/// as sockets appear and shrinks as they close: its memory follows the
+/// sockets the host has now, not the most it ever had.
 #[derive(Debug, Clone)]
 pub struct SocketTimes {
     since: HashMap<u64, u64, BuildHasherDefault<AddressHasher>>,
-    capacity: usize,
+    limit: usize,
     no_room: u64,
 }
 
 impl SocketTimes {
-    /// Remembers at most `capacity` sockets at once (`--max-sockets`).
-    pub fn new(capacity: u32) -> Self {
+    /// Remembers at most `limit` sockets at once (`--max-sockets`; None: as
+    /// many as there are).
+    pub fn new(limit: Option<u32>) -> Self {
         Self {
             since: HashMap::default(),
-            capacity: capacity as usize,
+            limit: limit.map_or(usize::MAX, |n| n as usize),
             no_room: 0,
         }
+    }
+
+    /// Hands memory back once three quarters of the slots are empty: to
+    /// twice what is in use, so that shrinking again takes as many closes
+    /// as there are sockets left (amortised, like the growth).
+    fn forget(&mut self, skaddr: u64) -> Option<u64> {
+        let since = self.since.remove(&skaddr);
+        let slots = self.since.capacity();
+        if slots > SHRINK_ABOVE && self.since.len() < slots / 4 {
+            self.since.shrink_to(self.since.len() * 2);
+        }
+        since
     }
 
     /// Records a transition of the socket at `skaddr` at `ts_ns` (kernel
@@ -94,13 +113,13 @@ impl SocketTimes {
         let is_new =
             old == TcpState::Close || (old == TcpState::Listen && new == TcpState::SynRecv);
         if new == TcpState::Close {
-            let since = self.since.remove(&skaddr).filter(|_| !is_new);
+            let since = self.forget(skaddr).filter(|_| !is_new);
             return Tracked {
                 duration_ns: since.map(|since| ts_ns.saturating_sub(since)),
                 no_room: false,
             };
         }
-        let room = self.since.len() < self.capacity;
+        let room = self.since.len() < self.limit;
         match self.since.get_mut(&skaddr) {
             Some(since) => {
                 let duration_ns = (!is_new).then(|| ts_ns.saturating_sub(*since));
@@ -135,6 +154,11 @@ impl SocketTimes {
     /// Whether no socket is remembered.
     pub fn is_empty(&self) -> bool {
         self.since.is_empty()
+    }
+
+    /// Slots allocated now (memory in use is about 17 bytes a slot).
+    pub fn slots(&self) -> usize {
+        self.since.capacity()
     }
 
     /// Transitions whose socket could not be remembered for lack of room.
@@ -180,7 +204,7 @@ mod tests {
 
     #[test]
     fn a_connection_from_first_to_last_transition() {
-        let mut t = SocketTimes::new(16);
+        let mut t = SocketTimes::new(None);
         assert_eq!(t.observe(SK, Close, SynSent, ms(1)).duration_ns, None);
         assert_eq!(
             t.observe(SK, SynSent, Established, ms(3)).duration_ns,
@@ -200,7 +224,7 @@ mod tests {
 
     #[test]
     fn a_socket_first_seen_mid_life_has_no_known_duration() {
-        let mut t = SocketTimes::new(16);
+        let mut t = SocketTimes::new(None);
         assert_eq!(
             t.observe(SK, Established, CloseWait, ms(5)).duration_ns,
             None
@@ -213,7 +237,7 @@ mod tests {
 
     #[test]
     fn a_new_socket_at_a_reused_address_starts_unknown() {
-        let mut t = SocketTimes::new(16);
+        let mut t = SocketTimes::new(None);
         // An earlier socket whose CLOSE was never seen.
         t.observe(SK, Close, SynSent, ms(1));
         assert_eq!(t.observe(SK, Close, SynSent, ms(9)).duration_ns, None);
@@ -239,7 +263,7 @@ mod tests {
 
     #[test]
     fn no_room_is_counted_and_a_closed_socket_frees_its_place() {
-        let mut t = SocketTimes::new(1);
+        let mut t = SocketTimes::new(Some(1));
         t.observe(SK, Close, SynSent, ms(1));
         let other = t.observe(SK + 64, Close, SynSent, ms(1));
         assert_eq!(
@@ -261,6 +285,33 @@ mod tests {
             Some(ms(2))
         );
         assert_eq!(t.no_room(), 2);
+    }
+
+    #[test]
+    fn memory_grows_with_sockets_and_shrinks_when_they_close() {
+        let mut t = SocketTimes::new(None);
+        let sockets = 200_000u64;
+        for i in 0..sockets {
+            t.observe(SK + i * 64, Close, SynSent, ms(1));
+        }
+        assert_eq!(t.len(), sockets as usize);
+        assert_eq!(t.no_room(), 0, "no bound by default");
+        let grown = t.slots();
+        assert!(grown >= sockets as usize, "{grown}");
+        for i in 0..sockets - 10 {
+            assert_eq!(
+                t.observe(SK + i * 64, SynSent, Close, ms(2)).duration_ns,
+                Some(ms(1))
+            );
+        }
+        assert_eq!(t.len(), 10);
+        assert!(t.slots() <= SHRINK_ABOVE * 2, "{} slots left", t.slots());
+        // What is left keeps its times.
+        let last = SK + (sockets - 1) * 64;
+        assert_eq!(
+            t.observe(last, SynSent, Established, ms(5)).duration_ns,
+            Some(ms(4))
+        );
     }
 
     #[test]

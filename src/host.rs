@@ -40,10 +40,11 @@ pub fn has_kernel_btf() -> bool {
     Path::new(KERNEL_BTF).exists()
 }
 
-/// Whether the kernel has bpf_get_current_task_btf: 5.11+, and only with
-/// its own BTF (the helper types its result with it; a kernel described by
-/// a --btf file has none to give).
-pub fn has_task_btf() -> bool {
+/// Whether the kernel gives BTF tracing programs what came in 5.11:
+/// bpf_get_current_task_btf, and socket-local storage (bpf_sk_storage_get).
+/// Only with its own BTF: the helpers type their results with it, and a
+/// kernel described by a --btf file has none to give.
+pub fn has_tracing_5_11() -> bool {
     has_kernel_btf() && kernel_release().is_some_and(|version| version >= (5, 11))
 }
 

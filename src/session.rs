@@ -37,14 +37,10 @@ fn stream(config: &Config) -> Result<()> {
     let batching = Batching::for_output(stdout.is_terminal(), config.ring_bytes);
     let tracer = Tracer::start(config, batching.wakeup_bytes)?;
     if config.verbose {
-        let times = if config.filter.tracks_in_kernel() {
-            "in the kernel (a port filter is on)"
-        } else {
-            "here"
-        };
         eprintln!(
-            "tcpstates: attached with {}; per-socket times kept {times}",
-            tracer.mode()
+            "tcpstates: attached with {}; per-socket times kept {}",
+            tracer.mode(),
+            tracer.store().describe()
         );
     }
     let mut sink = output::build(config, stdout, batching).context("starting the output")?;
@@ -137,7 +133,7 @@ impl Reader {
                 no_room: times.map_or(0, |t| t.no_room()),
                 sockets_tracked: match times {
                     Some(times) => times.len() as u64,
-                    None => tracer.sockets_tracked(),
+                    None => tracer.sockets_tracked()?,
                 },
                 ..self.counts
             },

@@ -14,7 +14,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel, ProgramMut};
 use crate::batching;
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
-use crate::config::{AttachMode, Config, Family};
+use crate::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family};
 use crate::event::RAW_EVENT_SIZE;
 use crate::host;
 use crate::ring::RingReader;
@@ -43,12 +43,48 @@ macro_rules! programs {
     };
 }
 
+/// Where the kernel keeps each socket's last-transition time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelStore {
+    /// Nowhere: the reader keeps them (no port filter).
+    None,
+    /// In the socket's own storage, freed with the socket: no bound.
+    SocketLocal,
+    /// In a preallocated map of this many sockets, keyed by address.
+    Map(u32),
+}
+
+impl KernelStore {
+    /// The store for `config` in `mode`. The socket's own storage needs
+    /// tp_btf on a kernel that allows it (`local_ok`); an explicit
+    /// `--max-sockets` asks for a bound, which only the map has.
+    pub fn choose(config: &Config, mode: AttachMode, local_ok: bool) -> Self {
+        if !config.filter.tracks_in_kernel() {
+            KernelStore::None
+        } else if mode == AttachMode::TpBtf && local_ok && config.max_sockets.is_none() {
+            KernelStore::SocketLocal
+        } else {
+            KernelStore::Map(config.max_sockets.unwrap_or(DEFAULT_MAP_SOCKETS))
+        }
+    }
+
+    /// Where the times are, for -v.
+    pub fn describe(self) -> &'static str {
+        match self {
+            KernelStore::None => "here",
+            KernelStore::SocketLocal => "in the kernel, with each socket (a port filter is on)",
+            KernelStore::Map(_) => "in the kernel (a port filter is on)",
+        }
+    }
+}
+
 /// A loaded and attached program. Detaches when dropped.
 pub struct Tracer {
     skel: TcpstatesSkel<'static>,
     /// Empty once detached.
     links: Cell<Vec<Link>>,
     mode: AttachMode,
+    store: KernelStore,
 }
 
 impl Tracer {
@@ -80,7 +116,8 @@ impl Tracer {
     }
 
     fn start_mode(config: &Config, mode: AttachMode, wakeup_bytes: u32) -> Result<Self> {
-        let skel = load(config, mode, wakeup_bytes)?;
+        let store = KernelStore::choose(config, mode, host::has_tracing_5_11());
+        let skel = load(config, mode, store, wakeup_bytes)?;
         fill_port_set(&skel.maps.sports, &config.filter.local_ports)?;
         fill_port_set(&skel.maps.dports, &config.filter.remote_ports)?;
         let links = programs!(mode, &skel.progs)
@@ -92,6 +129,7 @@ impl Tracer {
             skel,
             links: Cell::new(links),
             mode,
+            store,
         })
     }
 
@@ -104,6 +142,11 @@ impl Tracer {
     /// The mode that attached.
     pub fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// Where the kernel keeps each socket's time.
+    pub fn store(&self) -> KernelStore {
+        self.store
     }
 
     /// A reader of the ring buffer the events come through.
@@ -123,11 +166,19 @@ impl Tracer {
         })
     }
 
-    /// Sockets whose last transition time the kernel's map holds now (none
+    /// Sockets whose last transition time the kernel keeps now (none
     /// unless the filter `tracks_in_kernel`). Walks the map: for -v, not for
     /// every read of the counters.
-    pub fn sockets_tracked(&self) -> u64 {
-        self.skel.maps.sockets.keys().count() as u64
+    pub fn sockets_tracked(&self) -> Result<u64> {
+        match self.store {
+            KernelStore::None => Ok(0),
+            KernelStore::Map(_) => Ok(self.skel.maps.sockets.keys().count() as u64),
+            KernelStore::SocketLocal => {
+                let read = |which: counter| sum_percpu(&self.skel.maps.counters, which.0);
+                let started = read(counter::COUNTER_LOCAL_STARTED)?;
+                Ok(started.saturating_sub(read(counter::COUNTER_LOCAL_STOPPED)?))
+            }
+        }
     }
 
     /// Transitions no program handled: the main program's recursion misses,
@@ -174,11 +225,12 @@ fn recursion_misses(prog: &ProgramMut<'_>) -> Result<u64> {
 }
 
 /// Opens, configures and loads the object with only `mode`'s programs
-/// enabled. Public so tests can check that a program passes the verifier
-/// on a kernel where it cannot attach.
+/// enabled, keeping per-socket times in `store`. Public so tests can check
+/// that a program passes the verifier on a kernel where it cannot attach.
 pub fn load(
     config: &Config,
     mode: AttachMode,
+    store: KernelStore,
     wakeup_bytes: u32,
 ) -> Result<TcpstatesSkel<'static>> {
     // The skeleton borrows its object storage for as long as it lives. Each
@@ -193,7 +245,7 @@ pub fn load(
             .with_context(|| format!("using BTF file {}", btf.display()))?;
     }
     let mut open = builder.open(storage).context("opening the BPF object")?;
-    configure(&mut open, config, mode, wakeup_bytes)?;
+    configure(&mut open, config, mode, store, wakeup_bytes)?;
     open.load()
         .with_context(|| format!("loading the {mode} program"))
 }
@@ -202,6 +254,7 @@ fn configure(
     open: &mut OpenTcpstatesSkel<'_>,
     config: &Config,
     mode: AttachMode,
+    store: KernelStore,
     wakeup_bytes: u32,
 ) -> Result<()> {
     let filter = &config.filter;
@@ -221,18 +274,18 @@ fn configure(
     let cpus = libbpf_rs::num_possible_cpus().context("counting the CPUs")?;
     // A record in the ring is the event and an 8-byte header.
     rodata.wakeup_mask = batching::wakeup_mask(config.ring_bytes, cpus, RAW_EVENT_SIZE + 8);
-    rodata.track_sockets = filter.tracks_in_kernel();
-    rodata.has_task_btf = host::has_task_btf();
+    rodata.track_sockets = store != KernelStore::None;
+    rodata.use_sk_storage = store == KernelStore::SocketLocal;
+    rodata.has_task_btf = host::has_tracing_5_11();
 
     let maps = &mut open.maps;
     maps.events
         .set_max_entries(config.ring_bytes)
         .context("sizing the ring buffer")?;
     // Preallocated, so an unused map gets one entry.
-    let sockets = if filter.tracks_in_kernel() {
-        config.max_sockets
-    } else {
-        1
+    let sockets = match store {
+        KernelStore::Map(sockets) => sockets,
+        KernelStore::None | KernelStore::SocketLocal => 1,
     };
     maps.sockets
         .set_max_entries(sockets)
@@ -288,5 +341,35 @@ fn set_libbpf_log(verbose: bool) {
         // modes that were never going to work; the final error says why
         // each one failed.
         libbpf_rs::set_print(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Filter;
+
+    #[test]
+    fn the_socket_storage_where_the_kernel_has_it_and_no_bound_is_asked() {
+        let mut config = Config::default();
+        let choose = KernelStore::choose;
+        assert_eq!(choose(&config, AttachMode::TpBtf, true), KernelStore::None);
+        config.filter = Filter {
+            local_ports: vec![80],
+            ..Filter::default()
+        };
+        assert_eq!(
+            choose(&config, AttachMode::TpBtf, true),
+            KernelStore::SocketLocal
+        );
+        let map = KernelStore::Map(DEFAULT_MAP_SOCKETS);
+        assert_eq!(choose(&config, AttachMode::TpBtf, false), map);
+        assert_eq!(choose(&config, AttachMode::Tracepoint, true), map);
+        assert_eq!(choose(&config, AttachMode::Kprobe, true), map);
+        config.max_sockets = Some(9);
+        assert_eq!(
+            choose(&config, AttachMode::TpBtf, true),
+            KernelStore::Map(9)
+        );
     }
 }

@@ -8,9 +8,9 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use common::*;
-use tcpstates::config::{AttachMode, Config, Family, Filter};
+use tcpstates::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Filter};
 use tcpstates::event::{Event, TcpState::*};
-use tcpstates::tracer::{self, Tracer};
+use tcpstates::tracer::{self, KernelStore, Tracer};
 use tcpstates_testkit::host::{Tracefs, kernel_has_kprobes, root};
 use tcpstates_testkit::net::{connect, listen, loopback};
 
@@ -517,7 +517,19 @@ fn each_attachable_mode_traces() {
 #[test]
 fn kprobe_program_loads() {
     let Some(_root) = root() else { return };
-    tracer::load(&Config::default(), AttachMode::Kprobe, 0).expect("the kprobe program loads");
+    let filtered = opts(
+        vec![AttachMode::Kprobe],
+        Filter {
+            local_ports: vec![80],
+            ..Filter::default()
+        },
+    );
+    for (config, store) in [
+        (Config::default(), KernelStore::None),
+        (filtered, KernelStore::Map(DEFAULT_MAP_SOCKETS)),
+    ] {
+        tracer::load(&config, AttachMode::Kprobe, store, 0).expect("the kprobe program loads");
+    }
     let result = Tracer::start(&opts(vec![AttachMode::Kprobe], Filter::default()), 0);
     if kernel_has_kprobes() {
         assert!(result.is_ok(), "{:#}", result.err().unwrap());

@@ -54,6 +54,15 @@ const volatile __u32 wakeup_mask = 0;
  */
 const volatile bool track_sockets = false;
 /*
+ * With track_sockets, in tp_btf mode on kernels that allow socket-local
+ * storage in tracing programs (5.11+): keep each socket's state in its own
+ * storage (`sk_states`), which the kernel frees with the socket, instead of
+ * the `sockets` map. Memory then grows only with the sockets there are, with
+ * no bound to size in advance, and an address reused by the next socket
+ * cannot inherit an entry.
+ */
+const volatile bool use_sk_storage = false;
+/*
  * Whether the kernel has bpf_get_current_task_btf (5.11+, and its own BTF).
  * Set by user space from the kernel release: a CO-RE check of the helper's
  * enum value would cost every start another search of the kernel's BTF.
@@ -80,6 +89,14 @@ struct {
 	__type(key, __u64);
 	__type(value, struct sock_state);
 } sockets SEC(".maps");
+
+/* Socket-local state, when use_sk_storage. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sock_state);
+} sk_states SEC(".maps");
 
 /* kprobe mode: thread -> socket, from entry to return of
  * inet_csk_listen_start. One entry in the other modes. */
@@ -151,6 +168,17 @@ static __always_inline __u64 count(__u32 which)
 }
 
 /*
+ * Leaving CLOSE, or a passive child leaving the LISTEN it inherited: the
+ * socket is new, so what is kept for it is stale (an earlier socket at its
+ * address ended without a CLOSE this program saw, or this one is reused).
+ */
+static __always_inline bool starts_anew(const struct event *e)
+{
+	return e->oldstate == TCP_CLOSE ||
+	       (e->oldstate == TCP_LISTEN && e->newstate == TCP_SYN_RECV);
+}
+
+/*
  * Sets e's time in its old state from the socket's previous transition, and
  * remembers this one in the `sockets` map, keyed by the socket's address.
  * src/durations.rs applies the same rules in user space.
@@ -161,13 +189,7 @@ static __always_inline void track(struct event *e, __u64 now)
 	__u64 key = e->skaddr;
 
 	st = bpf_map_lookup_elem(&sockets, &key);
-	/*
-	 * Leaving CLOSE, or a passive child leaving the LISTEN it inherited:
-	 * the socket is new, so an entry at its address is stale (an earlier
-	 * socket there ended without a CLOSE this program saw).
-	 */
-	if (st && (e->oldstate == TCP_CLOSE ||
-		   (e->oldstate == TCP_LISTEN && e->newstate == TCP_SYN_RECV)))
+	if (st && starts_anew(e))
 		st->since_ns = 0;
 	if (st && st->since_ns)
 		e->delta_ns = now - st->since_ns;
@@ -185,6 +207,41 @@ static __always_inline void track(struct event *e, __u64 now)
 			count(COUNTER_MAP_FULL);
 			e->flags |= EVENT_F_MAP_FULL;
 		}
+	}
+}
+
+/*
+ * track() with the state in the socket's own storage (use_sk_storage): the
+ * same rules, without the map. A socket's storage lives until the socket is
+ * freed; at CLOSE its time is only forgotten.
+ */
+static __always_inline void track_local(struct event *e, struct sock *sk,
+					__u64 now)
+{
+	struct sock_state *st;
+	bool kept;
+
+	st = bpf_sk_storage_get(&sk_states, sk, 0,
+				BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		/* The allocation failed: the kernel is short of memory. */
+		count(COUNTER_MAP_FULL);
+		e->flags |= EVENT_F_DURATION_UNKNOWN | EVENT_F_MAP_FULL;
+		return;
+	}
+	kept = st->since_ns != 0;
+	if (kept && !starts_anew(e))
+		e->delta_ns = now - st->since_ns;
+	else
+		e->flags |= EVENT_F_DURATION_UNKNOWN;
+	if (e->newstate == TCP_CLOSE) {
+		st->since_ns = 0;
+		if (kept)
+			count(COUNTER_LOCAL_STOPPED);
+	} else {
+		st->since_ns = now;
+		if (!kept)
+			count(COUNTER_LOCAL_STARTED);
 	}
 }
 
@@ -212,9 +269,11 @@ static __always_inline void current_task(struct event *e)
 
 /*
  * Common path. `e` holds skaddr, states, family, ports, addresses and netns;
- * the rest is filled here.
+ * the rest is filled here. `sk` is the socket as a BTF pointer (tp_btf), or
+ * NULL where the program has none to give the storage helpers.
  */
-static __always_inline int handle(struct event *e, __u16 protocol)
+static __always_inline int handle(struct event *e, struct sock *sk,
+				  __u16 protocol)
 {
 	__u64 now, sent, wakeup = 0;
 
@@ -229,8 +288,12 @@ static __always_inline int handle(struct event *e, __u16 protocol)
 	 * have its time recorded for the transitions that do match later.
 	 */
 	now = bpf_ktime_get_ns();
-	if (track_sockets)
-		track(e, now);
+	if (track_sockets) {
+		if (use_sk_storage && sk)
+			track_local(e, sk, now);
+		else
+			track(e, now);
+	}
 
 	if (filter_sport && !bpf_map_lookup_elem(&sports, &e->sport))
 		return 0;
@@ -319,7 +382,7 @@ static __always_inline int handle_btf(const struct sock *sk, int oldstate,
 	read_sock_btf(&e, (const struct inet_sock *)tp);
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	return handle(&e, IPPROTO_TCP);
+	return handle(&e, (struct sock *)sk, IPPROTO_TCP);
 }
 
 /*
@@ -429,7 +492,7 @@ int handle_tracepoint(struct trace_event_raw_inet_sock_set_state *ctx)
 	}
 	e.netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
 	/* A u8 before Linux 5.6, a u16 since (the fields after it moved). */
-	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(ctx, protocol));
+	return handle(&e, NULL, BPF_CORE_READ_BITFIELD_PROBED(ctx, protocol));
 }
 
 /*
@@ -448,7 +511,7 @@ int BPF_KPROBE(handle_kprobe, struct sock *sk, int state)
 	/* On entry the socket still holds the state it leaves. */
 	e.oldstate = BPF_CORE_READ(sk, __sk_common.skc_state);
 	e.newstate = state;
-	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
+	return handle(&e, NULL, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
 }
 
 static __always_inline int handle_kprobe_change(struct sock *sk, int oldstate,
@@ -459,7 +522,7 @@ static __always_inline int handle_kprobe_change(struct sock *sk, int oldstate,
 	read_sock(&e, sk);
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	return handle(&e, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
+	return handle(&e, NULL, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
 }
 
 SEC("?kprobe/inet_csk_listen_start")

@@ -28,12 +28,18 @@ enum counter {
 	/* Transitions handled by the tp_btf backup program, because the kernel
 	 * skipped the main one for them (they interrupted it). */
 	COUNTER_NESTED = 3,
-	COUNTER_MAX = 4,
+	/* Sockets whose time the socket-local storage started keeping, and
+	 * stopped keeping (they reached CLOSE): the difference is how many it
+	 * keeps now (the storage cannot be walked like a map). */
+	COUNTER_LOCAL_STARTED = 4,
+	COUNTER_LOCAL_STOPPED = 5,
+	COUNTER_MAX = 6,
 };
 
-/* Per-socket state kept between transitions, keyed by the socket address.
- * A struct, not a bare timestamp, so that later fields (owner process,
- * ...) fit without changing the map's shape. */
+/* Per-socket state kept between transitions: in the socket's own storage
+ * (tp_btf, Linux 5.11+), or in a map keyed by the socket address. A struct,
+ * not a bare timestamp, so that later fields (owner process, ...) fit
+ * without changing the map's shape. */
 struct sock_state {
 	/* bpf_ktime_get_ns() when the socket entered its current state. */
 	__u64 since_ns;

@@ -8,11 +8,13 @@
 //! - [`net`] makes single loopback connections and closes them as a test
 //!   asks;
 //! - [`host`] holds the root requirement, tracefs and kprobe state;
-//! - [`process`] stops a tracer as Ctrl-C would.
+//! - [`process`] stops a tracer as Ctrl-C would;
+//! - [`hold`] holds many connections open from child processes.
 
 #![warn(missing_docs)]
 
 pub mod groundtruth;
+pub mod hold;
 pub mod host;
 pub mod net;
 pub mod process;
