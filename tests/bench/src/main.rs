@@ -11,11 +11,13 @@
 //!
 //! Run it with `scripts/bench` (as root). The parts: [`sample`] runs one
 //! storm under one tool, [`kernel`] measures the tracers' in-kernel time,
-//! [`startup`] their start, [`soak`] a long run, [`stats`] the statistics
+//! [`startup`] their start, [`soak`] a long run, [`scale`] the cost with
+//! many sockets held open, [`stats`] the statistics
 //! the tables print.
 
 mod kernel;
 mod sample;
+mod scale;
 mod soak;
 mod startup;
 mod stats;
@@ -90,6 +92,17 @@ struct Args {
     /// Seconds between soak samples
     #[arg(long, default_value_t = 30)]
     soak_every: u64,
+    /// Instead: for each of these socket counts (comma list), hold that many
+    /// loopback sockets open under ours, then storm, and report memory per
+    /// tracked socket, CPU per event and in-kernel time per transition
+    #[arg(long, value_name = "SOCKETS", value_delimiter = ',')]
+    scale: Vec<usize>,
+    /// Storms per socket count and tracer setup, with --scale
+    #[arg(long, default_value_t = 3)]
+    scale_runs: usize,
+    /// (internal) Be a holder of this many connections (see --scale).
+    #[arg(long, hide = true, value_name = "CONNECTIONS")]
+    holder: Option<usize>,
     /// Where the tracers' output goes
     #[arg(long, default_value = "target/bench")]
     workdir: PathBuf,
@@ -117,6 +130,9 @@ fn main() -> Result<()> {
     let args = Args::parse();
     if args.sleeper {
         return sleep_until_interrupted();
+    }
+    if let Some(connections) = args.holder {
+        return tcpstates_testkit::hold::holder_main(connections);
     }
     // SAFETY: geteuid has no preconditions.
     ensure!(
@@ -150,6 +166,9 @@ fn main() -> Result<()> {
     };
     if let Some(secs) = args.soak {
         return soak(&args, &storm, Duration::from_secs(secs));
+    }
+    if !args.scale.is_empty() {
+        return scale::scale(&args, &storm);
     }
 
     print_machine();
