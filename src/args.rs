@@ -18,6 +18,8 @@ EXAMPLES:
     tcpstates -t               # add a seconds-since-first-event column
     tcpstates -w               # wide columns, fits IPv6 addresses
     tcpstates -s               # comma-separated values
+    tcpstates -j | jq .        # JSON lines
+    tcpstates -Y               # also log each transition to the systemd journal
     tcpstates -L 80,443        # only sockets with local port 80 or 443
     tcpstates -D 5432          # only sockets with remote port 5432
     tcpstates -6               # IPv6 sockets only
@@ -51,6 +53,14 @@ pub struct Args {
     /// Comma-separated values
     #[arg(short = 's', long)]
     pub csv: bool,
+
+    /// JSON lines: one object per transition (fields in the README)
+    #[arg(short = 'j', long, conflicts_with_all = ["csv", "time", "timestamp", "wide"])]
+    pub json: bool,
+
+    /// Also log each transition to the systemd journal (BCC's fields)
+    #[arg(short = 'Y', long)]
+    pub journal: bool,
 
     /// Comma-separated list of local ports to trace
     #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = parse_ports,

@@ -114,7 +114,9 @@ impl Args {
             clock: self.time,
             elapsed: self.timestamp,
         };
-        let format = if self.csv {
+        let format = if self.json {
+            Format::Json
+        } else if self.csv {
             Format::Csv { times }
         } else {
             Format::Table {
@@ -134,6 +136,7 @@ impl Args {
             btf: self.btf,
             max_sockets: self.max_sockets,
             ring_bytes: self.ring_buffer,
+            journal: self.journal,
             verbose: self.verbose,
             report: self.report,
         }

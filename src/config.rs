@@ -29,6 +29,8 @@ pub struct Config {
     pub max_sockets: Option<u32>,
     /// Size of the ring buffer in bytes (a power of two, at least a page).
     pub ring_bytes: u32,
+    /// `-Y`: also send each transition to the systemd journal.
+    pub journal: bool,
     /// `-v`: say which attach point is used, show libbpf's log and report
     /// the counters periodically and at exit.
     pub verbose: bool,
@@ -47,6 +49,7 @@ impl Default for Config {
             btf: None,
             max_sockets: None,
             ring_bytes: 4 << 20,
+            journal: false,
             verbose: false,
             report: ReportFormat::Text,
         }
@@ -89,6 +92,8 @@ pub enum Format {
         /// Time columns.
         times: TimeColumns,
     },
+    /// `-j`: one JSON object per line (always with the event's time).
+    Json,
 }
 
 impl Default for Format {

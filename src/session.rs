@@ -35,6 +35,8 @@ pub fn run(config: &Config) -> Result<()> {
 fn stream(config: &Config) -> Result<()> {
     let stdout = io::stdout();
     let batching = Batching::for_output(stdout.is_terminal(), config.ring_bytes);
+    // Outputs first: one that cannot be reached fails before any tracing.
+    let mut sink = output::build(config, stdout, batching)?;
     let tracer = Tracer::start(config, batching.wakeup_bytes)?;
     if config.verbose {
         eprintln!(
@@ -43,7 +45,6 @@ fn stream(config: &Config) -> Result<()> {
             tracer.store().describe()
         );
     }
-    let mut sink = output::build(config, stdout, batching).context("starting the output")?;
     let mut reader = Reader::new(Decoder::for_config(config));
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
     sink.start();

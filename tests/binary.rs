@@ -41,6 +41,8 @@ fn help_names_every_option() {
             "-t, --timestamp",
             "-w, --wide",
             "-s, --csv",
+            "-j, --json",
+            "-Y, --journal",
             "-L, --localport",
             "-D, --remoteport",
             "-4, --ipv4",
@@ -85,6 +87,8 @@ fn bad_arguments_get_one_line_and_exit_2() {
         &["--max-sockets", "abc"],
         &["-D", "-1"],
         &["--report", "json"],
+        &["-j", "-s"],
+        &["-j", "-T"],
         &["--frobnicate"],
         &["unexpected"],
     ] {

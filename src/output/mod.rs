@@ -3,6 +3,8 @@
 //! output (the table and CSV today) are a pure [`LineFormat`] behind a
 //! [`LineSink`], which writes on a thread of its own.
 
+pub mod journal;
+pub mod json;
 mod lines;
 pub mod number;
 pub mod table;
@@ -10,6 +12,8 @@ pub mod writer;
 
 use std::io;
 use std::os::fd::AsFd;
+
+use anyhow::{Context, Result};
 
 pub use lines::LineSink;
 
@@ -48,18 +52,46 @@ pub trait LineFormat {
     fn event(&mut self, out: &mut Vec<u8>, event: &Event, clock: &mut EventClock);
 }
 
-/// The outputs `config` asks for, writing to `stdout`.
-pub fn build(config: &Config, stdout: io::Stdout, batching: Batching) -> io::Result<Box<dyn Sink>> {
+/// The outputs `config` asks for, writing to `stdout`. Fails, before any
+/// tracing, when an output cannot be reached (no journal listening).
+pub fn build(config: &Config, stdout: io::Stdout, batching: Batching) -> Result<Box<dyn Sink>> {
     // A second descriptor of stdout, to watch for a reader that left.
     let watch = stdout.as_fd().try_clone_to_owned().ok();
-    let sinks: Vec<Box<dyn Sink>> = match config.format {
-        Format::Table { .. } | Format::Csv { .. } => vec![Box::new(LineSink::new(
-            table::Formatter::new(config.format),
+    let mut sinks: Vec<Box<dyn Sink>> = match config.format {
+        Format::Table { times, wide } => vec![Box::new(LineSink::new(
+            table::Formatter::table(times, wide),
+            stdout,
+            batching,
+            watch,
+        )?)],
+        Format::Csv { times } => vec![Box::new(LineSink::new(
+            table::Formatter::csv(times),
+            stdout,
+            batching,
+            watch,
+        )?)],
+        Format::Json => vec![Box::new(LineSink::new(
+            json::JsonFormat,
             stdout,
             batching,
             watch,
         )?)],
     };
+    if config.journal {
+        let path = journal::socket_path();
+        let out = journal::JournalOut::connect(&path)
+            .with_context(|| format!("-Y: no systemd journal listens at {}", path.display()))?;
+        // Entries go in batches, as to a pipe: none waits more than a poll.
+        let batching = Batching::for_output(false, 0);
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
+        sinks.push(Box::new(LineSink::new(
+            journal::JournalFormat::new(euid),
+            out,
+            batching,
+            None,
+        )?));
+    }
     Ok(Fanout::of(sinks))
 }
 

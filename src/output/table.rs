@@ -9,7 +9,7 @@ use std::io::Write;
 use super::LineFormat;
 use super::number::{push_hex, push_ip, push_micros, push_spaces, push_two_digits, push_u64};
 use crate::clock::{EventClock, WallClock};
-use crate::config::Format;
+use crate::config::TimeColumns;
 use crate::event::{Event, TcpState};
 
 /// Printed in the MS column when the time in the old state is not known.
@@ -63,12 +63,17 @@ pub struct Formatter {
 }
 
 impl Formatter {
-    /// A formatter for the columns `format` asks for.
-    pub fn new(format: Format) -> Self {
-        let (times, wide, csv) = match format {
-            Format::Table { times, wide } => (times, wide, false),
-            Format::Csv { times } => (times, false, true),
-        };
+    /// BCC's aligned columns (`-w`: wide).
+    pub fn table(times: TimeColumns, wide: bool) -> Self {
+        Self::new(times, wide, false)
+    }
+
+    /// Comma-separated values.
+    pub fn csv(times: TimeColumns) -> Self {
+        Self::new(times, false, true)
+    }
+
+    fn new(times: TimeColumns, wide: bool, csv: bool) -> Self {
         let mut columns = Vec::new();
         if times.clock {
             columns.push(col(Field::Time, "TIME", 8));
@@ -245,7 +250,7 @@ fn push_csv_text(out: &mut Vec<u8>, text: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::TimeColumns;
+    use crate::config::Format;
     use crate::event::tests::raw_v4;
     use crate::event::{Event, TcpState};
 
@@ -274,7 +279,11 @@ mod tests {
     }
 
     fn render(format: Format, events: &[Event]) -> Vec<String> {
-        let mut f = Formatter::new(format);
+        let mut f = match format {
+            Format::Table { times, wide } => Formatter::table(times, wide),
+            Format::Csv { times } => Formatter::csv(times),
+            Format::Json => unreachable!("the table's tests"),
+        };
         let mut out = Vec::new();
         f.write_header(&mut out);
         for ev in events {

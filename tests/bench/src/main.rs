@@ -65,6 +65,9 @@ struct Args {
     /// The baseline binary ("none" to skip it)
     #[arg(long, default_value = "/usr/sbin/tcpstates")]
     theirs: String,
+    /// Arguments for the baseline (e.g. when it is ours too)
+    #[arg(long, allow_hyphen_values = true)]
+    theirs_args: Vec<String>,
     /// Also run each storm under a control: a process that prints a header
     /// and sleeps, traces nothing. Its "slowdown" is the method's noise.
     #[arg(long)]
@@ -192,7 +195,7 @@ fn main() -> Result<()> {
         tools.push(Tool {
             name: "libbpf-tools",
             path: path.clone(),
-            args: Vec::new(),
+            args: args.theirs_args.clone(),
             traces: true,
         });
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use tcpstates_testkit::groundtruth::TransitionCounter;
 use tcpstates_testkit::process::interrupt;
-use tcpstates_testkit::rows::Row;
+use tcpstates_testkit::rows::{Row, json_ports};
 use tcpstates_testkit::storm::{self, Storm};
 
 use crate::kernel::{ProgramStats, RunStats, cost_of, new_ids};
@@ -160,15 +160,21 @@ fn busy_secs() -> Result<f64> {
     Ok(busy as f64 / hz)
 }
 
-/// (lines for `port`, all rows) in a tracer's default output.
+/// (lines for `port`, all rows) in a tracer's output: the default table,
+/// or JSON lines.
 pub fn count_lines(path: &Path, port: u16) -> Result<(u64, u64)> {
     let (mut captured, mut rows) = (0, 0);
     for line in BufReader::new(File::open(path)?).lines() {
-        let Some(row) = Row::parse(&line?, false) else {
-            continue;
+        let line = line?;
+        let ports = match json_ports(&line) {
+            Some(ports) => ports,
+            None => match Row::parse(&line, false) {
+                Some(row) => (row.lport, row.rport),
+                None => continue,
+            },
         };
         rows += 1;
-        if row.involves(port) {
+        if ports.0 == port || ports.1 == port {
             captured += 1;
         }
     }

@@ -1,0 +1,519 @@
+//! The JSON lines (`-j`) and systemd journal (`-Y`) outputs of the binary,
+//! on real loopback traffic made by a thread whose name is chosen to break
+//! them, every field of every record checked against what the test did.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixDatagram;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread::{self, sleep};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use tcpstates_testkit::host::root;
+use tcpstates_testkit::net::read_to_eof;
+use tcpstates_testkit::process;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
+/// A task name with a quote, a newline, a backslash and a byte that is not
+/// UTF-8: what JSON and the journal must carry as one valid value.
+const HOSTILE: &[u8] = b"q\"n\nb\\x\xff";
+const JOURNAL: &str = "/run/systemd/journal/socket";
+
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+/// The traffic: in a thread named [`HOSTILE`], a listener, a connection to
+/// it closed by the client first, then the listener closed. Returns the
+/// listener's port and the client's.
+fn hostile_connection() -> (u16, u16) {
+    thread::spawn(|| {
+        let mut name = HOSTILE.to_vec();
+        name.push(0);
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+        // bytes from the buffer we own.
+        let rc = unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+        assert_eq!(rc, 0);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let client_port = client.local_addr().unwrap().port();
+        let (server, _) = listener.accept().unwrap();
+        sleep(Duration::from_millis(20));
+        drop(client);
+        read_to_eof(&server, Some(Duration::from_secs(5)));
+        drop((server, listener));
+        (port, client_port)
+    })
+    .join()
+    .unwrap()
+}
+
+/// The tracer, started with `args`, attached once it says so on stderr.
+struct Tracer {
+    child: Child,
+    stdout: Receiver<String>,
+}
+
+impl Tracer {
+    fn start(args: &[&str]) -> Tracer {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, stdout) = mpsc::channel();
+        let out = child.stdout.take().unwrap();
+        thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = BufReader::new(child.stderr.take().unwrap());
+        let mut first = String::new();
+        err.read_line(&mut first).unwrap();
+        assert_eq!(
+            first, "Tracing tcpstates ... Hit Ctrl-C to end\n",
+            "{first}"
+        );
+        child.stderr = Some(err.into_inner());
+        Tracer { child, stdout }
+    }
+
+    /// Stops it as Ctrl-C would: (stdout lines, stderr).
+    fn stop(mut self) -> (Vec<String>, String) {
+        process::signal(&self.child, libc::SIGINT);
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert_eq!(status.code(), Some(0), "{stderr}");
+        let lines = self.stdout.iter().collect();
+        (lines, stderr)
+    }
+}
+
+/// The network namespace inode of this process.
+fn netns() -> u64 {
+    std::fs::metadata("/proc/self/ns/net").unwrap().ino()
+}
+
+/// "2026-11-29T23:59:58.123456Z" as microseconds since the epoch.
+fn iso_micros(text: &str) -> u64 {
+    let b = text.as_bytes();
+    assert_eq!(text.len(), 27, "{text}");
+    assert!(
+        b[4] == b'-' && b[7] == b'-' && b[10] == b'T' && b[19] == b'.' && b[26] == b'Z',
+        "{text}"
+    );
+    let n = |r: std::ops::Range<usize>| text[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    // Days from civil (the inverse of the tool's conversion, written apart).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
+    secs as u64 * 1_000_000 + n(20..26) as u64
+}
+
+/// The transitions each side of the connection makes, in order.
+fn expected_lives() -> [(&'static str, Vec<(&'static str, &'static str)>); 3] {
+    [
+        ("listener", vec![("CLOSE", "LISTEN"), ("LISTEN", "CLOSE")]),
+        (
+            "client",
+            vec![
+                ("CLOSE", "SYN_SENT"),
+                ("SYN_SENT", "ESTABLISHED"),
+                ("ESTABLISHED", "FIN_WAIT1"),
+                ("FIN_WAIT1", "FIN_WAIT2"),
+                ("FIN_WAIT2", "CLOSE"),
+            ],
+        ),
+        (
+            "server",
+            vec![
+                ("LISTEN", "SYN_RECV"),
+                ("SYN_RECV", "ESTABLISHED"),
+                ("ESTABLISHED", "CLOSE_WAIT"),
+                ("CLOSE_WAIT", "LAST_ACK"),
+                ("LAST_ACK", "CLOSE"),
+            ],
+        ),
+    ]
+}
+
+/// Which side a record is: by its first transition's shape and ports.
+fn side(old: &str, new: &str, lport: u64, port: u16) -> &'static str {
+    match (old, new) {
+        ("CLOSE", "LISTEN") => "listener",
+        ("LISTEN", "CLOSE") if lport == u64::from(port) => "listener",
+        _ if lport == u64::from(port) => "server",
+        _ => "client",
+    }
+}
+
+#[test]
+fn json_lines_carry_every_field_of_real_traffic() {
+    let Some(_root) = root() else { return };
+    let start = micros_now();
+    let tracer = Tracer::start(&["-j", "-4"]);
+    let (port, client_port) = hostile_connection();
+    sleep(Duration::from_millis(300));
+    let (lines, _) = tracer.stop();
+    let end = micros_now();
+
+    let me = u64::from(std::process::id());
+    let mut lives: HashMap<&str, Vec<Value>> = HashMap::new();
+    let mut sockets: HashMap<String, &'static str> = HashMap::new();
+    let objects: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for (line, object) in lines.iter().zip(&objects) {
+        let o = object
+            .as_object()
+            .unwrap_or_else(|| panic!("not an object: {line}"));
+        let keys: Vec<&str> = o.keys().map(String::as_str).collect();
+        let mut sorted = vec![
+            "time",
+            "skaddr",
+            "pid",
+            "comm",
+            "owner_pid",
+            "owner_comm",
+            "owner_uid",
+            "family",
+            "laddr",
+            "lport",
+            "raddr",
+            "rport",
+            "oldstate",
+            "newstate",
+            "ms",
+            "netns",
+            "cgroup",
+        ];
+        assert_eq!(line.matches('\n').count(), 0);
+        let mut got = keys.clone();
+        got.sort_unstable();
+        sorted.sort_unstable();
+        assert_eq!(got, sorted, "{line}");
+        let (lport, rport) = (o["lport"].as_u64().unwrap(), o["rport"].as_u64().unwrap());
+        if lport != u64::from(port) && rport != u64::from(port) {
+            continue;
+        }
+        let (old, new) = (
+            o["oldstate"].as_str().unwrap(),
+            o["newstate"].as_str().unwrap(),
+        );
+        let skaddr = o["skaddr"].as_str().unwrap();
+        let who: &'static str = sockets
+            .entry(skaddr.to_owned())
+            .or_insert_with(|| side(old, new, lport, port));
+        lives.entry(who).or_default().push(object.clone());
+    }
+    let hostile = String::from_utf8_lossy(HOSTILE);
+    for (who, transitions) in expected_lives() {
+        let records = &lives[who];
+        let got: Vec<(&str, &str)> = records
+            .iter()
+            .map(|o| {
+                (
+                    o["oldstate"].as_str().unwrap(),
+                    o["newstate"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(got, transitions, "{who}");
+        for (i, o) in records.iter().enumerate() {
+            let time = iso_micros(o["time"].as_str().unwrap());
+            assert!((start..=end).contains(&time), "{who}: {o}");
+            assert!(u64::from_str_radix(o["skaddr"].as_str().unwrap(), 16).unwrap() > 0);
+            assert!(o["pid"].is_u64() && o["comm"].is_string(), "{o}");
+            for unknown in ["owner_pid", "owner_comm", "owner_uid", "cgroup"] {
+                assert!(o[unknown].is_null(), "{unknown}: {o}");
+            }
+            assert_eq!(o["family"], 4);
+            assert_eq!(o["netns"].as_u64(), Some(netns()), "{o}");
+            let (lport, rport) = match (who, i) {
+                ("listener", _) => (port, 0),
+                ("client", 0) => (0, port),
+                ("client", _) => (client_port, port),
+                ("server", 0) => (port, o["rport"].as_u64().unwrap() as u16),
+                _ => (port, client_port),
+            };
+            assert_eq!(
+                (o["lport"].as_u64(), o["rport"].as_u64()),
+                (Some(lport.into()), Some(rport.into())),
+                "{who}: {o}"
+            );
+            assert_eq!(o["laddr"], "127.0.0.1", "{o}");
+            let raddr = if who == "listener" {
+                "0.0.0.0"
+            } else {
+                "127.0.0.1"
+            };
+            if !(who == "server" && i == 0) {
+                assert_eq!(o["raddr"], raddr, "{o}");
+            }
+            if i == 0 {
+                assert!(
+                    o["ms"].is_null(),
+                    "a first transition's time is unknown: {o}"
+                );
+            } else {
+                let ms = o["ms"].as_f64().unwrap_or_else(|| panic!("{o}"));
+                assert!((0.0..10_000.0).contains(&ms), "{o}");
+            }
+        }
+        // listen() and connect() run in the hostile thread of this process.
+        if who != "server" {
+            assert_eq!(records[0]["pid"].as_u64(), Some(me), "{who}");
+            assert_eq!(records[0]["comm"].as_str(), Some(hostile.as_ref()), "{who}");
+        }
+    }
+    // The client's FIN_WAIT1 came after the 20 ms hold.
+    assert!(lives["client"][2]["ms"].as_f64().unwrap() >= 20.0);
+}
+
+/// A journald to test against: the host's when one listens, else one
+/// started here (and stopped by its pid when dropped).
+struct Journald {
+    started: Option<Child>,
+}
+
+fn journal_listens() -> bool {
+    UnixDatagram::unbound()
+        .and_then(|s| s.connect(JOURNAL))
+        .is_ok()
+}
+
+impl Journald {
+    fn get() -> Journald {
+        if journal_listens() {
+            return Journald { started: None };
+        }
+        let binary = "/lib/systemd/systemd-journald";
+        assert!(
+            Path::new(binary).exists(),
+            "{binary} is missing: apt-get install systemd"
+        );
+        std::fs::create_dir_all("/run/systemd/journal").unwrap();
+        let child = Command::new(binary)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let journald = Journald {
+            started: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !journal_listens() {
+            assert!(
+                Instant::now() < deadline,
+                "journald did not start listening"
+            );
+            sleep(Duration::from_millis(20));
+        }
+        journald
+    }
+}
+
+impl Drop for Journald {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.started {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A journal field's value from `journalctl -o json`: a string, or an
+/// array of bytes for a value that is not printable text.
+fn text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(bytes) => Some(
+            String::from_utf8_lossy(
+                &bytes
+                    .iter()
+                    .map(|b| b.as_u64().unwrap() as u8)
+                    .collect::<Vec<u8>>(),
+            )
+            .into_owned(),
+        ),
+        _ => None,
+    }
+}
+
+#[test]
+fn journal_entries_carry_bcc_fields_and_ours() {
+    let Some(_root) = root() else { return };
+    let _journald = Journald::get();
+    let start = micros_now();
+    let tracer = Tracer::start(&["-Y", "-4"]);
+    let (port, client_port) = hostile_connection();
+    sleep(Duration::from_millis(300));
+    let (lines, _) = tracer.stop();
+    let end = micros_now();
+    // The table still goes to stdout, as BCC's -Y does.
+    assert!(lines[0].starts_with("SKADDR "), "{}", lines[0]);
+
+    let read = || -> Vec<Value> {
+        let out = Command::new("journalctl")
+            .args(["-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=tcpstates"])
+            .arg(format!("--since=@{}", start / 1_000_000))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|e| {
+                [
+                    &e["OBJECT_TCP_SOURCE_PORT"],
+                    &e["OBJECT_TCP_DESTINATION_PORT"],
+                ]
+                .iter()
+                .any(|p| text(p).as_deref() == Some(&port.to_string()))
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut entries = read();
+    while entries.len() < 12 && Instant::now() < deadline {
+        sleep(Duration::from_millis(100));
+        entries = read();
+    }
+    assert_eq!(entries.len(), 12, "{entries:#?}");
+
+    let me = std::process::id().to_string();
+    let hostile = String::from_utf8_lossy(HOSTILE).into_owned();
+    let mut by_socket: HashMap<String, Vec<&Value>> = HashMap::new();
+    for e in &entries {
+        by_socket
+            .entry(text(&e["TCPSTATES_SKADDR"]).unwrap())
+            .or_default()
+            .push(e);
+    }
+    let mut seen = Vec::new();
+    for records in by_socket.values() {
+        let f = |e: &Value, k: &str| text(&e[k]);
+        let first = records[0];
+        let (old, new) = (
+            f(first, "OBJECT_TCP_OLD_STATE").unwrap(),
+            f(first, "OBJECT_TCP_NEW_STATE").unwrap(),
+        );
+        let lport: u64 = f(first, "OBJECT_TCP_SOURCE_PORT").unwrap().parse().unwrap();
+        let who = side(&old, &new, lport, port);
+        let expected = expected_lives()
+            .into_iter()
+            .find(|(w, _)| *w == who)
+            .unwrap()
+            .1;
+        let got: Vec<(String, String)> = records
+            .iter()
+            .map(|e| {
+                (
+                    f(e, "OBJECT_TCP_OLD_STATE").unwrap(),
+                    f(e, "OBJECT_TCP_NEW_STATE").unwrap(),
+                )
+            })
+            .collect();
+        let want: Vec<(String, String)> = expected
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        assert_eq!(got, want, "{who}");
+        seen.push(who);
+        for (i, e) in records.iter().enumerate() {
+            let get = |k: &str| f(e, k).unwrap_or_else(|| panic!("no {k}: {e}"));
+            assert_eq!(get("PRIORITY"), "5");
+            assert_eq!(get("SYSLOG_IDENTIFIER"), "tcpstates");
+            let (sport, dport) = match (who, i) {
+                ("listener", _) => (port, 0),
+                ("client", 0) => (0, port),
+                ("client", _) => (client_port, port),
+                ("server", 0) => (port, get("OBJECT_TCP_DESTINATION_PORT").parse().unwrap()),
+                _ => (port, client_port),
+            };
+            assert_eq!(get("OBJECT_TCP_SOURCE_PORT"), sport.to_string(), "{e}");
+            assert_eq!(get("OBJECT_TCP_DESTINATION_PORT"), dport.to_string(), "{e}");
+            assert_eq!(get("OBJECT_IPV4_SOURCE_ADDRESS"), "127.0.0.1");
+            let daddr = get("OBJECT_IPV4_DESTINATION_ADDRESS");
+            assert!(e["OBJECT_IPV6_SOURCE_ADDRESS"].is_null(), "{e}");
+            let comm = get("TCPSTATES_COMM");
+            assert_eq!(
+                get("MESSAGE"),
+                format!(
+                    "{comm} 127.0.0.1 {sport} → {daddr} {dport} {} → {}",
+                    get("OBJECT_TCP_OLD_STATE"),
+                    get("OBJECT_TCP_NEW_STATE")
+                )
+            );
+            let pid = get("OBJECT_PID");
+            assert!(pid.parse::<u32>().is_ok(), "{e}");
+            // Run as root: OBJECT_COMM is journald's to add (BCC's rule).
+            if let Some(comm) = f(e, "OBJECT_COMM") {
+                let proc_comm =
+                    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                assert_eq!(comm, proc_comm.trim_end(), "journald's own: {e}");
+            }
+            let usec: u64 = get("TCPSTATES_REALTIME_USEC").parse().unwrap();
+            assert!((start..=end).contains(&usec), "{e}");
+            assert_eq!(get("TCPSTATES_NETNS"), netns().to_string());
+            if i == 0 {
+                assert!(e["OBJECT_TCP_SPAN_TIME"].is_null(), "{e}");
+                assert_eq!(get("TCPSTATES_SPAN_NS"), "unknown");
+            } else {
+                let us: u64 = get("OBJECT_TCP_SPAN_TIME").parse().unwrap();
+                let ns: u64 = get("TCPSTATES_SPAN_NS").parse().unwrap();
+                assert_eq!(us, ns / 1000, "{e}");
+            }
+        }
+        if who != "server" {
+            assert_eq!(f(first, "OBJECT_PID").unwrap(), me, "{who}");
+            assert_eq!(f(first, "TCPSTATES_COMM").unwrap(), hostile, "{who}");
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, ["client", "listener", "server"]);
+}
+
+#[test]
+fn without_a_journal_it_says_which_socket_and_exits_1() {
+    let out = Command::new(BIN)
+        .arg("-Y")
+        .env("TCPSTATES_JOURNAL_SOCKET", "/nonexistent/journal/socket")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "tcpstates: -Y: no systemd journal listens at /nonexistent/journal/socket: "
+        ),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "nothing traced");
+}
