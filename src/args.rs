@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::config::{AttachMode, ReportFormat};
+use crate::config::{AttachMode, ReportFormat, STATE_NAMES};
 
 /// The EXAMPLES and COLUMNS block after the options in `--help`.
 pub const EXAMPLES: &str = "\
@@ -23,6 +23,10 @@ EXAMPLES:
     tcpstates -L 80,443        # only sockets with local port 80 or 443
     tcpstates -D 5432          # only sockets with remote port 5432
     tcpstates -6               # IPv6 sockets only
+    tcpstates --state CLOSE_WAIT       # only sockets entering or leaving CLOSE_WAIT
+    tcpstates --min-ms 200 -L 443      # only states held 200 ms or more, port 443
+    tcpstates --netns /run/netns/blue  # only one network namespace
+    tcpstates --count 100 --duration 60  # at most 100 lines, at most a minute
     tcpstates --attach tracepoint -v   # force an attach point, say what happened
 
 COLUMNS:
@@ -71,6 +75,27 @@ pub struct Args {
     #[arg(short = 'D', long = "remoteport", value_name = "PORTS", value_parser = parse_ports,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub remote_ports: Vec<Ports>,
+
+    /// Only transitions into or out of these states (names, any case): --state CLOSE_WAIT
+    #[arg(long = "state", value_name = "STATES", value_parser = parse_states,
+          action = ArgAction::Append)]
+    pub states: Vec<u32>,
+
+    /// Only transitions that left a state after at least MS milliseconds (its time known)
+    #[arg(long, value_name = "MS", value_parser = parse_min_ms, allow_hyphen_values = true)]
+    pub min_ms: Option<u64>,
+
+    /// Only sockets of this network namespace: its inode, or a file such as /run/netns/NAME
+    #[arg(long, value_name = "INODE|PATH", value_parser = parse_netns)]
+    pub netns: Option<u32>,
+
+    /// End after this many transitions (exit 0, counters reported as at Ctrl-C)
+    #[arg(long, value_name = "N", value_parser = parse_count, allow_hyphen_values = true)]
+    pub count: Option<u64>,
+
+    /// End after SECS seconds (exit 0, counters reported as at Ctrl-C)
+    #[arg(long, value_name = "SECS", value_parser = parse_duration, allow_hyphen_values = true)]
+    pub duration: Option<std::time::Duration>,
 
     /// Trace IPv4 sockets only
     #[arg(short = '4', long = "ipv4", conflicts_with = "ipv6")]
@@ -157,6 +182,75 @@ fn parse_in_range(item: &str, low: u32, high: u32, what: &str, a: &str) -> Resul
         Ok(n) => Err(format!("{what} {n} is out of range {low}-{high}")),
         Err(_) => Err(format!("'{item}' is not a {a}")),
     }
+}
+
+/// A comma list of state names (any case, `TCP_` optional) as a bit mask:
+/// bit n for state n.
+fn parse_states(text: &str) -> Result<u32, String> {
+    let mut mask = 0;
+    for item in text.split(',') {
+        let item = item.trim();
+        if item.is_empty() {
+            return Err(format!("empty item in state list '{text}'"));
+        }
+        let upper = item.to_ascii_uppercase();
+        let name = upper.strip_prefix("TCP_").unwrap_or(&upper);
+        let number = STATE_NAMES
+            .iter()
+            .position(|known| *known == name)
+            .ok_or_else(|| format!("'{item}' is not a TCP state ({})", STATE_NAMES.join(", ")))?;
+        mask |= 1 << (number + 1);
+    }
+    Ok(mask)
+}
+
+/// Milliseconds, a decimal number of at least 0, as nanoseconds.
+fn parse_min_ms(text: &str) -> Result<u64, String> {
+    let ms: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of milliseconds"))?;
+    if !ms.is_finite() || !(0.0..=1e12).contains(&ms) {
+        return Err(format!("{text} is not a number of milliseconds from 0"));
+    }
+    Ok((ms * 1e6).round() as u64)
+}
+
+/// A network namespace: an inode number, or a file whose inode it is
+/// (/proc/PID/ns/net, /run/netns/NAME).
+fn parse_netns(text: &str) -> Result<u32, String> {
+    if let Ok(inode) = text.parse::<u32>() {
+        return if inode > 0 {
+            Ok(inode)
+        } else {
+            Err("network namespace inode 0 does not exist".into())
+        };
+    }
+    let inode = std::os::unix::fs::MetadataExt::ino(
+        &std::fs::metadata(text)
+            .map_err(|e| format!("'{text}' is neither a namespace inode nor a file: {e}"))?,
+    );
+    u32::try_from(inode).map_err(|_| format!("{text}: inode {inode} is no namespace's"))
+}
+
+fn parse_count(text: &str) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!(
+            "'{text}' is not a count of transitions (1 or more)"
+        )),
+    }
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let secs: f64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    if !secs.is_finite() || secs <= 0.0 || secs > 1e9 {
+        return Err(format!("{text} is not a number of seconds above 0"));
+    }
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn parse_size(text: &str) -> Result<u32, String> {

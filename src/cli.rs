@@ -131,12 +131,17 @@ impl Args {
                 family,
                 local_ports: flatten(self.local_ports),
                 remote_ports: flatten(self.remote_ports),
+                states: self.states.iter().fold(0, |all, one| all | one),
+                min_duration_ns: self.min_ms,
+                netns: self.netns,
             },
             attach,
             btf: self.btf,
             max_sockets: self.max_sockets,
             ring_bytes: self.ring_buffer,
             journal: self.journal,
+            count: self.count,
+            duration: self.duration,
             verbose: self.verbose,
             report: self.report,
         }
@@ -202,6 +207,53 @@ mod tests {
             Format::Csv { times: both }
         );
         assert_eq!(config(&["--report", "kv"]).report, ReportFormat::Kv);
+    }
+
+    #[test]
+    fn state_duration_netns_filters_and_limits() {
+        let c = config(&["--state", "close_wait,TCP_LAST_ACK", "--state=LISTEN"]);
+        assert_eq!(c.filter.states, (1 << 8) | (1 << 9) | (1 << 10));
+        assert!(c.filter.tracks_in_kernel());
+        assert_eq!(
+            config(&["--min-ms", "2.5"]).filter.min_duration_ns,
+            Some(2_500_000)
+        );
+        assert_eq!(config(&["--min-ms", "0"]).filter.min_duration_ns, Some(0));
+        assert_eq!(
+            config(&["--netns", "4026531833"]).filter.netns,
+            Some(4026531833)
+        );
+        let own =
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata("/proc/self/ns/net").unwrap());
+        assert_eq!(
+            config(&["--netns", "/proc/self/ns/net"]).filter.netns,
+            Some(own as u32)
+        );
+        assert!(!config(&["--netns", "1"]).filter.tracks_in_kernel());
+        let c = config(&["--count", "3", "--duration", "1.5"]);
+        assert_eq!(
+            (c.count, c.duration),
+            (Some(3), Some(std::time::Duration::from_millis(1500)))
+        );
+    }
+
+    #[test]
+    fn rejects_bad_filters_and_limits() {
+        let state = rejected(&["--state", "FOO"]);
+        assert!(
+            state.contains("'FOO' is not a TCP state (ESTABLISHED, SYN_SENT"),
+            "{state}"
+        );
+        assert!(rejected(&["--state", "LISTEN,"]).contains("empty item"));
+        assert!(rejected(&["--min-ms", "-1"]).contains("from 0"));
+        assert!(rejected(&["--min-ms", "soon"]).contains("not a number of milliseconds"));
+        assert!(rejected(&["--netns", "0"]).contains("inode 0"));
+        assert!(
+            rejected(&["--netns", "/nonexistent"]).contains("neither a namespace inode nor a file")
+        );
+        assert!(rejected(&["--count", "0"]).contains("not a count"));
+        assert!(rejected(&["--duration", "0"]).contains("above 0"));
+        assert!(rejected(&["--duration", "-3"]).contains("above 0"));
     }
 
     #[test]

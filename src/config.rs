@@ -31,6 +31,10 @@ pub struct Config {
     pub ring_bytes: u32,
     /// `-Y`: also send each transition to the systemd journal.
     pub journal: bool,
+    /// `--count`: end after this many transitions.
+    pub count: Option<u64>,
+    /// `--duration`: end after this long.
+    pub duration: Option<std::time::Duration>,
     /// `-v`: say which attach point is used, show libbpf's log and report
     /// the counters periodically and at exit.
     pub verbose: bool,
@@ -50,6 +54,8 @@ impl Default for Config {
             max_sockets: None,
             ring_bytes: 4 << 20,
             journal: false,
+            count: None,
+            duration: None,
             verbose: false,
             report: ReportFormat::Text,
         }
@@ -114,7 +120,25 @@ pub enum Family {
     Ipv6,
 }
 
+/// The kernel's names of the TCP states without `TCP_`, state 1 first.
+pub const STATE_NAMES: [&str; 13] = [
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
+    "BOUND_INACTIVE",
+];
+
 /// What the kernel side keeps; everything else never reaches user space.
+/// Every filter given must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Only this family (None: both).
@@ -123,16 +147,29 @@ pub struct Filter {
     pub local_ports: Vec<u16>,
     /// Only sockets with one of these remote ports (empty: any), sorted.
     pub remote_ports: Vec<u16>,
+    /// Only transitions into or out of these states: bit n for state n
+    /// (0: any).
+    pub states: u32,
+    /// Only transitions that left a state after at least this many
+    /// nanoseconds (its time known).
+    pub min_duration_ns: Option<u64>,
+    /// Only sockets in the network namespace of this inode.
+    pub netns: Option<u32>,
 }
 
 impl Filter {
     /// Whether the kernel keeps each socket's last-transition time. With a
-    /// port filter it must: it drops transitions user space would need
-    /// (a client's local port is still 0 at CLOSE -> SYN_SENT). Without one,
-    /// user space sees every transition of the family and keeps the times
-    /// itself (src/durations.rs), which costs the traced host much less.
+    /// port, state or duration filter it must: it drops transitions user
+    /// space would need (a client's local port is still 0 at CLOSE ->
+    /// SYN_SENT; a kept transition's time starts at one the state filter
+    /// dropped), or needs the time itself. Without one, user space sees
+    /// every transition of the sockets kept and keeps the times itself
+    /// (src/durations.rs), which costs the traced host much less.
     pub fn tracks_in_kernel(&self) -> bool {
-        !self.local_ports.is_empty() || !self.remote_ports.is_empty()
+        !self.local_ports.is_empty()
+            || !self.remote_ports.is_empty()
+            || self.states != 0
+            || self.min_duration_ns.is_some()
     }
 }
 

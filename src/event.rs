@@ -5,6 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::bpf::types;
+use crate::config::STATE_NAMES;
 
 /// `struct event` as the skeleton generated it from `src/bpf/tcpstates.h`.
 pub(crate) type RawEvent = types::event;
@@ -67,23 +68,30 @@ impl TcpState {
 
     /// The kernel's name without the `TCP_` prefix, or `None` for an unknown number.
     pub fn name(self) -> Option<&'static str> {
+        STATE_NAMES
+            .get(self.number().checked_sub(1)? as usize)
+            .copied()
+    }
+
+    /// The kernel's number for the state.
+    pub fn number(self) -> i32 {
         use TcpState::*;
-        Some(match self {
-            Established => "ESTABLISHED",
-            SynSent => "SYN_SENT",
-            SynRecv => "SYN_RECV",
-            FinWait1 => "FIN_WAIT1",
-            FinWait2 => "FIN_WAIT2",
-            TimeWait => "TIME_WAIT",
-            Close => "CLOSE",
-            CloseWait => "CLOSE_WAIT",
-            LastAck => "LAST_ACK",
-            Listen => "LISTEN",
-            Closing => "CLOSING",
-            NewSynRecv => "NEW_SYN_RECV",
-            BoundInactive => "BOUND_INACTIVE",
-            Unknown(_) => return None,
-        })
+        match self {
+            Established => 1,
+            SynSent => 2,
+            SynRecv => 3,
+            FinWait1 => 4,
+            FinWait2 => 5,
+            TimeWait => 6,
+            Close => 7,
+            CloseWait => 8,
+            LastAck => 9,
+            Listen => 10,
+            Closing => 11,
+            NewSynRecv => 12,
+            BoundInactive => 13,
+            Unknown(n) => n,
+        }
     }
 }
 
@@ -297,6 +305,13 @@ pub(crate) mod tests {
         let mut bytes = vec![0u8];
         bytes.extend(bytes_of(&raw_v4()));
         assert_eq!(Event::decode(&bytes[1..]).unwrap().lport, 48792);
+    }
+
+    #[test]
+    fn numbers_round_trip() {
+        for n in -2..20 {
+            assert_eq!(TcpState::from_raw(n).number(), n);
+        }
     }
 
     #[test]

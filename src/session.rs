@@ -45,18 +45,24 @@ fn stream(config: &Config) -> Result<()> {
             tracer.store().describe()
         );
     }
-    let mut reader = Reader::new(Decoder::for_config(config));
+    let mut reader = Reader::new(Decoder::for_config(config), config.count);
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
     sink.start();
 
     let mut ring = tracer.ring_reader()?;
-    let mut last_report = Instant::now();
-    while !signals::stop_requested() && !sink.closed() {
+    let started = Instant::now();
+    let mut last_report = started;
+    let deadline = config.duration.map(|d| started + d);
+    while !signals::stop_requested() && !sink.closed() && !reader.done() {
+        let now = Instant::now();
+        if deadline.is_some_and(|end| now >= end) {
+            break;
+        }
         // A wait ends when the kernel wakes us or the interval ends; either
         // way, read everything waiting: with batched wakeups, events below
         // the batch size are read only here.
-        ring.wait(POLL_INTERVAL)
-            .context("waiting on the ring buffer")?;
+        let wait = deadline.map_or(POLL_INTERVAL, |end| (end - now).min(POLL_INTERVAL));
+        ring.wait(wait).context("waiting on the ring buffer")?;
         ring.consume(|data| reader.accept(data, sink.as_mut()));
         sink.tick();
         if config.verbose && last_report.elapsed() >= VERBOSE_REPORT_EVERY {
@@ -67,7 +73,7 @@ fn stream(config: &Config) -> Result<()> {
     // Detach first, so that the drain below hands on everything the kernel
     // sent and the counters read after it are final.
     tracer.detach();
-    if !sink.closed() {
+    if !sink.closed() && !reader.done() {
         ring.consume(|data| reader.accept(data, sink.as_mut()));
     }
     drop(ring);
@@ -100,19 +106,28 @@ fn report(format: ReportFormat, stats: &Stats) {
 struct Reader {
     decoder: Decoder,
     counts: ReaderCounts,
+    /// `--count`: hand over at most this many events.
+    limit: Option<u64>,
 }
 
 impl Reader {
-    fn new(decoder: Decoder) -> Self {
+    fn new(decoder: Decoder, limit: Option<u64>) -> Self {
         Self {
             decoder,
             counts: ReaderCounts::default(),
+            limit,
         }
     }
 
-    /// Takes one ring buffer record; breaks once an output is gone.
+    /// Whether `--count` events were handed over.
+    fn done(&self) -> bool {
+        self.limit.is_some_and(|limit| self.counts.printed >= limit)
+    }
+
+    /// Takes one ring buffer record; breaks once an output is gone or the
+    /// count is reached.
     fn accept(&mut self, data: &[u8], sink: &mut dyn Sink) -> ControlFlow<()> {
-        if sink.closed() {
+        if sink.closed() || self.done() {
             return ControlFlow::Break(());
         }
         match self.decoder.decode(data) {

@@ -268,6 +268,10 @@ fn configure(
         Some(Family::Ipv4) => libc::AF_INET as u16,
         Some(Family::Ipv6) => libc::AF_INET6 as u16,
     };
+    rodata.target_netns = filter.netns.unwrap_or(0);
+    rodata.state_mask = filter.states;
+    // 0 means no filter: a threshold of 0 still drops unknown times.
+    rodata.min_delta_ns = filter.min_duration_ns.map_or(0, |ns| ns.max(1));
     rodata.filter_sport = !filter.local_ports.is_empty();
     rodata.filter_dport = !filter.remote_ports.is_empty();
     rodata.wakeup_bytes = wakeup_bytes;

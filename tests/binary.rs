@@ -596,3 +596,53 @@ fn a_pipe_whose_reader_left_ends_the_run_without_traffic() {
     assert_eq!(stderr, "Tracing tcpstates ... Hit Ctrl-C to end\n");
     eprintln!("ended {took:?} after the reader left");
 }
+
+/// `--count N` prints N transitions and ends; `--duration` ends the run on
+/// a quiet host; both exit 0 and report as Ctrl-C does.
+#[test]
+fn run_limits_end_the_run() {
+    let Some(_root) = root() else { return };
+    let tracer = Tracing::start(BIN, &["--count", "3", "-4", "-v", "--report", "kv"], HEADER);
+    let conn = connect(false);
+    drop((conn.client, conn.server, conn.listener));
+    let mut tracer = tracer;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = tracer.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "--count 3 did not end the run");
+        sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+    while let Ok(line) = tracer.lines.recv_timeout(Duration::from_secs(2)) {
+        tracer.seen.push(line);
+    }
+    assert_eq!(tracer.seen.len(), 1 + 3, "{:?}", tracer.seen);
+    let mut stderr = String::new();
+    tracer
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(
+        last_counters(&stderr).expect("counters at exit")["printed"],
+        3,
+        "{stderr}"
+    );
+
+    let started = Instant::now();
+    let out = Command::new(BIN)
+        .args(["--duration", "0.5", "-6", "-L", "9"])
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(text(&out.stdout).lines().next(), Some(HEADER));
+}

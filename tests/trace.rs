@@ -700,3 +700,155 @@ fn json_lines_of_real_events() {
         }
     }
 }
+
+/// `--state CLOSE_WAIT`: only transitions into or out of it, with the time
+/// in the state left known although the transition before was dropped.
+#[test]
+fn state_filter_keeps_transitions_into_or_out_of_its_states() {
+    let Some(_root) = root() else { return };
+    let close_wait = 1 << 8;
+    assert_eq!(CloseWait.name(), Some("CLOSE_WAIT"));
+    let mut capture = Capture::start(&opts(
+        test_attach(),
+        Filter {
+            states: close_wait,
+            ..Filter::default()
+        },
+    ));
+    let conn = connect(false);
+    let port = conn.port;
+    sleep(HOLD);
+    drop(conn.client);
+    read_to_eof(&conn.server);
+    drop((conn.server, conn.listener));
+    let events = capture.wait_until("CLOSE_WAIT -> LAST_ACK", |ev| {
+        lives(ev, port)
+            .iter()
+            .any(|l| l.transitions().contains(&(CloseWait, LastAck)))
+    });
+    assert!(
+        events
+            .iter()
+            .all(|e| e.old == CloseWait || e.new == CloseWait),
+        "{}",
+        dump(&events)
+    );
+    let mine = lives(&events, port);
+    assert_eq!(mine.len(), 1, "{}", dump(&events));
+    assert_eq!(
+        mine[0].transitions(),
+        [(Established, CloseWait), (CloseWait, LastAck)]
+    );
+    // The time in ESTABLISHED starts at SYN_RECV -> ESTABLISHED, dropped here.
+    at_least_hold(&mine[0].events[0]);
+    assert!(mine[0].events[1].duration_ns.is_some());
+}
+
+/// `--min-ms`: only states held at least that long; unknown times never.
+#[test]
+fn min_duration_filter_keeps_only_long_states() {
+    let Some(_root) = root() else { return };
+    // Long beside what the other transitions take, even under emulation.
+    let hold = Duration::from_millis(300);
+    let min = hold.as_nanos() as u64 * 2 / 3;
+    let mut capture = Capture::start(&opts(
+        test_attach(),
+        Filter {
+            min_duration_ns: Some(min),
+            ..Filter::default()
+        },
+    ));
+    let conn = connect(true);
+    let port = conn.port;
+    sleep(hold);
+    drop(conn.client);
+    read_to_eof(&conn.server);
+    drop((conn.server, conn.listener));
+    let events = capture.wait_until("the listener's close", |ev| {
+        lives(ev, port)
+            .iter()
+            .any(|l| l.transitions().contains(&(Listen, Close)))
+    });
+    for e in &events {
+        assert!(e.duration_ns.is_some_and(|d| d >= min), "{}", dump(&events));
+    }
+    let mut kept: Vec<_> = lives(&events, port)
+        .iter()
+        .flat_map(|l| l.transitions())
+        .collect();
+    kept.sort_by_key(|(old, new)| (old.number(), new.number()));
+    assert_eq!(
+        kept,
+        [
+            (Established, FinWait1),
+            (Established, CloseWait),
+            (Listen, Close)
+        ],
+        "{}",
+        dump(&events)
+    );
+}
+
+/// Brings up loopback in this thread's network namespace.
+fn loopback_up() {
+    // SAFETY: a datagram socket and an ifreq we own, zeroed (valid), named
+    // "lo"; the ioctls read and write only that ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0);
+        assert!(fd >= 0);
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        assert_eq!(libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req), 0);
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        assert_eq!(libc::ioctl(fd, libc::SIOCSIFFLAGS, &mut req), 0);
+        libc::close(fd);
+    }
+}
+
+/// `--netns`: a connection in a network namespace made here is kept, one
+/// in this process's namespace is not.
+#[test]
+fn netns_filter_keeps_one_namespace() {
+    let Some(_root) = root() else { return };
+    use std::os::unix::fs::MetadataExt;
+    use std::sync::mpsc;
+    // A thread in a namespace of its own: it reports the inode, waits for
+    // the tracer, then makes a connection there.
+    let (inode_tx, inode_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let inside = std::thread::spawn(move || {
+        // SAFETY: unshare only changes this thread's namespaces.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare");
+        loopback_up();
+        let inode = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+        inode_tx.send(inode as u32).unwrap();
+        go_rx.recv().unwrap();
+        let conn = connect(false);
+        drop(conn.client);
+        read_to_eof(&conn.server);
+        drop((conn.server, conn.listener));
+        conn.port
+    });
+    let inode = inode_rx.recv().unwrap();
+    let mut capture = Capture::start(&opts(
+        test_attach(),
+        Filter {
+            netns: Some(inode),
+            ..Filter::default()
+        },
+    ));
+    go_tx.send(()).unwrap();
+    let outside = connect(false);
+    let port = inside.join().unwrap();
+    drop((outside.client, outside.server, outside.listener));
+    let events = capture.wait_until("the namespace's sockets", |ev| all_closed(ev, port, 3));
+    assert!(events.iter().all(|e| e.netns == inode), "{}", dump(&events));
+    // (Two namespaces may hand out the same port: then there is nothing
+    // more to tell apart.)
+    if outside.port != port {
+        assert!(lives(&events, outside.port).is_empty(), "{}", dump(&events));
+    }
+    assert_eq!(lives(&events, port).len(), 3, "{}", dump(&events));
+}

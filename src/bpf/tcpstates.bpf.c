@@ -31,6 +31,13 @@
 const volatile __u16 target_family = 0;
 const volatile bool filter_sport = false;
 const volatile bool filter_dport = false;
+/* Only sockets of this network namespace (its inode; 0: any). */
+const volatile __u32 target_netns = 0;
+/* Only transitions into or out of these states (bit n: state n; 0: any). */
+const volatile __u32 state_mask = 0;
+/* Only transitions that left a state after at least this long (0: any);
+ * needs track_sockets. */
+const volatile __u64 min_delta_ns = 0;
 /*
  * 0: wake the reader for every event it is waiting for (a terminal sees each
  * line at once). N: wake it only once N bytes are waiting; it also polls on
@@ -267,6 +274,12 @@ static __always_inline void current_task(struct event *e)
 	}
 }
 
+/* The bit of `state` in state_mask; none for a number out of its range. */
+static __always_inline __u32 state_bit(int state)
+{
+	return state >= 0 && state < 32 ? 1u << state : 0;
+}
+
 /*
  * Common path. `e` holds skaddr, states, family, ports, addresses and netns;
  * the rest is filled here. `sk` is the socket as a BTF pointer (tp_btf), or
@@ -281,11 +294,16 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 		return 0;
 	if (target_family && e->family != target_family)
 		return 0;
+	/* A socket's namespace never changes: its times are not needed. */
+	if (target_netns && e->netns != target_netns)
+		return 0;
 
 	/*
-	 * Bookkeeping comes before the port filters: a client's local port is
-	 * 0 at CLOSE -> SYN_SENT, and a socket filtered out then must still
-	 * have its time recorded for the transitions that do match later.
+	 * Bookkeeping comes before the port and state filters: a client's
+	 * local port is 0 at CLOSE -> SYN_SENT, and a socket filtered out then
+	 * must still have its time recorded for the transitions that do match
+	 * later; a transition kept for its state needs the time of the one
+	 * before it, which the filter may have dropped.
 	 */
 	now = bpf_ktime_get_ns();
 	if (track_sockets) {
@@ -298,6 +316,13 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 	if (filter_sport && !bpf_map_lookup_elem(&sports, &e->sport))
 		return 0;
 	if (filter_dport && !bpf_map_lookup_elem(&dports, &e->dport))
+		return 0;
+	if (state_mask && !(state_mask & (state_bit(e->oldstate) |
+					  state_bit(e->newstate))))
+		return 0;
+	/* An unknown time is not known to be long enough. */
+	if (min_delta_ns && ((e->flags & EVENT_F_DURATION_UNKNOWN) ||
+			     e->delta_ns < min_delta_ns))
 		return 0;
 
 	e->ts_ns = now;
