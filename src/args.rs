@@ -18,6 +18,7 @@ EXAMPLES:
     tcpstates -t               # add a seconds-since-first-event column
     tcpstates -w               # wide columns, fits IPv6 addresses
     tcpstates -s               # comma-separated values
+    tcpstates -x               # the socket's owner, netns and cgroup too
     tcpstates -j | jq .        # JSON lines
     tcpstates -Y               # also log each transition to the systemd journal
     tcpstates -L 80,443        # only sockets with local port 80 or 443
@@ -58,8 +59,12 @@ pub struct Args {
     #[arg(short = 's', long)]
     pub csv: bool,
 
+    /// Extended: the socket owner's PID, COMM and UID, the netns and the cgroup as columns
+    #[arg(short = 'x', long)]
+    pub extended: bool,
+
     /// JSON lines: one object per transition (fields in the README)
-    #[arg(short = 'j', long, conflicts_with_all = ["csv", "time", "timestamp", "wide"])]
+    #[arg(short = 'j', long, conflicts_with_all = ["csv", "time", "timestamp", "wide", "extended"])]
     pub json: bool,
 
     /// Also log each transition to the systemd journal (BCC's fields)

@@ -114,14 +114,16 @@ impl Args {
             clock: self.time,
             elapsed: self.timestamp,
         };
+        let extended = self.extended;
         let format = if self.json {
             Format::Json
         } else if self.csv {
-            Format::Csv { times }
+            Format::Csv { times, extended }
         } else {
             Format::Table {
                 times,
                 wide: self.wide,
+                extended,
             }
         };
         Config {
@@ -196,7 +198,8 @@ mod tests {
             c.format,
             Format::Table {
                 times: both,
-                wide: true
+                wide: true,
+                extended: false
             }
         );
         assert_eq!(c.filter.family, Some(Family::Ipv4));
@@ -204,7 +207,10 @@ mod tests {
         assert_eq!(config(&["--ipv6"]).filter.family, Some(Family::Ipv6));
         assert_eq!(
             config(&["-s", "-T", "-t"]).format,
-            Format::Csv { times: both }
+            Format::Csv {
+                times: both,
+                extended: false
+            }
         );
         assert_eq!(config(&["--report", "kv"]).report, ReportFormat::Kv);
     }

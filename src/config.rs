@@ -42,6 +42,19 @@ pub struct Config {
     pub report: ReportFormat,
 }
 
+impl Config {
+    /// Whether an output shows sockets' owners (`-x`, `-j`, `-Y`): the
+    /// program then sends each transition's task uid and cgroup, and the
+    /// reader keeps each socket's owner.
+    pub fn collects_owners(&self) -> bool {
+        self.journal
+            || match self.format {
+                Format::Table { extended, .. } | Format::Csv { extended, .. } => extended,
+                Format::Json => true,
+            }
+    }
+}
+
 impl Default for Config {
     /// The command line's defaults.
     fn default() -> Self {
@@ -92,11 +105,15 @@ pub enum Format {
         times: TimeColumns,
         /// `-w`: an IP version column and room for IPv6 addresses.
         wide: bool,
+        /// `-x`: the owner's columns, the netns and the cgroup.
+        extended: bool,
     },
     /// `-s`: comma-separated values (always with the IP version column).
     Csv {
         /// Time columns.
         times: TimeColumns,
+        /// `-x`: the owner's columns, the netns and the cgroup.
+        extended: bool,
     },
     /// `-j`: one JSON object per line (always with the event's time).
     Json,
@@ -107,6 +124,7 @@ impl Default for Format {
         Format::Table {
             times: TimeColumns::default(),
             wide: false,
+            extended: false,
         }
     }
 }

@@ -135,6 +135,42 @@ pub struct Event {
     pub new: TcpState,
     /// The per-socket map had no room for this socket.
     pub map_full: bool,
+    /// Uid of the task on the CPU (0 unless owners are collected).
+    pub uid: u32,
+    /// cgroup v2 id of the task on the CPU (0 unless owners are collected).
+    pub cgroup_id: u64,
+    /// The socket's owner, when known (see [`Owner`]).
+    pub owner: Option<Owner>,
+    /// The owner's cgroup v2 path under the cgroup mount, when known.
+    pub cgroup: Option<std::sync::Arc<str>>,
+}
+
+/// The process that owns a socket: the one that last changed its state in
+/// process context (connect, listen, close, shutdown); for a passive child
+/// until then, its listener's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// Thread group id.
+    pub pid: u32,
+    /// Real uid.
+    pub uid: u32,
+    /// cgroup v2 id (the inode of its folder under the cgroup mount).
+    pub cgroup_id: u64,
+    /// Task name, NUL padded.
+    pub comm: [u8; 16],
+}
+
+impl Owner {
+    /// The name, up to its first NUL, with invalid UTF-8 replaced.
+    pub fn comm(&self) -> Cow<'_, str> {
+        String::from_utf8_lossy(self.comm_bytes())
+    }
+
+    /// The name's bytes, up to its first NUL.
+    pub fn comm_bytes(&self) -> &[u8] {
+        let len = self.comm.iter().position(|&b| b == 0).unwrap_or(16);
+        &self.comm[..len]
+    }
 }
 
 /// Why a record from the kernel could not be decoded.
@@ -200,7 +236,22 @@ impl Event {
             old: TcpState::from_raw(raw.oldstate),
             new: TcpState::from_raw(raw.newstate),
             map_full: raw.flags & FLAG_MAP_FULL != 0,
+            uid: raw.uid,
+            cgroup_id: raw.cgroup_id,
+            owner: None,
+            cgroup: None,
         })
+    }
+
+    /// The task on the CPU as an owner: what a process-context transition
+    /// says of the socket's.
+    pub fn current_as_owner(&self) -> Owner {
+        Owner {
+            pid: self.pid,
+            uid: self.uid,
+            cgroup_id: self.cgroup_id,
+            comm: self.comm,
+        }
     }
 
     /// The task name, up to its first NUL, with invalid UTF-8 replaced.

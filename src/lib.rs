@@ -22,6 +22,7 @@
 
 mod args;
 pub mod batching;
+pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;

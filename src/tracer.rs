@@ -281,6 +281,7 @@ fn configure(
     rodata.track_sockets = store != KernelStore::None;
     rodata.use_sk_storage = store == KernelStore::SocketLocal;
     rodata.has_task_btf = host::has_tracing_5_11();
+    rodata.collect_owner = config.collects_owners();
 
     let maps = &mut open.maps;
     maps.events

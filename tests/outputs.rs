@@ -108,6 +108,21 @@ impl Tracer {
     }
 }
 
+/// This process's cgroup v2 path, where cgroup2 is mounted.
+fn own_cgroup() -> Option<String> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    mounts
+        .lines()
+        .any(|l| l.split(' ').nth(2) == Some("cgroup2"))
+        .then(|| {
+            let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+            mine.lines()
+                .find_map(|l| l.strip_prefix("0::"))
+                .unwrap()
+                .to_owned()
+        })
+}
+
 /// The network namespace inode of this process.
 fn netns() -> u64 {
     std::fs::metadata("/proc/self/ns/net").unwrap().ino()
@@ -249,8 +264,14 @@ fn json_lines_carry_every_field_of_real_traffic() {
             assert!((start..=end).contains(&time), "{who}: {o}");
             assert!(u64::from_str_radix(o["skaddr"].as_str().unwrap(), 16).unwrap() > 0);
             assert!(o["pid"].is_u64() && o["comm"].is_string(), "{o}");
-            for unknown in ["owner_pid", "owner_comm", "owner_uid", "cgroup"] {
-                assert!(o[unknown].is_null(), "{unknown}: {o}");
+            // The hostile thread made, accepted and closed every socket:
+            // it owns them all, softirq's transitions included.
+            assert_eq!(o["owner_pid"].as_u64(), Some(me), "{o}");
+            assert_eq!(o["owner_comm"].as_str(), Some(hostile.as_ref()), "{o}");
+            assert_eq!(o["owner_uid"].as_u64(), Some(0), "{o}");
+            match own_cgroup() {
+                Some(path) => assert_eq!(o["cgroup"].as_str(), Some(path.as_str()), "{o}"),
+                None => assert!(o["cgroup"].is_null(), "{o}"),
             }
             assert_eq!(o["family"], 4);
             assert_eq!(o["netns"].as_u64(), Some(netns()), "{o}");
@@ -481,6 +502,10 @@ fn journal_entries_carry_bcc_fields_and_ours() {
             let usec: u64 = get("TCPSTATES_REALTIME_USEC").parse().unwrap();
             assert!((start..=end).contains(&usec), "{e}");
             assert_eq!(get("TCPSTATES_NETNS"), netns().to_string());
+            assert_eq!(get("TCPSTATES_OWNER_PID"), me);
+            assert_eq!(get("TCPSTATES_OWNER_COMM"), hostile);
+            assert_eq!(get("TCPSTATES_OWNER_UID"), "0");
+            assert_eq!(f(e, "TCPSTATES_CGROUP"), own_cgroup(), "{e}");
             if i == 0 {
                 assert!(e["OBJECT_TCP_SPAN_TIME"].is_null(), "{e}");
                 assert_eq!(get("TCPSTATES_SPAN_NS"), "unknown");

@@ -38,6 +38,9 @@ const volatile __u32 state_mask = 0;
 /* Only transitions that left a state after at least this long (0: any);
  * needs track_sockets. */
 const volatile __u64 min_delta_ns = 0;
+/* Whether each event carries the current task's uid and cgroup, from which
+ * user space keeps the sockets' owners (-x, -j, -Y). */
+const volatile bool collect_owner = false;
 /*
  * 0: wake the reader for every event it is waiting for (a terminal sees each
  * line at once). N: wake it only once N bytes are waiting; it also polls on
@@ -327,6 +330,10 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 
 	e->ts_ns = now;
 	current_task(e);
+	if (collect_owner) {
+		e->uid = (__u32)bpf_get_current_uid_gid();
+		e->cgroup_id = bpf_get_current_cgroup_id();
+	}
 
 	sent = count(COUNTER_EVENTS);
 	if (wakeup_bytes)

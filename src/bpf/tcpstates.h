@@ -71,7 +71,11 @@ struct event {
 	/* IPv4 addresses use the first 4 bytes; network byte order. */
 	__u8 saddr[16];
 	__u8 daddr[16];
-	__u32 __pad1;
+	/* With collect_owner: the current task's uid and cgroup v2 id, so user
+	 * space can keep each socket's owner from its process-context
+	 * transitions. 0 otherwise. */
+	__u32 uid;
+	__u64 cgroup_id;
 };
 
 #endif /* TCPSTATES_H */

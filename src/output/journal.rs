@@ -121,6 +121,15 @@ pub fn write_entry(out: &mut Vec<u8>, ev: &Event, unix_ns: i128, object_comm: bo
         Some(ns) => number(out, "TCPSTATES_SPAN_NS", ns),
         None => field(out, "TCPSTATES_SPAN_NS", b"unknown"),
     }
+    // The owner, when known; absent otherwise.
+    if let Some(owner) = &ev.owner {
+        number(out, "TCPSTATES_OWNER_PID", owner.pid.into());
+        field(out, "TCPSTATES_OWNER_COMM", owner.comm().as_bytes());
+        number(out, "TCPSTATES_OWNER_UID", owner.uid.into());
+    }
+    if let Some(path) = &ev.cgroup {
+        field(out, "TCPSTATES_CGROUP", path.as_bytes());
+    }
 }
 
 fn push_state(out: &mut Vec<u8>, state: TcpState) {

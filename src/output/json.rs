@@ -4,7 +4,8 @@
 //! Pure, like the table: appends to a byte buffer, allocating nothing per
 //! event (a task name that is not valid UTF-8 aside). The fields, in this
 //! order, are documented in the README; a value that is not known is
-//! `null`, never a stand-in.
+//! `null`, never a stand-in (the owner, until the socket's process is
+//! seen in process context; the cgroup, where there is no cgroup v2).
 
 use super::LineFormat;
 use super::number::{push_hex, push_ip, push_micros, push_two_digits, push_u64};
@@ -35,8 +36,19 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event, time: Utc) {
     push_u64(out, ev.pid.into());
     out.extend_from_slice(b",\"comm\":");
     push_json_string(out, ev.comm_bytes());
-    // The socket's owner is not kept yet: unknown, as the schema allows.
-    out.extend_from_slice(b",\"owner_pid\":null,\"owner_comm\":null,\"owner_uid\":null");
+    match &ev.owner {
+        Some(owner) => {
+            out.extend_from_slice(b",\"owner_pid\":");
+            push_u64(out, owner.pid.into());
+            out.extend_from_slice(b",\"owner_comm\":");
+            push_json_string(out, owner.comm_bytes());
+            out.extend_from_slice(b",\"owner_uid\":");
+            push_u64(out, owner.uid.into());
+        }
+        None => {
+            out.extend_from_slice(b",\"owner_pid\":null,\"owner_comm\":null,\"owner_uid\":null")
+        }
+    }
     out.extend_from_slice(b",\"family\":");
     out.push(b'0' + ev.ip_version());
     out.extend_from_slice(b",\"laddr\":\"");
@@ -58,7 +70,12 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event, time: Utc) {
     }
     out.extend_from_slice(b",\"netns\":");
     push_u64(out, ev.netns.into());
-    out.extend_from_slice(b",\"cgroup\":null}\n");
+    out.extend_from_slice(b",\"cgroup\":");
+    match &ev.cgroup {
+        Some(path) => push_json_string(out, path.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b"}\n");
 }
 
 /// `2026-11-29T23:59:58.123456Z`.
@@ -176,6 +193,29 @@ mod tests {
              \"owner_uid\":null,\"family\":4,\"laddr\":\"127.0.0.1\",\"lport\":48792,\
              \"raddr\":\"10.1.2.3\",\"rport\":80,\"oldstate\":\"SYN_SENT\",\
              \"newstate\":\"ESTABLISHED\",\"ms\":0.271,\"netns\":4026531840,\"cgroup\":null}\n"
+        );
+    }
+
+    #[test]
+    fn a_known_owner_and_cgroup() {
+        let mut ev = v4();
+        let mut comm = [0; 16];
+        comm[..5].copy_from_slice(b"nginx");
+        ev.owner = Some(crate::event::Owner {
+            pid: 77,
+            uid: 33,
+            cgroup_id: 9,
+            comm,
+        });
+        ev.cgroup = Some("/system.slice/nginx \"x\".service".into());
+        let text = line(&ev);
+        assert!(
+            text.contains("\"owner_pid\":77,\"owner_comm\":\"nginx\",\"owner_uid\":33,"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with(",\"cgroup\":\"/system.slice/nginx \\\"x\\\".service\"}\n"),
+            "{text}"
         );
     }
 

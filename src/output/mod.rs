@@ -58,14 +58,18 @@ pub fn build(config: &Config, stdout: io::Stdout, batching: Batching) -> Result<
     // A second descriptor of stdout, to watch for a reader that left.
     let watch = stdout.as_fd().try_clone_to_owned().ok();
     let mut sinks: Vec<Box<dyn Sink>> = match config.format {
-        Format::Table { times, wide } => vec![Box::new(LineSink::new(
-            table::Formatter::table(times, wide),
+        Format::Table {
+            times,
+            wide,
+            extended,
+        } => vec![Box::new(LineSink::new(
+            table::Formatter::table(times, wide, extended),
             stdout,
             batching,
             watch,
         )?)],
-        Format::Csv { times } => vec![Box::new(LineSink::new(
-            table::Formatter::csv(times),
+        Format::Csv { times, extended } => vec![Box::new(LineSink::new(
+            table::Formatter::csv(times, extended),
             stdout,
             batching,
             watch,

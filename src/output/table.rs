@@ -12,8 +12,8 @@ use crate::clock::{EventClock, WallClock};
 use crate::config::TimeColumns;
 use crate::event::{Event, TcpState};
 
-/// Printed in the MS column when the time in the old state is not known.
-pub const UNKNOWN_DURATION: &str = "-";
+/// Printed in a column whose value is not known (MS, the owner's).
+pub const UNKNOWN: &str = "-";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Field {
@@ -31,6 +31,11 @@ enum Field {
     Arrow,
     New,
     Ms,
+    OwnerPid,
+    OwnerComm,
+    Uid,
+    Netns,
+    Cgroup,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -63,17 +68,17 @@ pub struct Formatter {
 }
 
 impl Formatter {
-    /// BCC's aligned columns (`-w`: wide).
-    pub fn table(times: TimeColumns, wide: bool) -> Self {
-        Self::new(times, wide, false)
+    /// BCC's aligned columns (`-w`: wide; `-x`: extended).
+    pub fn table(times: TimeColumns, wide: bool, extended: bool) -> Self {
+        Self::new(times, wide, extended, false)
     }
 
-    /// Comma-separated values.
-    pub fn csv(times: TimeColumns) -> Self {
-        Self::new(times, false, true)
+    /// Comma-separated values (`-x`: extended).
+    pub fn csv(times: TimeColumns, extended: bool) -> Self {
+        Self::new(times, false, extended, true)
     }
 
-    fn new(times: TimeColumns, wide: bool, csv: bool) -> Self {
+    fn new(times: TimeColumns, wide: bool, extended: bool, csv: bool) -> Self {
         let mut columns = Vec::new();
         if times.clock {
             columns.push(col(Field::Time, "TIME", 8));
@@ -91,6 +96,16 @@ impl Formatter {
                 ..col(Field::Comm, "C-COMM", if wide { 16 } else { 10 })
             },
         ]);
+        if extended {
+            columns.extend([
+                col(Field::OwnerPid, "O-PID", 7),
+                Column {
+                    truncate: true,
+                    ..col(Field::OwnerComm, "O-COMM", if wide { 16 } else { 10 })
+                },
+                col(Field::Uid, "UID", 5),
+            ]);
+        }
         if wide || csv {
             columns.push(col(Field::Ip, "IP", 2));
         }
@@ -104,7 +119,16 @@ impl Formatter {
         if !csv {
             columns.push(col(Field::Arrow, "->", 2));
         }
-        columns.extend([col(Field::New, "NEWSTATE", 11), col(Field::Ms, "MS", 0)]);
+        columns.push(col(Field::New, "NEWSTATE", 11));
+        if extended {
+            columns.extend([
+                col(Field::Ms, "MS", 9),
+                col(Field::Netns, "NETNS", 10),
+                col(Field::Cgroup, "CGROUP", 0),
+            ]);
+        } else {
+            columns.push(col(Field::Ms, "MS", 0));
+        }
         Self {
             csv,
             local_time: times.clock,
@@ -136,7 +160,7 @@ impl Formatter {
             Field::Skaddr => push_hex(out, ev.skaddr),
             Field::Pid => push_u64(out, ev.pid.into()),
             Field::Comm if csv => push_csv_text(out, &ev.comm()),
-            Field::Comm => push_comm(out, ev),
+            Field::Comm => push_name(out, ev.comm_bytes()),
             Field::Ip => out.push(b'0' + ev.ip_version()),
             Field::Laddr => push_ip(out, ev.laddr),
             Field::Lport => push_u64(out, ev.lport.into()),
@@ -147,7 +171,26 @@ impl Formatter {
             Field::New => push_state(out, ev.new),
             Field::Ms => match ev.duration_ns {
                 Some(ns) => push_micros(out, ns, 3),
-                None => out.extend_from_slice(UNKNOWN_DURATION.as_bytes()),
+                None => out.extend_from_slice(UNKNOWN.as_bytes()),
+            },
+            Field::OwnerPid => match &ev.owner {
+                Some(owner) => push_u64(out, owner.pid.into()),
+                None => out.extend_from_slice(UNKNOWN.as_bytes()),
+            },
+            Field::OwnerComm => match &ev.owner {
+                Some(owner) if csv => push_csv_text(out, &owner.comm()),
+                Some(owner) => push_name(out, owner.comm_bytes()),
+                None => out.extend_from_slice(UNKNOWN.as_bytes()),
+            },
+            Field::Uid => match &ev.owner {
+                Some(owner) => push_u64(out, owner.uid.into()),
+                None => out.extend_from_slice(UNKNOWN.as_bytes()),
+            },
+            Field::Netns => push_u64(out, ev.netns.into()),
+            Field::Cgroup => match &ev.cgroup {
+                Some(path) if csv => push_csv_text(out, path),
+                Some(path) => out.extend_from_slice(path.as_bytes()),
+                None => out.extend_from_slice(UNKNOWN.as_bytes()),
             },
         })
     }
@@ -215,14 +258,13 @@ fn cut(out: &mut Vec<u8>, start: usize, width: usize) -> usize {
     width
 }
 
-/// The task name, as `Event::comm` gives it, checked with the cheaper
-/// ASCII test first (nearly every name is ASCII).
-fn push_comm(out: &mut Vec<u8>, ev: &Event) {
-    let name = ev.comm_bytes();
+/// A task name's bytes (up to its NUL), invalid UTF-8 replaced, checked
+/// with the cheaper ASCII test first (nearly every name is ASCII).
+fn push_name(out: &mut Vec<u8>, name: &[u8]) {
     if name.is_ascii() {
         out.extend_from_slice(name);
     } else {
-        out.extend_from_slice(ev.comm().as_bytes());
+        out.extend_from_slice(String::from_utf8_lossy(name).as_bytes());
     }
 }
 
@@ -275,13 +317,18 @@ mod tests {
         Format::Table {
             times: TimeColumns { clock, elapsed },
             wide,
+            extended: false,
         }
     }
 
     fn render(format: Format, events: &[Event]) -> Vec<String> {
         let mut f = match format {
-            Format::Table { times, wide } => Formatter::table(times, wide),
-            Format::Csv { times } => Formatter::csv(times),
+            Format::Table {
+                times,
+                wide,
+                extended,
+            } => Formatter::table(times, wide, extended),
+            Format::Csv { times, extended } => Formatter::csv(times, extended),
             Format::Json => unreachable!("the table's tests"),
         };
         let mut out = Vec::new();
@@ -352,6 +399,7 @@ mod tests {
                 clock: true,
                 elapsed: true,
             },
+            extended: false,
         };
         let lines = render(csv, &[v4(), second]);
         assert_eq!(
@@ -438,6 +486,7 @@ mod tests {
         let csv = render(
             Format::Csv {
                 times: TimeColumns::default(),
+                extended: false,
             },
             &[ev],
         );
