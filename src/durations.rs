@@ -18,16 +18,14 @@ use crate::event::{DecodeError, Event, Owner, TcpState};
 
 /// Turns ring buffer records into events, with the time in the old state
 /// from the kernel or from [`SocketTimes`], whichever keeps it, and, when
-/// asked, the socket's owner.
+/// an output shows them, the socket's owner from [`Owners`].
 #[derive(Debug)]
 pub struct Decoder {
     /// `None` when the kernel keeps the times.
     times: Option<SocketTimes>,
-    /// Listening sockets' owners by (netns, port), for their children;
-    /// `None` when owners are not kept.
-    listeners: Option<HashMap<(u32, u16), (u64, Owner)>>,
-    /// The owners' cgroup paths.
-    cgroups: CgroupPaths,
+    /// `None` when owners are not shown, or the reader does not see every
+    /// transition (the kernel keeps the times).
+    owners: Option<Owners>,
 }
 
 impl Decoder {
@@ -36,11 +34,9 @@ impl Decoder {
     /// (None: as many as there are); keeping owners too with `owners` (the
     /// program then sends the current task's uid and cgroup).
     pub fn new(kernel_tracks: bool, max_sockets: Option<u32>, owners: bool) -> Self {
-        let times = (!kernel_tracks).then(|| SocketTimes::new(max_sockets));
         Self {
-            listeners: (owners && times.is_some()).then(HashMap::new),
-            times,
-            cgroups: CgroupPaths::at(owners.then(cgroup2_mount).flatten()),
+            times: (!kernel_tracks).then(|| SocketTimes::new(max_sockets)),
+            owners: (owners && !kernel_tracks).then(|| Owners::new(max_sockets)),
         }
     }
 
@@ -57,15 +53,13 @@ impl Decoder {
     pub fn decode(&mut self, data: &[u8]) -> Result<Event, DecodeError> {
         let mut event = Event::decode(data)?;
         if let Some(times) = &mut self.times {
-            let update = self
-                .listeners
-                .as_mut()
-                .and_then(|l| owner_update(l, &event));
-            let tracked = times.observe(event.skaddr, event.old, event.new, event.ts_ns, update);
+            let tracked = times.observe(event.skaddr, event.old, event.new, event.ts_ns);
             event.duration_ns = tracked.duration_ns;
             event.map_full = tracked.no_room;
-            event.owner = tracked.owner.filter(|_| self.listeners.is_some());
-            event.cgroup = event.owner.and_then(|o| self.cgroups.path(o.cgroup_id));
+        }
+        if let Some(owners) = &mut self.owners {
+            event.owner = owners.observe(&event);
+            event.cgroup = event.owner.and_then(|o| owners.cgroups.path(o.cgroup_id));
         }
         Ok(event)
     }
@@ -92,26 +86,94 @@ pub fn is_owner_moment(old: TcpState, new: TcpState) -> bool {
     )
 }
 
-/// The owner `ev` gives its socket, if any: the task on the CPU at an owner
-/// moment; for a passive child leaving LISTEN, its listener's owner. Keeps
-/// `listeners` up to date.
-fn owner_update(listeners: &mut HashMap<(u32, u16), (u64, Owner)>, ev: &Event) -> Option<Owner> {
-    let key = (ev.netns, ev.lport);
-    match (ev.old, ev.new) {
-        (TcpState::Listen, TcpState::SynRecv) => listeners.get(&key).map(|&(_, owner)| owner),
-        (old, new) if is_owner_moment(old, new) => {
-            let owner = ev.current_as_owner();
-            if new == TcpState::Listen {
-                // With SO_REUSEPORT the last listener of a port wins.
-                listeners.insert(key, (ev.skaddr, owner));
-            } else if old == TcpState::Listen
-                && listeners.get(&key).is_some_and(|&(sk, _)| sk == ev.skaddr)
-            {
-                listeners.remove(&key);
-            }
-            Some(owner)
+/// Each socket's owner (see [`Owner`]), kept apart from the times so that
+/// runs that do not show owners pay nothing for them. The same rules as
+/// [`SocketTimes`]: a new socket (leaving CLOSE, or a passive child leaving
+/// LISTEN) starts from what it is given, a socket entering CLOSE is
+/// forgotten.
+#[derive(Debug)]
+pub struct Owners {
+    by_socket: HashMap<u64, Owner, BuildHasherDefault<AddressHasher>>,
+    /// Listening sockets' owners by (netns, port), for their children:
+    /// (the listener's address, its owner).
+    listeners: HashMap<(u32, u16), (u64, Owner)>,
+    limit: usize,
+    /// The owners' cgroup paths.
+    cgroups: CgroupPaths,
+}
+
+impl Owners {
+    /// Remembers at most `limit` sockets' owners (None: as many as there are).
+    pub fn new(limit: Option<u32>) -> Self {
+        Self {
+            by_socket: HashMap::default(),
+            listeners: HashMap::new(),
+            limit: limit.map_or(usize::MAX, |n| n as usize),
+            cgroups: CgroupPaths::at(cgroup2_mount()),
         }
-        _ => None,
+    }
+
+    /// Records `ev` and returns its socket's owner after it, when known.
+    pub fn observe(&mut self, ev: &Event) -> Option<Owner> {
+        let is_new = ev.old == TcpState::Close
+            || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv);
+        let update = self.update(ev);
+        if ev.new == TcpState::Close {
+            let before = self.by_socket.remove(&ev.skaddr).filter(|_| !is_new);
+            return update.or(before);
+        }
+        match update {
+            Some(owner)
+                if self.by_socket.len() < self.limit || self.by_socket.contains_key(&ev.skaddr) =>
+            {
+                self.by_socket.insert(ev.skaddr, owner);
+                Some(owner)
+            }
+            Some(owner) => Some(owner),
+            None if is_new => {
+                self.by_socket.remove(&ev.skaddr);
+                None
+            }
+            None => self.by_socket.get(&ev.skaddr).copied(),
+        }
+    }
+
+    /// The owner `ev` gives its socket, if any: the task on the CPU at an
+    /// owner moment; for a passive child leaving LISTEN, its listener's.
+    /// Keeps the listeners up to date.
+    fn update(&mut self, ev: &Event) -> Option<Owner> {
+        let key = (ev.netns, ev.lport);
+        match (ev.old, ev.new) {
+            (TcpState::Listen, TcpState::SynRecv) => {
+                self.listeners.get(&key).map(|&(_, owner)| owner)
+            }
+            (old, new) if is_owner_moment(old, new) => {
+                let owner = ev.current_as_owner();
+                if new == TcpState::Listen {
+                    // With SO_REUSEPORT the last listener of a port wins.
+                    self.listeners.insert(key, (ev.skaddr, owner));
+                } else if old == TcpState::Listen
+                    && self
+                        .listeners
+                        .get(&key)
+                        .is_some_and(|&(sk, _)| sk == ev.skaddr)
+                {
+                    self.listeners.remove(&key);
+                }
+                Some(owner)
+            }
+            _ => None,
+        }
+    }
+
+    /// Sockets whose owner is remembered now.
+    pub fn len(&self) -> usize {
+        self.by_socket.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.by_socket.is_empty()
     }
 }
 
@@ -123,15 +185,6 @@ pub struct Tracked {
     pub duration_ns: Option<u64>,
     /// There was no room to remember this socket.
     pub no_room: bool,
-    /// The socket's owner after this transition, when known.
-    pub owner: Option<Owner>,
-}
-
-/// What is remembered of one socket.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    since_ns: u64,
-    owner: Option<Owner>,
 }
 
 /// Below this many slots, a map that emptied is not worth shrinking.
@@ -142,7 +195,7 @@ const SHRINK_ABOVE: usize = 4096;
 /// sockets the host has now, not the most it ever had.
 #[derive(Debug, Clone)]
 pub struct SocketTimes {
-    since: HashMap<u64, Slot, BuildHasherDefault<AddressHasher>>,
+    since: HashMap<u64, u64, BuildHasherDefault<AddressHasher>>,
     limit: usize,
     no_room: u64,
 }
@@ -161,7 +214,7 @@ impl SocketTimes {
     /// Hands memory back once three quarters of the slots are empty: to
     /// twice what is in use, so that shrinking again takes as many closes
     /// as there are sockets left (amortised, like the growth).
-    fn forget(&mut self, skaddr: u64) -> Option<Slot> {
+    fn forget(&mut self, skaddr: u64) -> Option<u64> {
         let since = self.since.remove(&skaddr);
         let slots = self.since.capacity();
         if slots > SHRINK_ABOVE && self.since.len() < slots / 4 {
@@ -177,51 +230,31 @@ impl SocketTimes {
     /// inherited from its listener, is new: whatever is remembered at its
     /// address belonged to an earlier socket there. A socket entering CLOSE
     /// is forgotten, as its address is free for the next one.
-    /// `owner`, if given, becomes the socket's owner (see [`Owner`]).
-    pub fn observe(
-        &mut self,
-        skaddr: u64,
-        old: TcpState,
-        new: TcpState,
-        ts_ns: u64,
-        owner: Option<Owner>,
-    ) -> Tracked {
+    pub fn observe(&mut self, skaddr: u64, old: TcpState, new: TcpState, ts_ns: u64) -> Tracked {
         let is_new =
             old == TcpState::Close || (old == TcpState::Listen && new == TcpState::SynRecv);
         if new == TcpState::Close {
-            let slot = self.forget(skaddr).filter(|_| !is_new);
+            let since = self.forget(skaddr).filter(|_| !is_new);
             return Tracked {
-                duration_ns: slot.map(|s| ts_ns.saturating_sub(s.since_ns)),
+                duration_ns: since.map(|since| ts_ns.saturating_sub(since)),
                 no_room: false,
-                owner: owner.or(slot.and_then(|s| s.owner)),
             };
         }
         let room = self.since.len() < self.limit;
         match self.since.get_mut(&skaddr) {
-            Some(slot) => {
-                let duration_ns = (!is_new).then(|| ts_ns.saturating_sub(slot.since_ns));
-                slot.since_ns = ts_ns;
-                if is_new || owner.is_some() {
-                    slot.owner = owner;
-                }
+            Some(since) => {
+                let duration_ns = (!is_new).then(|| ts_ns.saturating_sub(*since));
+                *since = ts_ns;
                 Tracked {
                     duration_ns,
                     no_room: false,
-                    owner: slot.owner,
                 }
             }
             None if room => {
-                self.since.insert(
-                    skaddr,
-                    Slot {
-                        since_ns: ts_ns,
-                        owner,
-                    },
-                );
+                self.since.insert(skaddr, ts_ns);
                 Tracked {
                     duration_ns: None,
                     no_room: false,
-                    owner,
                 }
             }
             None => {
@@ -229,7 +262,6 @@ impl SocketTimes {
                 Tracked {
                     duration_ns: None,
                     no_room: true,
-                    owner,
                 }
             }
         }
@@ -294,19 +326,18 @@ mod tests {
     #[test]
     fn a_connection_from_first_to_last_transition() {
         let mut t = SocketTimes::new(None);
-        assert_eq!(t.observe(SK, Close, SynSent, ms(1), None).duration_ns, None);
+        assert_eq!(t.observe(SK, Close, SynSent, ms(1)).duration_ns, None);
         assert_eq!(
-            t.observe(SK, SynSent, Established, ms(3), None).duration_ns,
+            t.observe(SK, SynSent, Established, ms(3)).duration_ns,
             Some(ms(2))
         );
         assert_eq!(
-            t.observe(SK, Established, FinWait1, ms(10), None)
-                .duration_ns,
+            t.observe(SK, Established, FinWait1, ms(10)).duration_ns,
             Some(ms(7))
         );
         assert_eq!(t.len(), 1);
         assert_eq!(
-            t.observe(SK, FinWait1, Close, ms(11), None).duration_ns,
+            t.observe(SK, FinWait1, Close, ms(11)).duration_ns,
             Some(ms(1))
         );
         assert!(t.is_empty(), "a closed socket is forgotten");
@@ -316,12 +347,11 @@ mod tests {
     fn a_socket_first_seen_mid_life_has_no_known_duration() {
         let mut t = SocketTimes::new(None);
         assert_eq!(
-            t.observe(SK, Established, CloseWait, ms(5), None)
-                .duration_ns,
+            t.observe(SK, Established, CloseWait, ms(5)).duration_ns,
             None
         );
         assert_eq!(
-            t.observe(SK, CloseWait, LastAck, ms(6), None).duration_ns,
+            t.observe(SK, CloseWait, LastAck, ms(6)).duration_ns,
             Some(ms(1))
         );
     }
@@ -330,30 +360,24 @@ mod tests {
     fn a_new_socket_at_a_reused_address_starts_unknown() {
         let mut t = SocketTimes::new(None);
         // An earlier socket whose CLOSE was never seen.
-        t.observe(SK, Close, SynSent, ms(1), None);
-        assert_eq!(t.observe(SK, Close, SynSent, ms(9), None).duration_ns, None);
+        t.observe(SK, Close, SynSent, ms(1));
+        assert_eq!(t.observe(SK, Close, SynSent, ms(9)).duration_ns, None);
         assert_eq!(
-            t.observe(SK, SynSent, Established, ms(10), None)
-                .duration_ns,
+            t.observe(SK, SynSent, Established, ms(10)).duration_ns,
             Some(ms(1))
         );
         // A passive child allocated where a listener lived.
         let child = SK + 0x800;
-        t.observe(child, Close, Listen, ms(1), None);
+        t.observe(child, Close, Listen, ms(1));
+        assert_eq!(t.observe(child, Listen, SynRecv, ms(20)).duration_ns, None);
         assert_eq!(
-            t.observe(child, Listen, SynRecv, ms(20), None).duration_ns,
-            None
-        );
-        assert_eq!(
-            t.observe(child, SynRecv, Established, ms(21), None)
-                .duration_ns,
+            t.observe(child, SynRecv, Established, ms(21)).duration_ns,
             Some(ms(1))
         );
         // Entering CLOSE as a new socket (listen() failing at once).
-        t.observe(SK + 0x1000, Established, FinWait1, ms(1), None);
+        t.observe(SK + 0x1000, Established, FinWait1, ms(1));
         assert_eq!(
-            t.observe(SK + 0x1000, Close, Close, ms(2), None)
-                .duration_ns,
+            t.observe(SK + 0x1000, Close, Close, ms(2)).duration_ns,
             None
         );
     }
@@ -361,27 +385,24 @@ mod tests {
     #[test]
     fn no_room_is_counted_and_a_closed_socket_frees_its_place() {
         let mut t = SocketTimes::new(Some(1));
-        t.observe(SK, Close, SynSent, ms(1), None);
-        let other = t.observe(SK + 64, Close, SynSent, ms(1), None);
+        t.observe(SK, Close, SynSent, ms(1));
+        let other = t.observe(SK + 64, Close, SynSent, ms(1));
         assert_eq!(
             other,
             Tracked {
                 duration_ns: None,
-                no_room: true,
-                owner: None
+                no_room: true
             }
         );
         assert_eq!(
-            t.observe(SK + 64, SynSent, Established, ms(2), None)
-                .duration_ns,
+            t.observe(SK + 64, SynSent, Established, ms(2)).duration_ns,
             None
         );
         assert_eq!(t.no_room(), 2);
-        t.observe(SK, SynSent, Close, ms(3), None);
-        t.observe(SK + 64, Established, FinWait1, ms(4), None);
+        t.observe(SK, SynSent, Close, ms(3));
+        t.observe(SK + 64, Established, FinWait1, ms(4));
         assert_eq!(
-            t.observe(SK + 64, FinWait1, FinWait2, ms(6), None)
-                .duration_ns,
+            t.observe(SK + 64, FinWait1, FinWait2, ms(6)).duration_ns,
             Some(ms(2))
         );
         assert_eq!(t.no_room(), 2);
@@ -413,36 +434,6 @@ mod tests {
         assert!(!is_owner_moment(Established, Close));
     }
 
-    #[test]
-    fn an_owner_is_kept_through_softirq_transitions_and_replaced_by_another() {
-        let mut t = SocketTimes::new(None);
-        assert_eq!(
-            t.observe(SK, Close, SynSent, ms(1), Some(owner(1))).owner,
-            Some(owner(1))
-        );
-        assert_eq!(
-            t.observe(SK, SynSent, Established, ms(2), None).owner,
-            Some(owner(1))
-        );
-        assert_eq!(
-            t.observe(SK, Established, FinWait1, ms(3), Some(owner(2)))
-                .owner,
-            Some(owner(2))
-        );
-        assert_eq!(
-            t.observe(SK, FinWait2, Close, ms(4), None).owner,
-            Some(owner(2))
-        );
-        // A socket first seen mid-life has none until an owner moment.
-        assert_eq!(
-            t.observe(SK, Established, CloseWait, ms(5), None).owner,
-            None
-        );
-        // A new socket at a reused address starts with its own.
-        t.observe(SK + 64, Close, SynSent, ms(1), Some(owner(3)));
-        assert_eq!(t.observe(SK + 64, Close, SynSent, ms(9), None).owner, None);
-    }
-
     fn event(skaddr: u64, old: TcpState, new: TcpState, pid: u32, lport: u16) -> Event {
         let mut ev = Event::from_raw(&crate::event::tests::raw_v4()).unwrap();
         (ev.skaddr, ev.old, ev.new, ev.pid, ev.lport) = (skaddr, old, new, pid, lport);
@@ -452,28 +443,61 @@ mod tests {
     }
 
     #[test]
-    fn a_passive_child_takes_its_listeners_owner_then_its_closers() {
-        let mut listeners = HashMap::new();
-        let listen = event(SK, Close, Listen, 10, 80);
-        assert_eq!(owner_update(&mut listeners, &listen), Some(owner(10)));
-        // The child's SYN_RECV runs in softirq, on whatever task: pid 0.
-        let child = event(SK + 64, Listen, SynRecv, 0, 80);
-        assert_eq!(owner_update(&mut listeners, &child), Some(owner(10)));
-        let other_port = event(SK + 128, Listen, SynRecv, 0, 81);
-        assert_eq!(owner_update(&mut listeners, &other_port), None);
+    fn an_owner_is_kept_through_softirq_transitions_and_replaced_by_another() {
+        let mut o = Owners::new(None);
+        assert_eq!(o.observe(&event(SK, Close, SynSent, 1, 0)), Some(owner(1)));
+        // Softirq, on whatever task: the owner stays.
         assert_eq!(
-            owner_update(&mut listeners, &event(SK + 64, SynRecv, Established, 0, 80)),
-            None
+            o.observe(&event(SK, SynSent, Established, 0, 5)),
+            Some(owner(1))
         );
-        // The process that accepted it closes it.
-        let close = event(SK + 64, Established, FinWait1, 20, 80);
-        assert_eq!(owner_update(&mut listeners, &close), Some(owner(20)));
-        // The listener closes: its children's owner is no longer known.
         assert_eq!(
-            owner_update(&mut listeners, &event(SK, Listen, Close, 10, 80)),
+            o.observe(&event(SK, Established, FinWait1, 2, 5)),
+            Some(owner(2))
+        );
+        assert_eq!(o.observe(&event(SK, FinWait2, Close, 0, 5)), Some(owner(2)));
+        assert!(o.is_empty(), "a closed socket is forgotten");
+        // A socket first seen mid-life has none until an owner moment.
+        assert_eq!(o.observe(&event(SK, Established, CloseWait, 0, 5)), None);
+        assert_eq!(
+            o.observe(&event(SK, CloseWait, LastAck, 3, 5)),
+            Some(owner(3))
+        );
+        // A new socket at a reused address starts with its own.
+        o.observe(&event(SK + 64, Close, SynSent, 4, 0));
+        assert_eq!(
+            o.observe(&event(SK + 64, Close, SynSent, 0, 0)),
+            Some(owner(0))
+        );
+        assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn a_passive_child_takes_its_listeners_owner_then_its_closers() {
+        let mut o = Owners::new(None);
+        assert_eq!(
+            o.observe(&event(SK, Close, Listen, 10, 80)),
             Some(owner(10))
         );
-        assert_eq!(owner_update(&mut listeners, &child), None);
+        // The child's SYN_RECV runs in softirq, on whatever task: pid 0.
+        let child = event(SK + 64, Listen, SynRecv, 0, 80);
+        assert_eq!(o.observe(&child), Some(owner(10)));
+        assert_eq!(o.observe(&event(SK + 128, Listen, SynRecv, 0, 81)), None);
+        assert_eq!(
+            o.observe(&event(SK + 64, SynRecv, Established, 0, 80)),
+            Some(owner(10))
+        );
+        // The process that accepted it closes it.
+        assert_eq!(
+            o.observe(&event(SK + 64, Established, FinWait1, 20, 80)),
+            Some(owner(20))
+        );
+        // The listener closes: later children's owner is not known.
+        assert_eq!(
+            o.observe(&event(SK, Listen, Close, 10, 80)),
+            Some(owner(10))
+        );
+        assert_eq!(o.observe(&event(SK + 192, Listen, SynRecv, 0, 80)), None);
     }
 
     #[test]
@@ -481,7 +505,7 @@ mod tests {
         let mut t = SocketTimes::new(None);
         let sockets = 200_000u64;
         for i in 0..sockets {
-            t.observe(SK + i * 64, Close, SynSent, ms(1), None);
+            t.observe(SK + i * 64, Close, SynSent, ms(1));
         }
         assert_eq!(t.len(), sockets as usize);
         assert_eq!(t.no_room(), 0, "no bound by default");
@@ -489,8 +513,7 @@ mod tests {
         assert!(grown >= sockets as usize, "{grown}");
         for i in 0..sockets - 10 {
             assert_eq!(
-                t.observe(SK + i * 64, SynSent, Close, ms(2), None)
-                    .duration_ns,
+                t.observe(SK + i * 64, SynSent, Close, ms(2)).duration_ns,
                 Some(ms(1))
             );
         }
@@ -499,8 +522,7 @@ mod tests {
         // What is left keeps its times.
         let last = SK + (sockets - 1) * 64;
         assert_eq!(
-            t.observe(last, SynSent, Established, ms(5), None)
-                .duration_ns,
+            t.observe(last, SynSent, Established, ms(5)).duration_ns,
             Some(ms(4))
         );
     }
