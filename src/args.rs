@@ -24,6 +24,9 @@ EXAMPLES:
     tcpstates -L 80,443        # only sockets with local port 80 or 443
     tcpstates -D 5432          # only sockets with remote port 5432
     tcpstates -6               # IPv6 sockets only
+    tcpstates -x -c nginx      # only sockets owned by processes named nginx
+    tcpstates -p 1234,5678     # only sockets owned by these processes
+    tcpstates --cgroup /system.slice/docker.service   # one service, and below
     tcpstates --state CLOSE_WAIT       # only sockets entering or leaving CLOSE_WAIT
     tcpstates --min-ms 200 -L 443      # only states held 200 ms or more, port 443
     tcpstates --netns /run/netns/blue  # only one network namespace
@@ -80,6 +83,23 @@ pub struct Args {
     #[arg(short = 'D', long = "remoteport", value_name = "PORTS", value_parser = parse_ports,
           action = ArgAction::Append, allow_hyphen_values = true)]
     pub remote_ports: Vec<Ports>,
+
+    /// Only sockets owned by these processes (their PIDs, comma-separated)
+    #[arg(short = 'p', long = "pid", value_name = "PIDS", value_parser = parse_pids,
+          action = ArgAction::Append, allow_hyphen_values = true)]
+    pub pids: Vec<Vec<u32>>,
+
+    /// Only sockets whose owner has this command name (exact)
+    #[arg(short = 'c', long, value_name = "NAME", value_parser = parse_comm)]
+    pub comm: Option<String>,
+
+    /// Only sockets whose owner runs as this uid
+    #[arg(short = 'u', long, value_name = "UID", value_parser = parse_uid, allow_hyphen_values = true)]
+    pub uid: Option<u32>,
+
+    /// Only sockets whose owner is in this cgroup v2 group or below (its path under the mount)
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
 
     /// Only transitions into or out of these states (names, any case): --state CLOSE_WAIT
     #[arg(long = "state", value_name = "STATES", value_parser = parse_states,
@@ -236,6 +256,40 @@ fn parse_netns(text: &str) -> Result<u32, String> {
             .map_err(|e| format!("'{text}' is neither a namespace inode nor a file: {e}"))?,
     );
     u32::try_from(inode).map_err(|_| format!("{text}: inode {inode} is no namespace's"))
+}
+
+fn parse_pids(text: &str) -> Result<Vec<u32>, String> {
+    text.split(',')
+        .map(|item| {
+            let item = item.trim();
+            if item.is_empty() {
+                return Err(format!("empty item in pid list '{text}'"));
+            }
+            match item.parse::<u32>() {
+                Ok(pid) if pid > 0 && pid <= 4_194_304 => Ok(pid),
+                _ => Err(format!("'{item}' is not a process id (1-4194304)")),
+            }
+        })
+        .collect()
+}
+
+fn parse_comm(text: &str) -> Result<String, String> {
+    if text.is_empty() {
+        Err("an empty name matches no task".into())
+    } else if text.len() > 15 {
+        Err(format!(
+            "'{text}' is longer than a task name can be (15 bytes; the kernel cuts longer ones)"
+        ))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn parse_uid(text: &str) -> Result<u32, String> {
+    match text.trim().parse::<u32>() {
+        Ok(uid) if uid != u32::MAX => Ok(uid),
+        _ => Err(format!("'{text}' is not a uid")),
+    }
 }
 
 fn parse_count(text: &str) -> Result<u64, String> {

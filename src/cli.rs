@@ -8,13 +8,14 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches};
 
 use crate::args::{Args, Ports};
-use crate::config::{AttachMode, Config, Family, Filter, Format, Mode, TimeColumns};
+use crate::cgroup;
+use crate::config::{AttachMode, CgroupFilter, Config, Family, Filter, Format, Mode, TimeColumns};
 
 /// The outcome of parsing: run, or print something and exit.
 #[derive(Debug)]
 pub enum Parsed {
     /// Trace with this configuration.
-    Run(Config),
+    Run(Box<Config>),
     /// Help or version (to stdout, exit 0), or a usage error (one line to
     /// stderr, exit 2).
     Exit {
@@ -55,7 +56,13 @@ where
         .try_get_matches_from(args)
         .and_then(|matches| Args::from_arg_matches(&matches));
     match parsed {
-        Ok(args) => Parsed::Run(args.into_config()),
+        Ok(args) => match args.into_config() {
+            Ok(config) => Parsed::Run(Box::new(config)),
+            Err(message) => Parsed::Exit {
+                code: 2,
+                message: format!("tcpstates: {message} (see --help)\n"),
+            },
+        },
         Err(err) => match err.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Parsed::Exit {
                 code: 0,
@@ -84,7 +91,8 @@ fn one_line(err: &clap::Error) -> String {
 }
 
 impl Args {
-    fn into_config(self) -> Config {
+    /// The config; fails where a value needs the host to check (a cgroup).
+    fn into_config(self) -> Result<Config, String> {
         let flatten = |lists: Vec<Ports>| {
             let mut ports: Vec<u16> = lists.into_iter().flat_map(|p| p.0).collect();
             ports.sort_unstable();
@@ -126,7 +134,11 @@ impl Args {
                 extended,
             }
         };
-        Config {
+        let cgroup = self.cgroup.as_deref().map(cgroup_filter).transpose()?;
+        let mut pids: Vec<u32> = self.pids.into_iter().flatten().collect();
+        pids.sort_unstable();
+        pids.dedup();
+        Ok(Config {
             mode: Mode::Stream,
             format,
             filter: Filter {
@@ -136,6 +148,10 @@ impl Args {
                 states: self.states.iter().fold(0, |all, one| all | one),
                 min_duration_ns: self.min_ms,
                 netns: self.netns,
+                pids,
+                comm: self.comm,
+                uid: self.uid,
+                cgroup,
             },
             attach,
             btf: self.btf,
@@ -146,8 +162,30 @@ impl Args {
             duration: self.duration,
             verbose: self.verbose,
             report: self.report,
-        }
+        })
     }
+}
+
+/// `--cgroup PATH`: the group's id and depth under the cgroup2 mount.
+fn cgroup_filter(path: &str) -> Result<CgroupFilter, String> {
+    let mount = cgroup::cgroup2_mount()
+        .ok_or("--cgroup needs cgroup v2, and this host has no cgroup2 mount")?;
+    let relative = path
+        .strip_prefix(mount.to_string_lossy().as_ref())
+        .unwrap_or(path)
+        .trim_matches('/');
+    let dir = mount.join(relative);
+    let meta = std::fs::metadata(&dir)
+        .map_err(|e| format!("--cgroup {path}: no such group ({}: {e})", dir.display()))?;
+    if !meta.is_dir() {
+        return Err(format!("--cgroup {path}: {} is not a group", dir.display()));
+    }
+    let level = relative.split('/').filter(|c| !c.is_empty()).count() as u32;
+    Ok(CgroupFilter {
+        path: format!("/{relative}"),
+        id: std::os::unix::fs::MetadataExt::ino(&meta),
+        level,
+    })
 }
 #[cfg(test)]
 mod tests {
@@ -156,7 +194,7 @@ mod tests {
 
     fn config(args: &[&str]) -> Config {
         match parse(std::iter::once("tcpstates").chain(args.iter().copied())) {
-            Parsed::Run(config) => config,
+            Parsed::Run(config) => *config,
             Parsed::Exit { message, .. } => panic!("{args:?} rejected: {message}"),
         }
     }
@@ -260,6 +298,33 @@ mod tests {
         assert!(rejected(&["--count", "0"]).contains("not a count"));
         assert!(rejected(&["--duration", "0"]).contains("above 0"));
         assert!(rejected(&["--duration", "-3"]).contains("above 0"));
+    }
+
+    #[test]
+    fn owner_filters() {
+        let c = config(&["-p", "30,7", "--pid=7", "-c", "nginx", "-u", "33"]);
+        assert_eq!(c.filter.pids, [7, 30]);
+        assert_eq!(c.filter.comm.as_deref(), Some("nginx"));
+        assert_eq!(c.filter.uid, Some(33));
+        assert!(c.filter.by_owner() && c.filter.tracks_in_kernel());
+        if let Some(mount) = cgroup::cgroup2_mount() {
+            let root = config(&["--cgroup", "/"]).filter.cgroup.unwrap();
+            assert_eq!((root.path.as_str(), root.level), ("/", 0));
+            let meta = std::fs::metadata(&mount).unwrap();
+            assert_eq!(root.id, std::os::unix::fs::MetadataExt::ino(&meta));
+            let full = config(&["--cgroup", &mount.to_string_lossy()])
+                .filter
+                .cgroup
+                .unwrap();
+            assert_eq!(full, root);
+            assert!(rejected(&["--cgroup", "/no/such/group"]).contains("no such group"));
+        } else {
+            assert!(rejected(&["--cgroup", "/"]).contains("needs cgroup v2"));
+        }
+        assert!(rejected(&["-p", "0"]).contains("'0' is not a process id"));
+        assert!(rejected(&["-p", "-4"]).contains("'-4' is not a process id"));
+        assert!(rejected(&["-c", "a-name-far-too-long"]).contains("longer than a task name"));
+        assert!(rejected(&["-u", "root"]).contains("'root' is not a uid"));
     }
 
     #[test]

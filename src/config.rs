@@ -173,11 +173,30 @@ pub struct Filter {
     pub min_duration_ns: Option<u64>,
     /// Only sockets in the network namespace of this inode.
     pub netns: Option<u32>,
+    /// Only sockets whose owner's tgid is one of these (empty: any).
+    pub pids: Vec<u32>,
+    /// Only sockets whose owner has this name (at most 15 bytes).
+    pub comm: Option<String>,
+    /// Only sockets whose owner has this uid.
+    pub uid: Option<u32>,
+    /// Only sockets whose owner is in this cgroup v2 group or below it.
+    pub cgroup: Option<CgroupFilter>,
+}
+
+/// A cgroup v2 group, for `--cgroup`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupFilter {
+    /// Its path under the cgroup2 mount ("/" the root).
+    pub path: String,
+    /// Its id: the inode of its folder.
+    pub id: u64,
+    /// Its depth: 0 for the root.
+    pub level: u32,
 }
 
 impl Filter {
     /// Whether the kernel keeps each socket's last-transition time. With a
-    /// port, state or duration filter it must: it drops transitions user
+    /// port, state, duration or owner filter it must: it drops transitions user
     /// space would need (a client's local port is still 0 at CLOSE ->
     /// SYN_SENT; a kept transition's time starts at one the state filter
     /// dropped), or needs the time itself. Without one, user space sees
@@ -188,6 +207,13 @@ impl Filter {
             || !self.remote_ports.is_empty()
             || self.states != 0
             || self.min_duration_ns.is_some()
+            || self.by_owner()
+    }
+
+    /// Whether a filter looks at the socket's owner (the kernel then keeps
+    /// the owners, and a socket whose owner is unknown is left out).
+    pub fn by_owner(&self) -> bool {
+        !self.pids.is_empty() || self.comm.is_some() || self.uid.is_some() || self.cgroup.is_some()
     }
 }
 

@@ -24,8 +24,10 @@ pub struct Decoder {
     /// `None` when the kernel keeps the times.
     times: Option<SocketTimes>,
     /// `None` when owners are not shown, or the reader does not see every
-    /// transition (the kernel keeps the times).
+    /// transition (the kernel keeps the times, and the owners).
     owners: Option<Owners>,
+    /// The owners' cgroup paths, when owners are shown.
+    cgroups: Option<CgroupPaths>,
 }
 
 impl Decoder {
@@ -37,6 +39,7 @@ impl Decoder {
         Self {
             times: (!kernel_tracks).then(|| SocketTimes::new(max_sockets)),
             owners: (owners && !kernel_tracks).then(|| Owners::new(max_sockets)),
+            cgroups: owners.then(|| CgroupPaths::at(cgroup2_mount())),
         }
     }
 
@@ -59,7 +62,9 @@ impl Decoder {
         }
         if let Some(owners) = &mut self.owners {
             event.owner = owners.observe(&event);
-            event.cgroup = event.owner.and_then(|o| owners.cgroups.path(o.cgroup_id));
+        }
+        if let (Some(cgroups), Some(owner)) = (&mut self.cgroups, event.owner) {
+            event.cgroup = cgroups.path(owner.cgroup_id);
         }
         Ok(event)
     }
@@ -98,8 +103,6 @@ pub struct Owners {
     /// (the listener's address, its owner).
     listeners: HashMap<(u32, u16), (u64, Owner)>,
     limit: usize,
-    /// The owners' cgroup paths.
-    cgroups: CgroupPaths,
 }
 
 impl Owners {
@@ -109,7 +112,6 @@ impl Owners {
             by_socket: HashMap::default(),
             listeners: HashMap::new(),
             limit: limit.map_or(usize::MAX, |n| n as usize),
-            cgroups: CgroupPaths::at(cgroup2_mount()),
         }
     }
 

@@ -22,6 +22,7 @@ const AF_INET: u16 = libc::AF_INET as u16;
 const AF_INET6: u16 = libc::AF_INET6 as u16;
 const FLAG_DURATION_UNKNOWN: u32 = 0x1;
 const FLAG_MAP_FULL: u32 = 0x2;
+const FLAG_OWNER_KNOWN: u32 = 0x4;
 
 /// A TCP state, as numbered in the kernel's `include/net/tcp_states.h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -238,7 +239,18 @@ impl Event {
             map_full: raw.flags & FLAG_MAP_FULL != 0,
             uid: raw.uid,
             cgroup_id: raw.cgroup_id,
-            owner: None,
+            owner: (raw.flags & FLAG_OWNER_KNOWN != 0).then(|| {
+                let mut comm = [0u8; 16];
+                for (dst, src) in comm.iter_mut().zip(raw.owner_comm) {
+                    *dst = src as u8;
+                }
+                Owner {
+                    pid: raw.owner_pid,
+                    uid: raw.owner_uid,
+                    cgroup_id: raw.owner_cgroup,
+                    comm,
+                }
+            }),
             cgroup: None,
         })
     }

@@ -94,6 +94,7 @@ impl Tracer {
     pub fn start(config: &Config, wakeup_bytes: u32) -> Result<Self> {
         host::check_privileges()?;
         host::check_btf(config.btf.as_deref())?;
+        host::check_cgroup_filter(config.filter.cgroup.is_some())?;
         set_libbpf_log(config.verbose);
         let mut failures = Vec::new();
         for &mode in &config.attach {
@@ -120,6 +121,12 @@ impl Tracer {
         let skel = load(config, mode, store, wakeup_bytes)?;
         fill_port_set(&skel.maps.sports, &config.filter.local_ports)?;
         fill_port_set(&skel.maps.dports, &config.filter.remote_ports)?;
+        for pid in &config.filter.pids {
+            skel.maps
+                .pids
+                .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
+                .with_context(|| format!("adding pid {pid} to the filter"))?;
+        }
         let links = programs!(mode, &skel.progs)
             .into_iter()
             .map(|prog| prog.attach().map_err(anyhow::Error::from))
@@ -269,6 +276,20 @@ fn configure(
         Some(Family::Ipv6) => libc::AF_INET6 as u16,
     };
     rodata.target_netns = filter.netns.unwrap_or(0);
+    rodata.filter_pid = !filter.pids.is_empty();
+    if let Some(comm) = &filter.comm {
+        rodata.filter_comm = true;
+        for (dst, src) in rodata.target_comm.iter_mut().zip(comm.bytes()) {
+            *dst = src as _;
+        }
+    }
+    rodata.filter_uid = filter.uid.is_some();
+    rodata.target_uid = filter.uid.unwrap_or(0);
+    if let Some(cgroup) = &filter.cgroup {
+        rodata.filter_cgroup = true;
+        rodata.target_cgroup = cgroup.id;
+        rodata.target_cgroup_level = cgroup.level as i32;
+    }
     rodata.state_mask = filter.states;
     // 0 means no filter: a threshold of 0 still drops unknown times.
     rodata.min_delta_ns = filter.min_duration_ns.map_or(0, |ns| ns.max(1));
@@ -295,6 +316,16 @@ fn configure(
     maps.sockets
         .set_max_entries(sockets)
         .context("sizing the socket map")?;
+    let pids = u32::try_from(filter.pids.len().max(1)).context("too many pids")?;
+    maps.pids
+        .set_max_entries(pids)
+        .context("sizing the pid map")?;
+    // Listeners' owners, for their children, only with the map.
+    if !matches!(store, KernelStore::Map(_)) {
+        maps.listener_owners
+            .set_max_entries(1)
+            .context("sizing the listener owner map")?;
+    }
     // Only the kprobes use it; preallocated too.
     if mode != AttachMode::Kprobe {
         maps.listening

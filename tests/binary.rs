@@ -136,6 +136,9 @@ struct Tracing {
     child: Child,
     lines: Receiver<String>,
     seen: Vec<String>,
+    /// All of stderr, read as it comes (with -v, libbpf's log is larger
+    /// than a pipe holds: unread, it would stop the tracer).
+    stderr: thread::JoinHandle<String>,
 }
 
 impl Tracing {
@@ -148,24 +151,24 @@ impl Tracing {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {program}: {e}"));
         let lines = spawn_reader(child.stdout.take().unwrap());
+        let mut err = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut text = String::new();
+            let _ = err.read_to_string(&mut text);
+            text
+        });
         let mut tracing = Tracing {
             child,
             lines,
             seen: Vec::new(),
+            stderr,
         };
-        let header = tracing
-            .next_line(Duration::from_secs(15))
-            .unwrap_or_else(|| {
-                let _ = tracing.child.kill();
-                let mut err = String::new();
-                let _ = tracing
-                    .child
-                    .stderr
-                    .take()
-                    .unwrap()
-                    .read_to_string(&mut err);
-                panic!("{program} printed no header: {err}")
-            });
+        let Some(header) = tracing.next_line(Duration::from_secs(15)) else {
+            let _ = tracing.child.kill();
+            let _ = tracing.child.wait();
+            let err = tracing.stderr.join().unwrap_or_default();
+            panic!("{program} printed no header: {err}")
+        };
         assert!(header.starts_with(header_prefix), "{program}: {header}");
         tracing
     }
@@ -201,13 +204,7 @@ impl Tracing {
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
             self.seen.push(line);
         }
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let stderr = self.stderr.join().expect("the stderr reader");
         (ended.code(), self.seen, stderr)
     }
 }
@@ -619,14 +616,7 @@ fn run_limits_end_the_run() {
         tracer.seen.push(line);
     }
     assert_eq!(tracer.seen.len(), 1 + 3, "{:?}", tracer.seen);
-    let mut stderr = String::new();
-    tracer
-        .child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = tracer.stderr.join().unwrap();
     assert_eq!(
         last_counters(&stderr).expect("counters at exit")["printed"],
         3,

@@ -904,15 +904,36 @@ fn owners_are_the_processes_not_the_cpu() {
     use std::os::unix::process::CommandExt;
     use std::process::Command;
     use tcpstates::config::{Format, TimeColumns};
-    let mut capture = Capture::start(&Config {
+    let shown = |filter: Filter| Config {
         attach: test_attach(),
         format: Format::Table {
             times: TimeColumns::default(),
             wide: false,
             extended: true,
         },
+        filter,
         ..Config::default()
-    });
+    };
+    // Owners kept by the reader (no filter), and by the kernel (a filter
+    // that keeps every state, and the owner filters).
+    let mut capture = Capture::start(&shown(Filter::default()));
+    let all_states = (1..=13).fold(0, |mask, n| mask | 1 << n);
+    let mut in_kernel = Capture::start(&shown(Filter {
+        states: all_states,
+        ..Filter::default()
+    }));
+    let mut by_uid = Capture::start(&shown(Filter {
+        uid: Some(65534),
+        ..Filter::default()
+    }));
+    let mut by_comm = Capture::start(&shown(Filter {
+        comm: Some("tcps-acceptor".into()),
+        ..Filter::default()
+    }));
+    let mut by_pid = Capture::start(&shown(Filter {
+        pids: vec![std::process::id()],
+        ..Filter::default()
+    }));
     // A copy of this binary that uid 65534 may run (the checkout may sit
     // under /root).
     let dir = std::env::temp_dir().join(format!("tcpstates-owner-{}", std::process::id()));
@@ -1031,4 +1052,54 @@ fn owners_are_the_processes_not_the_cpu() {
         let path = mine.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
         assert_eq!(listener_life.events[0].cgroup.as_deref(), Some(path));
     }
+
+    // The kernel's owners are the same.
+    let kernel = in_kernel.wait_until("the kernel's three sockets", |ev| all_closed(ev, port, 3));
+    let kernel_lives = common::lives(&kernel, port);
+    for (role, expected) in [
+        ((Close, Listen), &listener_life),
+        ((Close, SynSent), &client_life),
+        ((Listen, SynRecv), &server),
+    ] {
+        let got = life_starting(&kernel_lives, role);
+        assert_eq!(got.transitions(), expected.transitions(), "{role:?}");
+        for (k, u) in got.events.iter().zip(&expected.events) {
+            assert_eq!(owner(k), owner(u), "{role:?}: kernel {k:?} reader {u:?}");
+        }
+    }
+    // Each owner filter keeps exactly the transitions whose owner matches.
+    let only = |capture: &mut Capture, what: &str, want: Vec<&Event>| {
+        let expected: Vec<_> = want.iter().map(|e| (e.skaddr, e.old, e.new)).collect();
+        let events = capture.wait_until(what, |ev| {
+            ev.iter()
+                .filter(|e| e.lport == port || e.rport == port)
+                .count()
+                >= expected.len()
+        });
+        sleep(Duration::from_millis(100));
+        let got: Vec<_> = events
+            .iter()
+            .filter(|e| e.lport == port || e.rport == port)
+            .map(|e| (e.skaddr, e.old, e.new))
+            .collect();
+        assert_eq!(got, expected, "{what}: {}", dump(&events));
+    };
+    let client_events: Vec<&Event> = client_life.events.iter().collect();
+    only(&mut by_uid, "uid 65534: the client's", client_events);
+    only(
+        &mut by_comm,
+        "tcps-acceptor: its closes",
+        server.events[3..].iter().collect(),
+    );
+    let mut mine: Vec<&Event> = listener_life
+        .events
+        .iter()
+        .chain(&server.events[..3])
+        .collect();
+    mine.sort_by_key(|e| e.ts_ns);
+    only(
+        &mut by_pid,
+        "this process: the listener and the child until accepted",
+        mine,
+    );
 }

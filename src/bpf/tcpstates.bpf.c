@@ -23,8 +23,13 @@
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
 #define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
 #define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
 #define TCP_LISTEN 10
 
 /* Set by user space between open and load. 0 means any family. */
@@ -38,6 +43,16 @@ const volatile __u32 state_mask = 0;
 /* Only transitions that left a state after at least this long (0: any);
  * needs track_sockets. */
 const volatile __u64 min_delta_ns = 0;
+/* Owner filters (the socket's owner, kept by the kernel: track_sockets):
+ * its tgid among `pids`, its name, its uid, its cgroup or one below. */
+const volatile bool filter_pid = false;
+const volatile bool filter_comm = false;
+const volatile char target_comm[TASK_COMM_LEN] = {};
+const volatile bool filter_uid = false;
+const volatile __u32 target_uid = 0;
+const volatile bool filter_cgroup = false;
+const volatile __u64 target_cgroup = 0;
+const volatile int target_cgroup_level = 0;
 /* Whether each event carries the current task's uid and cgroup, from which
  * user space keeps the sockets' owners (-x, -j, -Y). */
 const volatile bool collect_owner = false;
@@ -100,13 +115,37 @@ struct {
 	__type(value, struct sock_state);
 } sockets SEC(".maps");
 
-/* Socket-local state, when use_sk_storage. */
+/* Socket-local state, when use_sk_storage. Cloned into a passive child
+ * with its listener: the child starts with the listener's owner. */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
 	__type(key, int);
 	__type(value, struct sock_state);
 } sk_states SEC(".maps");
+
+/* Owner pids for filter_pid, filled by user space after load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u8);
+} pids SEC(".maps");
+
+/* Listening sockets' owners, by (netns inode << 16 | port), for their
+ * children when the state is kept in the `sockets` map (socket-local
+ * storage clones it into the child). */
+struct listener_key {
+	__u32 netns;
+	__u32 port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct listener_key);
+	__type(value, struct sock_state);
+} listener_owners SEC(".maps");
 
 /* kprobe mode: thread -> socket, from entry to return of
  * inet_csk_listen_start. One entry in the other modes. */
@@ -189,6 +228,122 @@ static __always_inline bool starts_anew(const struct event *e)
 }
 
 /*
+ * Whether the kernel makes this transition only in a system call of the
+ * process holding the socket (connect, listen, close, shutdown), never in
+ * softirq: then the current task is the socket's owner. src/durations.rs
+ * has the same list.
+ */
+static __always_inline bool is_owner_moment(int oldstate, int newstate)
+{
+	return (oldstate == TCP_CLOSE &&
+		(newstate == TCP_SYN_SENT || newstate == TCP_LISTEN)) ||
+	       (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) ||
+	       ((oldstate == TCP_ESTABLISHED || oldstate == TCP_SYN_RECV) &&
+		newstate == TCP_FIN_WAIT1) ||
+	       (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK);
+}
+
+/* The current task becomes the owner in `st`. */
+static __always_inline void take_owner(struct sock_state *st)
+{
+	st->owner_pid = bpf_get_current_pid_tgid() >> 32;
+	st->owner_uid = (__u32)bpf_get_current_uid_gid();
+	st->owner_cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(st->owner_comm, sizeof(st->owner_comm));
+	st->owner_in_cgroup =
+		filter_cgroup &&
+		bpf_get_current_ancestor_cgroup_id(target_cgroup_level) ==
+			target_cgroup;
+	st->owner_known = 1;
+}
+
+/* The owner part of `from` into `to`. */
+static __always_inline void copy_owner(struct sock_state *to,
+				       const struct sock_state *from)
+{
+	to->owner_pid = from->owner_pid;
+	to->owner_uid = from->owner_uid;
+	to->owner_cgroup = from->owner_cgroup;
+	__builtin_memcpy(to->owner_comm, from->owner_comm,
+			 sizeof(to->owner_comm));
+	to->owner_in_cgroup = from->owner_in_cgroup;
+	to->owner_known = from->owner_known;
+}
+
+/*
+ * The owner part of a transition, for the state in `st` (the map's, or the
+ * socket's own with `local`): a new socket forgets what it had, except a
+ * passive child, which starts with its listener's (cloned with the socket's
+ * own storage; kept apart by port for the map); an owner moment takes the
+ * current task. Then the owner, if known, goes into the event.
+ */
+static __always_inline void track_owner(struct event *e, struct sock_state *st,
+					bool local)
+{
+	struct listener_key key = { .netns = e->netns, .port = e->sport };
+	bool child = e->oldstate == TCP_LISTEN && e->newstate == TCP_SYN_RECV;
+
+	if (child && !local) {
+		struct sock_state *listener =
+			bpf_map_lookup_elem(&listener_owners, &key);
+
+		if (listener)
+			copy_owner(st, listener);
+		else
+			st->owner_known = 0;
+	} else if (!child && starts_anew(e)) {
+		st->owner_known = 0;
+	}
+	if (is_owner_moment(e->oldstate, e->newstate)) {
+		take_owner(st);
+		if (e->newstate == TCP_LISTEN && !local)
+			bpf_map_update_elem(&listener_owners, &key, st,
+					    BPF_ANY);
+	}
+	if (e->oldstate == TCP_LISTEN && e->newstate == TCP_CLOSE && !local)
+		bpf_map_delete_elem(&listener_owners, &key);
+	if (!st->owner_known)
+		return;
+	e->flags |= EVENT_F_OWNER_KNOWN;
+	if (st->owner_in_cgroup)
+		e->flags |= EVENT_F_OWNER_IN_CGROUP;
+	e->owner_pid = st->owner_pid;
+	e->owner_uid = st->owner_uid;
+	e->owner_cgroup = st->owner_cgroup;
+	__builtin_memcpy(e->owner_comm, st->owner_comm, sizeof(e->owner_comm));
+}
+
+/* Whether the owner's name in `e` is the --comm filter's. */
+static __always_inline bool same_comm(const struct event *e)
+{
+	int i;
+
+	for (i = 0; i < TASK_COMM_LEN; i++) {
+		if (e->owner_comm[i] != target_comm[i])
+			return false;
+		if (!target_comm[i])
+			return true;
+	}
+	return true;
+}
+
+/* Whether the owner filters keep `e`. */
+static __always_inline bool owner_matches(const struct event *e)
+{
+	if (!(e->flags & EVENT_F_OWNER_KNOWN))
+		return false;
+	if (filter_pid && !bpf_map_lookup_elem(&pids, &e->owner_pid))
+		return false;
+	if (filter_uid && e->owner_uid != target_uid)
+		return false;
+	if (filter_comm && !same_comm(e))
+		return false;
+	if (filter_cgroup && !(e->flags & EVENT_F_OWNER_IN_CGROUP))
+		return false;
+	return true;
+}
+
+/*
  * Sets e's time in its old state from the socket's previous transition, and
  * remembers this one in the `sockets` map, keyed by the socket's address.
  * src/durations.rs applies the same rules in user space.
@@ -207,12 +362,15 @@ static __always_inline void track(struct event *e, __u64 now)
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
 	if (e->newstate == TCP_CLOSE) {
 		/* The address is reused by the next socket allocated there. */
+		track_owner(e, st ? st : &fresh, false);
 		if (st)
 			bpf_map_delete_elem(&sockets, &key);
 	} else if (st) {
 		st->since_ns = now;
+		track_owner(e, st, false);
 	} else {
 		fresh.since_ns = now;
+		track_owner(e, &fresh, false);
 		if (bpf_map_update_elem(&sockets, &key, &fresh, BPF_ANY)) {
 			count(COUNTER_MAP_FULL);
 			e->flags |= EVENT_F_MAP_FULL;
@@ -244,6 +402,7 @@ static __always_inline void track_local(struct event *e, struct sock *sk,
 		e->delta_ns = now - st->since_ns;
 	else
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
+	track_owner(e, st, true);
 	if (e->newstate == TCP_CLOSE) {
 		st->since_ns = 0;
 		if (kept)
@@ -326,6 +485,9 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 	/* An unknown time is not known to be long enough. */
 	if (min_delta_ns && ((e->flags & EVENT_F_DURATION_UNKNOWN) ||
 			     e->delta_ns < min_delta_ns))
+		return 0;
+	if ((filter_pid || filter_comm || filter_uid || filter_cgroup) &&
+	    !owner_matches(e))
 		return 0;
 
 	e->ts_ns = now;

@@ -16,6 +16,10 @@
 #define EVENT_F_DURATION_UNKNOWN 0x1
 /* The per-socket map was full when this socket needed an entry. */
 #define EVENT_F_MAP_FULL 0x2
+/* The owner_* fields hold the socket's owner (kept by the kernel). */
+#define EVENT_F_OWNER_KNOWN 0x4
+/* The owner's cgroup is the --cgroup filter's or below it. */
+#define EVENT_F_OWNER_IN_CGROUP 0x8
 
 /* Indexes of the in-kernel counters (a per-CPU array). */
 enum counter {
@@ -43,6 +47,17 @@ enum counter {
 struct sock_state {
 	/* bpf_ktime_get_ns() when the socket entered its current state. */
 	__u64 since_ns;
+	/* The owner: the process that last changed the socket's state in a
+	 * system call (see is_owner_moment); for a passive child, its
+	 * listener's until then. Valid when owner_known. */
+	__u64 owner_cgroup;
+	__u32 owner_pid;
+	__u32 owner_uid;
+	char owner_comm[TASK_COMM_LEN];
+	__u8 owner_known;
+	/* The owner's cgroup is the --cgroup filter's or below it. */
+	__u8 owner_in_cgroup;
+	__u8 __pad[6];
 };
 
 /* One TCP state transition. */
@@ -76,6 +91,12 @@ struct event {
 	 * transitions. 0 otherwise. */
 	__u32 uid;
 	__u64 cgroup_id;
+	/* With EVENT_F_OWNER_KNOWN: the socket's owner, when the kernel keeps
+	 * the sockets' state (a filter is on). */
+	__u64 owner_cgroup;
+	__u32 owner_pid;
+	__u32 owner_uid;
+	char owner_comm[TASK_COMM_LEN];
 };
 
 #endif /* TCPSTATES_H */
