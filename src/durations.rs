@@ -53,8 +53,16 @@ impl Decoder {
     }
 
     /// Decodes one record; the caller must pass every record, in order.
-    pub fn decode(&mut self, data: &[u8]) -> Result<Event, DecodeError> {
+    /// None for a record that is not a transition (the program says a
+    /// process accepted a socket), which it takes in.
+    pub fn decode(&mut self, data: &[u8]) -> Result<Option<Event>, DecodeError> {
         let mut event = Event::decode(data)?;
+        if event.accepted {
+            if let Some(owners) = &mut self.owners {
+                owners.accepted(&event);
+            }
+            return Ok(None);
+        }
         if let Some(times) = &mut self.times {
             let tracked = times.observe(event.skaddr, event.old, event.new, event.ts_ns);
             event.duration_ns = tracked.duration_ns;
@@ -66,7 +74,7 @@ impl Decoder {
         if let (Some(cgroups), Some(owner)) = (&mut self.cgroups, event.owner) {
             event.cgroup = cgroups.path(owner.cgroup_id);
         }
-        Ok(event)
+        Ok(Some(event))
     }
 
     /// The user-space times, unless the kernel keeps them.
@@ -165,6 +173,13 @@ impl Owners {
                 Some(owner)
             }
             _ => None,
+        }
+    }
+
+    /// The task on the CPU of `ev` accepted its socket: it is the owner now.
+    pub fn accepted(&mut self, ev: &Event) {
+        if self.by_socket.len() < self.limit || self.by_socket.contains_key(&ev.skaddr) {
+            self.by_socket.insert(ev.skaddr, ev.current_as_owner());
         }
     }
 
@@ -500,6 +515,23 @@ mod tests {
             Some(owner(10))
         );
         assert_eq!(o.observe(&event(SK + 192, Listen, SynRecv, 0, 80)), None);
+    }
+
+    #[test]
+    fn an_accept_makes_the_acceptor_the_owner() {
+        let mut o = Owners::new(None);
+        o.observe(&event(SK, Close, Listen, 10, 80));
+        assert_eq!(
+            o.observe(&event(SK + 64, Listen, SynRecv, 0, 80)),
+            Some(owner(10))
+        );
+        let mut accept = event(SK + 64, Established, Established, 20, 80);
+        accept.accepted = true;
+        o.accepted(&accept);
+        assert_eq!(
+            o.observe(&event(SK + 64, Established, CloseWait, 0, 80)),
+            Some(owner(20))
+        );
     }
 
     #[test]

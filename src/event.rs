@@ -23,6 +23,7 @@ const AF_INET6: u16 = libc::AF_INET6 as u16;
 const FLAG_DURATION_UNKNOWN: u32 = 0x1;
 const FLAG_MAP_FULL: u32 = 0x2;
 const FLAG_OWNER_KNOWN: u32 = 0x4;
+const FLAG_ACCEPTED: u32 = 0x10;
 
 /// A TCP state, as numbered in the kernel's `include/net/tcp_states.h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,6 +145,9 @@ pub struct Event {
     pub owner: Option<Owner>,
     /// The owner's cgroup v2 path under the cgroup mount, when known.
     pub cgroup: Option<std::sync::Arc<str>>,
+    /// Not a transition: the task on the CPU accepted the socket (kprobe
+    /// mode), which makes it the owner. Never shown.
+    pub accepted: bool,
 }
 
 /// The process that owns a socket: the one that last changed its state in
@@ -252,6 +256,7 @@ impl Event {
                 }
             }),
             cgroup: None,
+            accepted: raw.flags & FLAG_ACCEPTED != 0,
         })
     }
 

@@ -131,10 +131,11 @@ impl Reader {
             return ControlFlow::Break(());
         }
         match self.decoder.decode(data) {
-            Ok(event) => {
+            Ok(Some(event)) => {
                 sink.event(&event);
                 self.counts.printed += 1;
             }
+            Ok(None) => {}
             Err(_) => self.counts.undecodable += 1,
         }
         ControlFlow::Continue(())

@@ -38,6 +38,7 @@ macro_rules! programs {
                 $($borrow)+.handle_listen_start,
                 $($borrow)+.handle_listen_start_ret,
                 $($borrow)+.handle_clone_ret,
+                $($borrow)+.handle_accept_ret,
             ],
         }
     };

@@ -751,4 +751,43 @@ int BPF_KRETPROBE(handle_clone_ret, struct sock *child)
 	return child ? handle_kprobe_change(child, TCP_LISTEN, TCP_SYN_RECV) : 0;
 }
 
+/*
+ * kprobe mode: the moment a process accepts a connection, which is not a
+ * state change, makes it the socket's owner. The kernel's state gets it at
+ * once; without it (the reader keeps the owners), a record that is not a
+ * transition tells the reader.
+ */
+SEC("?kretprobe/inet_csk_accept")
+int BPF_KRETPROBE(handle_accept_ret, struct sock *newsk)
+{
+	struct event e = {};
+	__u64 key = (__u64)newsk;
+
+	if (!newsk)
+		return 0;
+	if (track_sockets) {
+		struct sock_state *st = bpf_map_lookup_elem(&sockets, &key);
+
+		if (st)
+			take_owner(st);
+		return 0;
+	}
+	if (!collect_owner)
+		return 0;
+	read_sock(&e, newsk);
+	if (target_family && e.family != target_family)
+		return 0;
+	if (target_netns && e.netns != target_netns)
+		return 0;
+	e.flags = EVENT_F_ACCEPTED;
+	e.ts_ns = bpf_ktime_get_ns();
+	current_task(&e);
+	e.uid = (__u32)bpf_get_current_uid_gid();
+	e.cgroup_id = bpf_get_current_cgroup_id();
+	if (bpf_ringbuf_output(&events, &e, sizeof(e),
+			       wakeup_bytes ? BPF_RB_NO_WAKEUP : 0))
+		count(COUNTER_RINGBUF_DROPS);
+	return 0;
+}
+
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -20,6 +20,9 @@
 #define EVENT_F_OWNER_KNOWN 0x4
 /* The owner's cgroup is the --cgroup filter's or below it. */
 #define EVENT_F_OWNER_IN_CGROUP 0x8
+/* Not a transition: the current task accepted the socket (kprobe mode),
+ * which makes it the owner. Only skaddr, family and the task are set. */
+#define EVENT_F_ACCEPTED 0x10
 
 /* Indexes of the in-kernel counters (a per-CPU array). */
 enum counter {

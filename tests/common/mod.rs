@@ -42,7 +42,9 @@ impl Capture {
         loop {
             ring.wait(Duration::from_millis(50)).expect("polling");
             ring.consume(|data| {
-                events.push(decoder.decode(data).expect("decoding an event"));
+                if let Some(event) = decoder.decode(data).expect("decoding an event") {
+                    events.push(event);
+                }
                 ControlFlow::Continue(())
             });
             if done(events) {
