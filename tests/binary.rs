@@ -316,9 +316,8 @@ fn time_columns_and_csv() {
     assert_eq!(&fields[10..12], ["LISTEN", "CLOSE"]);
 }
 
-#[test]
-fn closed_stdout_ends_quietly() {
-    let Some(_root) = root() else { return };
+/// The binary with default options into a pipe, once its header is out.
+fn start_into_a_pipe() -> (Child, BufReader<ChildStdout>) {
     let mut child = Command::new(BIN)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -328,6 +327,13 @@ fn closed_stdout_ends_quietly() {
     let mut header = String::new();
     stdout.read_line(&mut header).unwrap();
     assert_eq!(header.trim_end(), HEADER);
+    (child, stdout)
+}
+
+#[test]
+fn closed_stdout_ends_quietly() {
+    let Some(_root) = root() else { return };
+    let (mut child, stdout) = start_into_a_pipe();
     drop(stdout);
     let deadline = Instant::now() + Duration::from_secs(5);
     let status = loop {
@@ -342,13 +348,7 @@ fn closed_stdout_ends_quietly() {
         );
         sleep(Duration::from_millis(50));
     };
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = process::stderr_of(&mut child);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(stderr, "Tracing tcpstates ... Hit Ctrl-C to end\n");
 }
@@ -560,15 +560,7 @@ fn verbose_counters_are_a_sentence_by_default() {
 #[test]
 fn a_pipe_whose_reader_left_ends_the_run_without_traffic() {
     let Some(_root) = root() else { return };
-    let mut child = Command::new(BIN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut header = String::new();
-    stdout.read_line(&mut header).unwrap();
-    assert_eq!(header.trim_end(), HEADER);
+    let (mut child, stdout) = start_into_a_pipe();
     let left = Instant::now();
     drop(stdout);
     let status = loop {
@@ -582,13 +574,7 @@ fn a_pipe_whose_reader_left_ends_the_run_without_traffic() {
         sleep(Duration::from_millis(10));
     };
     let took = left.elapsed();
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let stderr = process::stderr_of(&mut child);
     assert_eq!(status.code(), Some(0), "{stderr}");
     assert_eq!(stderr, "Tracing tcpstates ... Hit Ctrl-C to end\n");
     eprintln!("ended {took:?} after the reader left");

@@ -3,7 +3,7 @@
 //! them, every field of every record checked against what the test did.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
@@ -95,13 +95,7 @@ impl Tracer {
     fn stop(mut self) -> (Vec<String>, String) {
         process::signal(&self.child, libc::SIGINT);
         let status = self.child.wait().unwrap();
-        let mut stderr = String::new();
-        self.child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        let stderr = process::stderr_of(&mut self.child);
         assert_eq!(status.code(), Some(0), "{stderr}");
         let lines = self.stdout.iter().collect();
         (lines, stderr)

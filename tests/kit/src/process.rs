@@ -1,5 +1,6 @@
 //! Stopping a tracer process as Ctrl-C would.
 
+use std::io::Read;
 use std::process::Child;
 
 /// How a stopped tracer ended.
@@ -42,4 +43,14 @@ pub fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill has no memory preconditions; the pid is our child's.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     assert_eq!(rc, 0, "kill({}, {signal})", child.id());
+}
+
+/// All that `child` wrote to its piped stderr (it has exited, or is about
+/// to: this reads to the end).
+pub fn stderr_of(child: &mut Child) -> String {
+    let mut text = String::new();
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut text);
+    }
+    text
 }
