@@ -618,38 +618,63 @@ fn kprobe_matches_tracepoint_on_the_same_traffic() {
     let mut tracepoint = Capture::start(&opts(vec![AttachMode::Tracepoint], Filter::default()));
     for v6 in [false, true] {
         for close in [Close::ClientFirst, Close::ServerFirst, Close::ClientReset] {
-            // `connection` waits on the first capture; the second then has
-            // them too, or soon.
-            let k = connection(&mut kprobe, v6, close);
-            let events =
-                tracepoint.wait_until("the tracepoint's events", |ev| all_closed(ev, k.port, 3));
-            let t = lives(&events, k.port);
-            for (kl, role) in [
-                (&k.listener, (Close, Listen)),
-                (&k.client, (Close, SynSent)),
-                (&k.server, (Listen, SynRecv)),
-            ] {
-                let tl = life_starting(&t, role);
-                assert_eq!(kl.transitions(), tl.transitions(), "{role:?}");
-                for (ke, te) in kl.events.iter().zip(&tl.events) {
-                    assert_eq!(ke.skaddr, te.skaddr);
-                    if ke.old != Listen || ke.new != SynRecv {
-                        assert_eq!(
-                            (ke.laddr, ke.lport, ke.raddr, ke.rport),
-                            (te.laddr, te.lport, te.raddr, te.rport),
-                            "{ke:?} vs {te:?}"
-                        );
-                    }
-                    match (ke.duration_ns, te.duration_ns) {
-                        (Some(a), Some(b)) => {
-                            assert!(a.abs_diff(b) < 5_000_000, "{ke:?} vs {te:?}")
-                        }
-                        (a, b) => assert_eq!(a.is_some(), b.is_some(), "{ke:?} vs {te:?}"),
-                    }
-                }
+            // The transitions and addresses must match every time. The
+            // durations must agree within 5 ms; a task preempted between
+            // the two probes (seen under emulation, one connection in
+            // several dozen) puts more between them, so a connection whose
+            // durations disagree is made again, up to three times.
+            let mut tries = 0;
+            while let Err(mismatch) = same_on_both(&mut kprobe, &mut tracepoint, v6, close) {
+                tries += 1;
+                assert!(
+                    tries < 3,
+                    "durations disagree three times running: {mismatch}"
+                );
             }
         }
     }
+}
+
+/// One connection seen by both captures: asserts the same transitions and
+/// addresses; returns the durations that differ by 5 ms or more, if any.
+fn same_on_both(
+    kprobe: &mut Capture,
+    tracepoint: &mut Capture,
+    v6: bool,
+    close: Close,
+) -> Result<(), String> {
+    // `connection` waits on the first capture; the second then has them
+    // too, or soon.
+    let k = connection(kprobe, v6, close);
+    let events = tracepoint.wait_until("the tracepoint's events", |ev| all_closed(ev, k.port, 3));
+    let t = lives(&events, k.port);
+    let mut mismatch = Ok(());
+    for (kl, role) in [
+        (&k.listener, (Close, Listen)),
+        (&k.client, (Close, SynSent)),
+        (&k.server, (Listen, SynRecv)),
+    ] {
+        let tl = life_starting(&t, role);
+        assert_eq!(kl.transitions(), tl.transitions(), "{role:?}");
+        for (ke, te) in kl.events.iter().zip(&tl.events) {
+            assert_eq!(ke.skaddr, te.skaddr);
+            if ke.old != Listen || ke.new != SynRecv {
+                assert_eq!(
+                    (ke.laddr, ke.lport, ke.raddr, ke.rport),
+                    (te.laddr, te.lport, te.raddr, te.rport),
+                    "{ke:?} vs {te:?}"
+                );
+            }
+            match (ke.duration_ns, te.duration_ns) {
+                (Some(a), Some(b)) if a.abs_diff(b) >= 5_000_000 => {
+                    mismatch = Err(format!("{ke:?} vs {te:?}"));
+                }
+                (Some(_), Some(_)) => {}
+                (a, b) => assert_eq!(a.is_some(), b.is_some(), "{ke:?} vs {te:?}"),
+            }
+        }
+    }
+    mismatch
 }
 
 /// JSON lines of real events, in whatever attach mode runs (the kernel

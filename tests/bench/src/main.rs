@@ -109,6 +109,10 @@ struct Args {
     /// Where the tracers' output goes
     #[arg(long, default_value = "target/bench")]
     workdir: PathBuf,
+    /// Tracers write into a pipe that the benchmark reads and counts, as a
+    /// log shipper would, instead of into a file
+    #[arg(long)]
+    into_pipe: bool,
 }
 
 /// A program run alongside a storm.

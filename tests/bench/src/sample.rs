@@ -68,15 +68,26 @@ pub fn storm_once(
         }
     };
     let before_tool = snapshot();
+    let mut pipe_reader = None;
     let child = match tool {
         Some(tool) => {
-            let child = tool
+            let stdout = if args.into_pipe {
+                Stdio::piped()
+            } else {
+                Stdio::from(File::create(&out)?)
+            };
+            let mut child = tool
                 .command()
-                .stdout(File::create(&out)?)
+                .stdout(stdout)
                 .stderr(File::create(&err)?)
                 .stdin(Stdio::null())
                 .spawn()
                 .with_context(|| format!("starting {}", tool.path.display()))?;
+            // A consumer of the pipe, as a log shipper would be: it counts.
+            pipe_reader = child
+                .stdout
+                .take()
+                .map(|stdout| std::thread::spawn(move || count_in(BufReader::new(stdout), port)));
             Some(child)
         }
         None => None,
@@ -132,11 +143,19 @@ pub fn storm_once(
         sample.cpu_secs = tv(usage.ru_utime) + tv(usage.ru_stime);
         sample.sys_secs = tv(usage.ru_stime);
         sample.max_rss_kb = usage.ru_maxrss;
-        let (captured, printed) = count_lines(&out, port)?;
+        let (captured, printed) = match pipe_reader {
+            Some(reader) => reader
+                .join()
+                .map_err(|_| anyhow::anyhow!("the pipe's reader panicked"))??,
+            None => {
+                let counts = count_lines(&out, port)?;
+                fs::remove_file(&out)?;
+                counts
+            }
+        };
         sample.captured = captured;
         sample.printed = printed;
         sample.stderr = fs::read_to_string(&err)?;
-        fs::remove_file(&out)?;
     }
     Ok(sample)
 }
@@ -163,8 +182,13 @@ fn busy_secs() -> Result<f64> {
 /// (lines for `port`, all rows) in a tracer's output: the default table,
 /// or JSON lines.
 pub fn count_lines(path: &Path, port: u16) -> Result<(u64, u64)> {
+    count_in(BufReader::new(File::open(path)?), port)
+}
+
+/// (lines for `port`, all rows) of a tracer's output read from `input`.
+fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
     let (mut captured, mut rows) = (0, 0);
-    for line in BufReader::new(File::open(path)?).lines() {
+    for line in input.lines() {
         let line = line?;
         let ports = match json_ports(&line) {
             Some(ports) => ports,
