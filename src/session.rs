@@ -23,7 +23,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// With -v, how often the counters are shown.
 const VERBOSE_REPORT_EVERY: Duration = Duration::from_secs(10);
 
-/// Traces as `config` says until SIGINT, SIGTERM or a closed output.
+/// Traces as `config` says until SIGINT, SIGTERM, a closed output, or the
+/// end `--count` or `--duration` sets.
 pub fn run(config: &Config) -> Result<()> {
     signals::install().context("installing signal handlers")?;
     match config.mode {
