@@ -1,13 +1,15 @@
-//! Each socket's time in the state it leaves, kept in user space.
+//! Each socket's time in the state it leaves, and its owner, kept in user
+//! space.
 //!
-//! Without a port filter the kernel sends every transition of the traced
-//! family, so the reader can remember when each socket last changed state.
+//! Without a filter that needs them in the kernel, the kernel sends every
+//! transition of the traced family, so the reader can remember when each
+//! socket last changed state, and which process owns it.
 //! That keeps the kernel side to reading and sending: a per-socket store in
 //! the kernel (a hash map, or socket-local storage) costs the traced host
 //! more than everything else the program does (see BENCHMARKS.md). With a
-//! port filter the kernel drops transitions this side would need, so it
-//! keeps the times itself, by the same rules (`track()` in
-//! `src/bpf/tcpstates.bpf.c`).
+//! port, state, duration or owner filter the kernel drops transitions this
+//! side would need, so it keeps the times and owners itself, by the same
+//! rules (`track()` and `track_owner()` in `src/bpf/tcpstates.bpf.c`).
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};

@@ -9,10 +9,11 @@
 //!   [`host`] says what the host offers it, and [`ring`] reads its ring
 //!   buffer from the mapping;
 //! - [`event`] decodes the kernel's records into typed [`event::Event`]s,
-//!   and [`durations`] keeps each socket's time in its state when the
-//!   kernel does not;
+//!   and [`durations`] keeps each socket's time in its state, and its
+//!   owner, when the kernel does not; [`cgroup`] names owners' cgroups;
 //! - [`output`] holds the outputs behind one [`output::Sink`] trait (the
-//!   table and CSV formatters are pure, unit-tested without root), with
+//!   table, CSV, JSON and journal formatters are pure, unit-tested without
+//!   root), with
 //!   [`clock`] for every time conversion and [`batching`] for how events
 //!   are batched on their way out;
 //! - [`stats`] holds the run's counters and their reports; [`signals`]
