@@ -131,7 +131,7 @@ impl Owners {
             || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv);
         let update = self.update(ev);
         if ev.new == TcpState::Close {
-            let before = self.by_socket.remove(&ev.skaddr).filter(|_| !is_new);
+            let before = remove_and_shrink(&mut self.by_socket, ev.skaddr).filter(|_| !is_new);
             return update.or(before);
         }
         match update {
@@ -143,7 +143,7 @@ impl Owners {
             }
             Some(owner) => Some(owner),
             None if is_new => {
-                self.by_socket.remove(&ev.skaddr);
+                remove_and_shrink(&mut self.by_socket, ev.skaddr);
                 None
             }
             None => self.by_socket.get(&ev.skaddr).copied(),
@@ -206,6 +206,22 @@ pub struct Tracked {
     pub no_room: bool,
 }
 
+/// Removes `key` from `map`, and hands memory back once three quarters of
+/// its slots are empty: to twice what is in use, so that shrinking again
+/// takes as many removals as there are entries left (amortised, like the
+/// growth).
+fn remove_and_shrink<V>(
+    map: &mut HashMap<u64, V, BuildHasherDefault<AddressHasher>>,
+    key: u64,
+) -> Option<V> {
+    let value = map.remove(&key);
+    let slots = map.capacity();
+    if slots > SHRINK_ABOVE && map.len() < slots / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+    value
+}
+
 /// Below this many slots, a map that emptied is not worth shrinking.
 const SHRINK_ABOVE: usize = 4096;
 
@@ -230,16 +246,9 @@ impl SocketTimes {
         }
     }
 
-    /// Hands memory back once three quarters of the slots are empty: to
-    /// twice what is in use, so that shrinking again takes as many closes
-    /// as there are sockets left (amortised, like the growth).
+    /// Forgets a socket (see [`remove_and_shrink`]).
     fn forget(&mut self, skaddr: u64) -> Option<u64> {
-        let since = self.since.remove(&skaddr);
-        let slots = self.since.capacity();
-        if slots > SHRINK_ABOVE && self.since.len() < slots / 4 {
-            self.since.shrink_to(self.since.len() * 2);
-        }
-        since
+        remove_and_shrink(&mut self.since, skaddr)
     }
 
     /// Records a transition of the socket at `skaddr` at `ts_ns` (kernel
@@ -533,6 +542,24 @@ mod tests {
         assert_eq!(
             o.observe(&event(SK + 64, Established, CloseWait, 0, 80)),
             Some(owner(20))
+        );
+    }
+
+    #[test]
+    fn owners_memory_shrinks_when_sockets_close() {
+        let mut o = Owners::new(None);
+        for i in 0..100_000u64 {
+            o.observe(&event(SK + i * 64, Close, SynSent, 1, 0));
+        }
+        let grown = o.by_socket.capacity();
+        for i in 0..100_000u64 {
+            o.observe(&event(SK + i * 64, SynSent, Close, 0, 5));
+        }
+        assert!(o.is_empty());
+        assert!(
+            o.by_socket.capacity() * 10 < grown,
+            "{} of {grown}",
+            o.by_socket.capacity()
         );
     }
 
