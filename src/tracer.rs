@@ -303,7 +303,9 @@ fn configure(
     rodata.track_sockets = store != KernelStore::None;
     rodata.use_sk_storage = store == KernelStore::SocketLocal;
     rodata.has_task_btf = host::has_tracing_5_11();
-    rodata.collect_owner = config.collects_owners();
+    // The reader keeps owners from each event's task only when the kernel
+    // keeps no state; otherwise the kernel sends the owner it keeps.
+    rodata.collect_owner = config.collects_owners() && store == KernelStore::None;
 
     let maps = &mut open.maps;
     maps.events
