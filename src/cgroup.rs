@@ -18,6 +18,9 @@ pub struct CgroupPaths {
     /// The cgroup2 mount, if there is one.
     root: Option<PathBuf>,
     paths: HashMap<u64, Arc<str>>,
+    /// The id asked for last and its path: consecutive events mostly share
+    /// an owner.
+    last: Option<(u64, Arc<str>)>,
     last_scan: Option<Instant>,
 }
 
@@ -32,6 +35,7 @@ impl CgroupPaths {
         Self {
             root,
             paths: HashMap::new(),
+            last: None,
             last_scan: None,
         }
     }
@@ -39,6 +43,17 @@ impl CgroupPaths {
     /// The path of cgroup `id`, walking the hierarchy again when it is not
     /// known (a group made since), at most once a second.
     pub fn path(&mut self, id: u64) -> Option<Arc<str>> {
+        if let Some((last, path)) = &self.last {
+            if *last == id {
+                return Some(Arc::clone(path));
+            }
+        }
+        let path = self.lookup(id)?;
+        self.last = Some((id, Arc::clone(&path)));
+        Some(path)
+    }
+
+    fn lookup(&mut self, id: u64) -> Option<Arc<str>> {
         if let Some(path) = self.paths.get(&id) {
             return Some(Arc::clone(path));
         }
