@@ -726,6 +726,17 @@ fn json_lines_of_real_events() {
     }
 }
 
+/// A listener and one connection to it, held `hold`, closed by the client
+/// first, then by the server, then the listener: the listener's port.
+fn connection_closed_by_client(v6: bool, hold: Duration) -> u16 {
+    let conn = connect(v6);
+    sleep(hold);
+    drop(conn.client);
+    read_to_eof(&conn.server);
+    drop((conn.server, conn.listener));
+    conn.port
+}
+
 /// `--state CLOSE_WAIT`: only transitions into or out of it, with the time
 /// in the state left known although the transition before was dropped.
 #[test]
@@ -740,12 +751,7 @@ fn state_filter_keeps_transitions_into_or_out_of_its_states() {
             ..Filter::default()
         },
     ));
-    let conn = connect(false);
-    let port = conn.port;
-    sleep(HOLD);
-    drop(conn.client);
-    read_to_eof(&conn.server);
-    drop((conn.server, conn.listener));
+    let port = connection_closed_by_client(false, HOLD);
     let events = capture.wait_until("CLOSE_WAIT -> LAST_ACK", |ev| {
         lives(ev, port)
             .iter()
@@ -783,12 +789,7 @@ fn min_duration_filter_keeps_only_long_states() {
             ..Filter::default()
         },
     ));
-    let conn = connect(true);
-    let port = conn.port;
-    sleep(hold);
-    drop(conn.client);
-    read_to_eof(&conn.server);
-    drop((conn.server, conn.listener));
+    let port = connection_closed_by_client(true, hold);
     let events = capture.wait_until("the listener's close", |ev| {
         lives(ev, port)
             .iter()
@@ -850,11 +851,7 @@ fn netns_filter_keeps_one_namespace() {
         let inode = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
         inode_tx.send(inode as u32).unwrap();
         go_rx.recv().unwrap();
-        let conn = connect(false);
-        drop(conn.client);
-        read_to_eof(&conn.server);
-        drop((conn.server, conn.listener));
-        conn.port
+        connection_closed_by_client(false, Duration::ZERO)
     });
     let inode = inode_rx.recv().unwrap();
     let mut capture = Capture::start(&opts(
