@@ -3,7 +3,7 @@
 //! dropped. On the host only: the kernel matrix's guests mount no cgroup2,
 //! and 5.10 lets no tracing program ask for a cgroup's ancestors.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -77,13 +77,7 @@ fn cgroup_filter_keeps_the_group_and_below() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(tracer.stderr.take().unwrap());
-    let mut first = String::new();
-    err.read_line(&mut first).unwrap();
-    assert_eq!(
-        first, "Tracing tcpstates ... Hit Ctrl-C to end\n",
-        "{first}"
-    );
+    process::wait_attached(&mut tracer);
 
     writeln!(peer.stdin.take().unwrap(), "go").unwrap();
     let (server, _) = listener.accept().unwrap();

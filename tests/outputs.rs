@@ -80,14 +80,7 @@ impl Tracer {
                 }
             }
         });
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        let mut first = String::new();
-        err.read_line(&mut first).unwrap();
-        assert_eq!(
-            first, "Tracing tcpstates ... Hit Ctrl-C to end\n",
-            "{first}"
-        );
-        child.stderr = Some(err.into_inner());
+        process::wait_attached(&mut child);
         Tracer { child, stdout }
     }
 

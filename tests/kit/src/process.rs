@@ -54,3 +54,20 @@ pub fn stderr_of(child: &mut Child) -> String {
     }
     text
 }
+
+/// The line a tracer prints on stderr once attached.
+pub const ATTACHED: &str = "Tracing tcpstates ... Hit Ctrl-C to end";
+
+/// Waits until the tracer `child` says on its piped stderr that it is
+/// attached, and fails on any other first line. Reads byte by byte, so
+/// what follows stays in the pipe for whoever reads stderr later.
+pub fn wait_attached(child: &mut Child) {
+    let err = child.stderr.as_mut().expect("stderr is piped");
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while err.read(&mut byte).expect("reading stderr") == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&line);
+    assert_eq!(line, ATTACHED, "the tracer said {line:?}");
+}
