@@ -32,6 +32,9 @@ EXAMPLES:
     tcpstates --netns /run/netns/blue  # only one network namespace
     tcpstates --count 100 --duration 60  # at most 100 lines, at most a minute
     tcpstates --attach tracepoint -v   # force an attach point, say what happened
+    tcpstates -S                       # in-kernel summary: histograms at Ctrl-C
+    tcpstates -S 10 -T                 # a summary every 10 seconds, stamped
+    tcpstates --metrics 9977           # serve the summary to Prometheus on 127.0.0.1:9977
 
 COLUMNS:
     C-PID and C-COMM are the task on the CPU when the state changed (\"current\"),
@@ -73,6 +76,17 @@ pub struct Args {
     /// Also log each transition to the systemd journal (BCC's fields)
     #[arg(short = 'Y', long)]
     pub journal: bool,
+
+    /// Summary: the kernel counts transitions and histograms the time in each state;
+    /// printed at exit, and every SECS seconds if given (each time what happened since)
+    #[arg(short = 'S', long, value_name = "SECS", num_args = 0..=1, value_parser = parse_duration,
+          conflicts_with_all = ["csv", "timestamp", "wide", "extended", "journal", "count"])]
+    pub summary: Option<Option<std::time::Duration>>,
+
+    /// Serve the summary over HTTP for Prometheus at ADDR:PORT (a bare PORT: 127.0.0.1)
+    #[arg(long, value_name = "ADDR:PORT", value_parser = parse_listen,
+          conflicts_with_all = ["csv", "timestamp", "wide", "extended", "journal", "count"])]
+    pub metrics: Option<std::net::SocketAddr>,
 
     /// Comma-separated list of local ports to trace
     #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = parse_ports,
@@ -187,6 +201,17 @@ fn parse_ports(text: &str) -> Result<Ports, String> {
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Ports)
+}
+
+/// `--metrics`: an address and port, or a port alone (on loopback).
+fn parse_listen(text: &str) -> Result<std::net::SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(port) = text.parse::<u16>() {
+        return Ok((std::net::Ipv4Addr::LOCALHOST, port).into());
+    }
+    text.parse().map_err(|_| {
+        format!("'{text}' is not ADDR:PORT or PORT (for example 127.0.0.1:9977 or [::1]:9977)")
+    })
 }
 
 fn parse_max_sockets(text: &str) -> Result<u32, String> {

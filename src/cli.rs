@@ -9,7 +9,9 @@ use clap::{CommandFactory, FromArgMatches};
 
 use crate::args::{Args, Ports};
 use crate::cgroup;
-use crate::config::{AttachMode, CgroupFilter, Config, Family, Filter, Format, Mode, TimeColumns};
+use crate::config::{
+    AttachMode, CgroupFilter, Config, Family, Filter, Format, Mode, SummaryOutput, TimeColumns,
+};
 
 /// The outcome of parsing: run, or print something and exit.
 #[derive(Debug)]
@@ -138,8 +140,18 @@ impl Args {
         let mut pids: Vec<u32> = self.pids.into_iter().flatten().collect();
         pids.sort_unstable();
         pids.dedup();
+        let mode = if self.summary.is_some() || self.metrics.is_some() {
+            Mode::Summary(SummaryOutput {
+                print: self.summary.is_some(),
+                interval: self.summary.flatten(),
+                clock: self.time,
+                json: self.json,
+            })
+        } else {
+            Mode::Stream
+        };
         Ok(Config {
-            mode: Mode::Stream,
+            mode,
             format,
             filter: Filter {
                 family,
@@ -162,6 +174,7 @@ impl Args {
             duration: self.duration,
             verbose: self.verbose,
             report: self.report,
+            metrics: self.metrics,
         })
     }
 }

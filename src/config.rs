@@ -4,7 +4,9 @@
 //! Self-contained (clap and std only): `build.rs` includes it with the
 //! command line's definition, to generate the man page and completions.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::ValueEnum;
 
@@ -40,6 +42,9 @@ pub struct Config {
     pub verbose: bool,
     /// The form of the counters report.
     pub report: ReportFormat,
+    /// `--metrics`: serve the in-kernel summary to Prometheus at this
+    /// address (summary mode).
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Config {
@@ -52,6 +57,19 @@ impl Config {
                 Format::Table { extended, .. } | Format::Csv { extended, .. } => extended,
                 Format::Json => true,
             }
+    }
+
+    /// Whether the kernel keeps each socket's last-transition time: for a
+    /// filter that needs it, and in summary mode, whose times never leave
+    /// the kernel.
+    pub fn kernel_tracks(&self) -> bool {
+        self.filter.tracks_in_kernel() || matches!(self.mode, Mode::Summary(_))
+    }
+
+    /// Whether the kernel keeps each socket's owner along with its time: for
+    /// an owner filter, or for an output that shows owners.
+    pub fn kernel_keeps_owners(&self) -> bool {
+        self.filter.by_owner() || (self.mode == Mode::Stream && self.collects_owners())
     }
 }
 
@@ -71,6 +89,7 @@ impl Default for Config {
             duration: None,
             verbose: false,
             report: ReportFormat::Text,
+            metrics: None,
         }
     }
 }
@@ -85,6 +104,23 @@ pub enum Mode {
     /// One record per transition, through the ring buffer, to the outputs.
     #[default]
     Stream,
+    /// `-S`, `--metrics`: no records; the kernel aggregates.
+    Summary(SummaryOutput),
+}
+
+/// What summary mode prints (the metrics endpoint is apart).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SummaryOutput {
+    /// `-S`: print histograms and the transition matrix at exit (and every
+    /// `interval`); false with `--metrics` alone.
+    pub print: bool,
+    /// `-S INTERVAL`: also print every this long, each time what happened
+    /// since the last.
+    pub interval: Option<Duration>,
+    /// `-T`: stamp each print with the local time.
+    pub clock: bool,
+    /// `-j`: each print as one JSON object on one line.
+    pub json: bool,
 }
 
 /// The optional time columns, first on each line.

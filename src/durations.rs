@@ -48,7 +48,7 @@ impl Decoder {
     /// For the program `config` loads.
     pub fn for_config(config: &Config) -> Self {
         Self::new(
-            config.filter.tracks_in_kernel(),
+            config.kernel_tracks(),
             config.max_sockets,
             config.collects_owners(),
         )

@@ -16,6 +16,9 @@
 //!   root), with
 //!   [`clock`] for every time conversion and [`batching`] for how events
 //!   are batched on their way out;
+//! - in summary mode the kernel aggregates instead: [`summary`] reads and
+//!   prints its histograms and transition counts, [`metrics`] serves them
+//!   to Prometheus;
 //! - [`stats`] holds the run's counters and their reports; [`signals`]
 //!   ends a run cleanly.
 
@@ -30,11 +33,13 @@ pub mod config;
 pub mod durations;
 pub mod event;
 pub mod host;
+pub mod metrics;
 pub mod output;
 pub mod ring;
 pub mod session;
 pub mod signals;
 pub mod stats;
+pub mod summary;
 pub mod tracer;
 
 /// The skeleton libbpf-cargo generates from `src/bpf/tcpstates.bpf.c`.

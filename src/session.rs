@@ -2,18 +2,21 @@
 //! asks for, report what was lost. With the privileged core, the only code
 //! that touches the tracer.
 
-use std::io::{self, IsTerminal};
+use std::io::{self, IsTerminal, Write};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::batching::Batching;
-use crate::config::{Config, Mode, ReportFormat};
+use crate::clock::{Utc, WallClock};
+use crate::config::{Config, Mode, ReportFormat, SummaryOutput};
 use crate::durations::Decoder;
+use crate::metrics::Endpoint;
 use crate::output::{self, Sink};
 use crate::signals;
 use crate::stats::{ReaderCounts, Stats};
+use crate::summary::Summary;
 use crate::tracer::Tracer;
 
 /// How long one poll waits: also the longest a line written into a pipe or
@@ -29,6 +32,116 @@ pub fn run(config: &Config) -> Result<()> {
     signals::install().context("installing signal handlers")?;
     match config.mode {
         Mode::Stream => stream(config),
+        Mode::Summary(output) => summary(config, output),
+    }
+}
+
+/// No records: the kernel aggregates; printed as `output` says, served
+/// at `--metrics`.
+fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
+    // Bound first: a bad address or a port in use fails before tracing.
+    let endpoint = config.metrics.map(Endpoint::bind).transpose()?;
+    let tracer = Tracer::start(config, 0)?;
+    if config.verbose {
+        eprintln!(
+            "tcpstates: attached with {}; per-socket times kept {}",
+            tracer.mode(),
+            tracer.store().describe()
+        );
+    }
+    let view = tracer.view();
+    match endpoint {
+        Some(endpoint) => {
+            let addr = endpoint.addr()?;
+            endpoint.serve(tracer.view(), tracer.mode())?;
+            eprintln!("Tracing tcpstates ... metrics at http://{addr}/metrics; Ctrl-C to end");
+        }
+        None => eprintln!("Tracing tcpstates ... Hit Ctrl-C to end"),
+    }
+
+    let mut printer = SummaryPrinter::new(output);
+    let started = Instant::now();
+    let deadline = config.duration.map(|d| started + d);
+    let mut next_print = output.interval.map(|every| started + every);
+    while !signals::stop_requested() {
+        let now = Instant::now();
+        if deadline.is_some_and(|end| now >= end) {
+            break;
+        }
+        if let Some(at) = next_print.filter(|at| now >= *at) {
+            if printer.print(&view.summary()?).is_err() {
+                // `tcpstates -S 1 | head`: the reader is gone.
+                return Ok(());
+            }
+            next_print = output.interval.map(|every| at + every);
+        }
+        let wake = [deadline, next_print, Some(now + POLL_INTERVAL)];
+        let until = wake.into_iter().flatten().min().unwrap_or(now);
+        std::thread::sleep(until.saturating_duration_since(now));
+    }
+    tracer.detach();
+    if output.print && printer.print(&view.summary()?).is_err() {
+        return Ok(());
+    }
+    let stats = Stats {
+        kernel: view.counters()?,
+        reader: ReaderCounts::default(),
+    };
+    if config.verbose {
+        report(config.report, &stats);
+    }
+    if let Some(losses) = stats.losses() {
+        eprintln!("tcpstates: {losses}");
+    }
+    Ok(())
+}
+
+/// Prints what the kernel counted since the last print.
+struct SummaryPrinter {
+    output: SummaryOutput,
+    shown: Summary,
+    since: Instant,
+}
+
+impl SummaryPrinter {
+    fn new(output: SummaryOutput) -> Self {
+        Self {
+            output,
+            shown: Summary::default(),
+            since: Instant::now(),
+        }
+    }
+
+    /// Prints `now` less what was printed before; an error once standard
+    /// output is gone.
+    fn print(&mut self, now: &Summary) -> io::Result<()> {
+        if !self.output.print {
+            return Ok(());
+        }
+        let delta = now.since(&self.shown);
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as i128);
+        let mut text = String::new();
+        if self.output.json {
+            let seconds = self.since.elapsed().as_secs_f64();
+            delta.write_json(&mut text, Utc::at_unix_ns(unix_ns), seconds);
+        } else {
+            if self.output.clock {
+                let wall = WallClock::at_unix((unix_ns / 1_000_000_000) as i64);
+                text.push_str(&format!(
+                    "{:02}:{:02}:{:02}\n",
+                    wall.hour, wall.minute, wall.second
+                ));
+            }
+            delta.write_text(&mut text);
+            text.push('\n');
+        }
+        self.shown = now.clone();
+        self.since = Instant::now();
+        let mut stdout = io::stdout().lock();
+        stdout.write_all(text.as_bytes())?;
+        stdout.flush()
     }
 }
 

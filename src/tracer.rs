@@ -5,20 +5,22 @@
 
 use std::cell::Cell;
 use std::mem::MaybeUninit;
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use libbpf_rs::{Link, MapCore, MapFlags, OpenObject, PrintLevel, ProgramMut};
+use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
 use crate::batching;
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
-use crate::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family};
+use crate::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Mode};
 use crate::event::RAW_EVENT_SIZE;
 use crate::host;
 use crate::ring::RingReader;
 use crate::stats::KernelCounters;
+use crate::summary::Summary;
 
 /// The programs of `mode`, as fields of a skeleton's `progs` (open or
 /// loaded), borrowed as `$borrow` says (`&` or `&mut`), in the order they
@@ -60,7 +62,7 @@ impl KernelStore {
     /// tp_btf on a kernel that allows it (`local_ok`); an explicit
     /// `--max-sockets` asks for a bound, which only the map has.
     pub fn choose(config: &Config, mode: AttachMode, local_ok: bool) -> Self {
-        if !config.filter.tracks_in_kernel() {
+        if !config.kernel_tracks() {
             KernelStore::None
         } else if mode == AttachMode::TpBtf && local_ok && config.max_sockets.is_none() {
             KernelStore::SocketLocal
@@ -86,6 +88,7 @@ pub struct Tracer {
     links: Cell<Vec<Link>>,
     mode: AttachMode,
     store: KernelStore,
+    view: Arc<KernelView>,
 }
 
 impl Tracer {
@@ -133,11 +136,13 @@ impl Tracer {
             .map(|prog| prog.attach().map_err(anyhow::Error::from))
             .collect::<Result<Vec<Link>>>()
             .with_context(|| format!("attaching the {mode} program{}", host::attach_hint(mode)))?;
+        let view = Arc::new(KernelView::new(&skel, mode)?);
         Ok(Tracer {
             skel,
             links: Cell::new(links),
             mode,
             store,
+            view,
         })
     }
 
@@ -165,13 +170,12 @@ impl Tracer {
 
     /// Reads the in-kernel counters.
     pub fn counters(&self) -> Result<KernelCounters> {
-        let read = |which: counter| sum_percpu(&self.skel.maps.counters, which.0);
-        Ok(KernelCounters {
-            events: read(counter::COUNTER_EVENTS)?,
-            ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
-            map_full: read(counter::COUNTER_MAP_FULL)?,
-            recursion_misses: self.recursion_misses()?,
-        })
+        self.view.counters()
+    }
+
+    /// What the kernel counts, readable from another thread.
+    pub fn view(&self) -> Arc<KernelView> {
+        Arc::clone(&self.view)
     }
 
     /// Sockets whose last transition time the kernel keeps now (none
@@ -182,46 +186,95 @@ impl Tracer {
             KernelStore::None => Ok(0),
             KernelStore::Map(_) => Ok(self.skel.maps.sockets.keys().count() as u64),
             KernelStore::SocketLocal => {
-                let read = |which: counter| sum_percpu(&self.skel.maps.counters, which.0);
+                let read = |which: counter| sum_percpu(&self.view.counters, which.0);
                 let started = read(counter::COUNTER_LOCAL_STARTED)?;
                 Ok(started.saturating_sub(read(counter::COUNTER_LOCAL_STOPPED)?))
             }
         }
     }
+}
 
-    /// Transitions no program handled: the main program's recursion misses,
-    /// less those the tp_btf backup program handled.
-    fn recursion_misses(&self) -> Result<u64> {
-        let progs = &self.skel.progs;
-        Ok(match self.mode {
-            // The backup's own misses are transitions the main program
-            // handled: only the main one's count, less what the backup
-            // caught, is lost.
-            AttachMode::TpBtf => recursion_misses(&progs.handle_tp_btf)?.saturating_sub(
-                sum_percpu(&self.skel.maps.counters, counter::COUNTER_NESTED.0)?,
-            ),
-            mode => programs!(mode, &progs)
+/// What the kernel counts: its counters and summary mode's aggregates,
+/// through descriptors of its own, so that any thread can read them while
+/// the program runs, and after it detaches.
+#[derive(Debug)]
+pub struct KernelView {
+    counters: MapHandle,
+    summary: MapHandle,
+    /// The programs whose recursion misses are transitions nobody handled.
+    missing: Vec<OwnedFd>,
+    /// tp_btf: the backup program handled some of those misses, and
+    /// counted them in COUNTER_NESTED.
+    backup: bool,
+}
+
+impl KernelView {
+    fn new(skel: &TcpstatesSkel<'_>, mode: AttachMode) -> Result<Self> {
+        let progs = &skel.progs;
+        // The backup's own misses are transitions the main program handled:
+        // only the main one's count, less what the backup caught, is lost.
+        let missing = match mode {
+            AttachMode::TpBtf => vec![&progs.handle_tp_btf],
+            mode => programs!(mode, &progs),
+        };
+        Ok(Self {
+            counters: MapHandle::try_from(&skel.maps.counters)?,
+            summary: MapHandle::try_from(&skel.maps.summary)?,
+            missing: missing
                 .into_iter()
-                .map(recursion_misses)
-                .sum::<Result<u64>>()?,
+                .map(|prog| prog.as_fd().try_clone_to_owned())
+                .collect::<std::io::Result<_>>()
+                .context("duplicating a program's descriptor")?,
+            backup: mode == AttachMode::TpBtf,
         })
+    }
+
+    /// Reads the in-kernel counters.
+    pub fn counters(&self) -> Result<KernelCounters> {
+        let read = |which: counter| sum_percpu(&self.counters, which.0);
+        Ok(KernelCounters {
+            events: read(counter::COUNTER_EVENTS)?,
+            ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
+            map_full: read(counter::COUNTER_MAP_FULL)?,
+            recursion_misses: self.recursion_misses()?,
+        })
+    }
+
+    /// Summary mode's aggregates, summed over CPUs.
+    pub fn summary(&self) -> Result<Summary> {
+        let per_cpu = self
+            .summary
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .context("reading the summary map")?
+            .unwrap_or_default();
+        Summary::sum_of(&per_cpu).map_err(|err| anyhow!("reading the summary map: {err}"))
+    }
+
+    /// Transitions no program handled.
+    fn recursion_misses(&self) -> Result<u64> {
+        let misses = self
+            .missing
+            .iter()
+            .map(|fd| recursion_misses(fd.as_fd()))
+            .sum::<Result<u64>>()?;
+        if self.backup {
+            Ok(misses.saturating_sub(sum_percpu(&self.counters, counter::COUNTER_NESTED.0)?))
+        } else {
+            Ok(misses)
+        }
     }
 }
 
-/// How often the kernel skipped `prog` because it was already running on
-/// that CPU (Linux 5.12+; 0 before).
-fn recursion_misses(prog: &ProgramMut<'_>) -> Result<u64> {
+/// How often the kernel skipped the program `prog` because it was already
+/// running on that CPU (Linux 5.12+; 0 before).
+fn recursion_misses(prog: BorrowedFd<'_>) -> Result<u64> {
     let mut info = libbpf_rs::libbpf_sys::bpf_prog_info::default();
     let mut len = std::mem::size_of_val(&info) as u32;
-    // SAFETY: the fd is the loaded program's, open while `prog` lives;
+    // SAFETY: the fd is a loaded program's, open while `prog` is borrowed;
     // `info` is a zeroed bpf_prog_info of `len` bytes, which the kernel fills
     // (no pointer in it is set, so it writes nowhere else).
     let rc = unsafe {
-        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(
-            prog.as_fd().as_raw_fd(),
-            &mut info,
-            &mut len,
-        )
+        libbpf_rs::libbpf_sys::bpf_prog_get_info_by_fd(prog.as_raw_fd(), &mut info, &mut len)
     };
     if rc != 0 {
         bail!(
@@ -306,6 +359,8 @@ fn configure(
     // The reader keeps owners from each event's task only when the kernel
     // keeps no state; otherwise the kernel sends the owner it keeps.
     rodata.collect_owner = config.collects_owners() && store == KernelStore::None;
+    rodata.keep_owner = config.kernel_keeps_owners();
+    rodata.summary_mode = matches!(config.mode, Mode::Summary(_));
 
     let maps = &mut open.maps;
     maps.events

@@ -93,6 +93,15 @@ const volatile bool use_sk_storage = false;
  * enum value would cost every start another search of the kernel's BTF.
  */
 const volatile bool has_task_btf = false;
+/*
+ * Summary mode: each transition that passes the filters is added to the
+ * per-CPU `summary` instead of going through the ring buffer (needs
+ * track_sockets for the times).
+ */
+const volatile bool summary_mode = false;
+/* With track_sockets: whether the kernel keeps each socket's owner (an
+ * owner filter, or an output that shows owners). */
+const volatile bool keep_owner = true;
 
 /* Makes `struct event` and `enum counter` part of the object's BTF, so the
  * skeleton generates them for Rust. */
@@ -198,6 +207,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } counters SEC(".maps");
+
+/* Summary mode's aggregates, filled per CPU and summed by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct summary);
+} summary SEC(".maps");
 
 /* Adds one to a counter; returns its value on this CPU after the add. */
 static __always_inline __u64 count(__u32 which)
@@ -362,15 +379,18 @@ static __always_inline void track(struct event *e, __u64 now)
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
 	if (e->newstate == TCP_CLOSE) {
 		/* The address is reused by the next socket allocated there. */
-		track_owner(e, st ? st : &fresh, false);
+		if (keep_owner)
+			track_owner(e, st ? st : &fresh, false);
 		if (st)
 			bpf_map_delete_elem(&sockets, &key);
 	} else if (st) {
 		st->since_ns = now;
-		track_owner(e, st, false);
+		if (keep_owner)
+			track_owner(e, st, false);
 	} else {
 		fresh.since_ns = now;
-		track_owner(e, &fresh, false);
+		if (keep_owner)
+			track_owner(e, &fresh, false);
 		if (bpf_map_update_elem(&sockets, &key, &fresh, BPF_ANY)) {
 			count(COUNTER_MAP_FULL);
 			e->flags |= EVENT_F_MAP_FULL;
@@ -402,7 +422,8 @@ static __always_inline void track_local(struct event *e, struct sock *sk,
 		e->delta_ns = now - st->since_ns;
 	else
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
-	track_owner(e, st, true);
+	if (keep_owner)
+		track_owner(e, st, true);
 	if (e->newstate == TCP_CLOSE) {
 		st->since_ns = 0;
 		if (kept)
@@ -434,6 +455,75 @@ static __always_inline void current_task(struct event *e)
 		e->pid = bpf_get_current_pid_tgid() >> 32;
 		bpf_get_current_comm(e->comm, TASK_COMM_LEN);
 	}
+}
+
+/* The floor of the base-2 logarithm of v > 0. */
+static __always_inline __u32 log2_u32(__u32 v)
+{
+	__u32 r, shift;
+
+	r = (v > 0xFFFF) << 4;
+	v >>= r;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	return r | (v >> 1);
+}
+
+/* The summary's slot of a time in nanoseconds (see tcpstates.h). */
+static __always_inline __u32 time_slot(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 slot;
+
+	if (!us)
+		return 0;
+	slot = (us >> 32 ? log2_u32(us >> 32) + 32 : log2_u32(us)) + 1;
+	return slot < SUMMARY_SLOTS ? slot : SUMMARY_SLOTS - 1;
+}
+
+/* A state's index in the summary: 0 for a number out of range. */
+static __always_inline __u32 summary_state(int state)
+{
+	return state > 0 && state < SUMMARY_STATES ? state : 0;
+}
+
+/*
+ * Summary mode: counts the transition and its time in the state left.
+ * Atomic adds, as in count(): the tp_btf backup program can run in the
+ * middle of the main one on the same CPU.
+ */
+static __always_inline void aggregate(const struct event *e)
+{
+	__u32 zero = 0, slot;
+	__u32 old = summary_state(e->oldstate), new = summary_state(e->newstate);
+	struct summary *s = bpf_map_lookup_elem(&summary, &zero);
+
+	if (!s)
+		return;
+	/* The compiler turns the range checks into forms the verifier cannot
+	 * follow: bound the indexes again where it must keep the bounds. */
+	barrier_var(old);
+	barrier_var(new);
+	old &= SUMMARY_STATES - 1;
+	new &= SUMMARY_STATES - 1;
+	__sync_fetch_and_add(&s->transitions[old][new], 1);
+	if (e->flags & EVENT_F_DURATION_UNKNOWN) {
+		__sync_fetch_and_add(&s->unknown[old], 1);
+		return;
+	}
+	slot = time_slot(e->delta_ns);
+	barrier_var(slot);
+	if (slot >= SUMMARY_SLOTS)
+		slot = SUMMARY_SLOTS - 1;
+	__sync_fetch_and_add(&s->slots[old][slot / 2][slot % 2], 1);
+	__sync_fetch_and_add(&s->sum_ns[old], e->delta_ns);
 }
 
 /* The bit of `state` in state_mask; none for a number out of its range. */
@@ -490,6 +580,10 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 	    !owner_matches(e))
 		return 0;
 
+	if (summary_mode) {
+		aggregate(e);
+		return 0;
+	}
 	e->ts_ns = now;
 	current_task(e);
 	if (collect_owner) {
@@ -768,7 +862,7 @@ int BPF_KRETPROBE(handle_accept_ret, struct sock *newsk)
 	if (track_sockets) {
 		struct sock_state *st = bpf_map_lookup_elem(&sockets, &key);
 
-		if (st)
+		if (st && keep_owner)
 			take_owner(st);
 		return 0;
 	}

@@ -102,4 +102,27 @@ struct event {
 	char owner_comm[TASK_COMM_LEN];
 };
 
+/*
+ * Summary mode (-S, --metrics): what the kernel aggregates, per CPU, instead
+ * of sending events. States are indexed by number; a number out of range
+ * counts as 0. Slot 0 holds times under 1 us; slot i (1..SUMMARY_SLOTS-2)
+ * times of [2^(i-1), 2^i) us; the last slot 2^32 us (71.6 minutes) and more.
+ */
+#define SUMMARY_STATES 16
+#define SUMMARY_SLOTS 34
+
+struct summary {
+	/* Transitions, by old state and new state. */
+	__u64 transitions[SUMMARY_STATES][SUMMARY_STATES];
+	/* Transitions with a known time in the state left, by that state and
+	 * the log2 slot of the time in microseconds: slot n at [n / 2][n % 2]
+	 * (the same bytes as [SUMMARY_SLOTS]; the Rust skeleton derives
+	 * Default, which Rust has only for arrays of up to 32 elements). */
+	__u64 slots[SUMMARY_STATES][SUMMARY_SLOTS / 2][2];
+	/* The sum of those times in nanoseconds, by state left. */
+	__u64 sum_ns[SUMMARY_STATES];
+	/* Transitions whose time in the state left is not known, by state. */
+	__u64 unknown[SUMMARY_STATES];
+};
+
 #endif /* TCPSTATES_H */

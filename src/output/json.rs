@@ -79,7 +79,7 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event, time: Utc) {
 }
 
 /// `2026-11-29T23:59:58.123456Z`.
-fn push_iso8601(out: &mut Vec<u8>, t: Utc) {
+pub fn push_iso8601(out: &mut Vec<u8>, t: Utc) {
     if (0..=9999).contains(&t.year) {
         push_two_digits(out, (t.year / 100) as u8);
         push_two_digits(out, (t.year % 100) as u8);

@@ -1,0 +1,416 @@
+//! `--metrics`: the in-kernel summary over HTTP, for Prometheus. The
+//! exposition is prometheus-client's (the Prometheus project's Rust client):
+//! OpenMetrics when the scraper asks for it, else the classic text format
+//! 0.0.4; the server is hyper's HTTP/1 on a one-thread tokio runtime, on a
+//! thread of its own. Every scrape reads the kernel's maps afresh.
+//!
+//! A scraper cannot hurt the tracer: the server runs apart from it and
+//! never blocks it; each connection has a deadline for its request's
+//! headers and a lifetime; at most [`MAX_CONNECTIONS`] are open at once
+//! (more are closed at once), so its memory is bounded.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text, text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::{AttachMode, STATE_NAMES};
+use crate::summary::{SLOTS, STATES, Summary, slot_range_us, state_name};
+use crate::tracer::KernelView;
+
+/// Connections served at once; more are closed as they come.
+pub const MAX_CONNECTIONS: usize = 512;
+/// How long a connection may take to send a request's headers.
+const HEADER_DEADLINE: Duration = Duration::from_secs(10);
+/// How long a connection may stay open at all.
+const LIFETIME: Duration = Duration::from_secs(120);
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A bound metrics address, not yet served.
+pub struct Endpoint {
+    listener: std::net::TcpListener,
+}
+
+impl Endpoint {
+    /// Binds `addr` (before tracing starts, so that a bad address or a
+    /// port in use ends the run at once).
+    pub fn bind(addr: SocketAddr) -> Result<Self> {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        listener
+            .set_nonblocking(true)
+            .context("setting up the metrics socket")?;
+        Ok(Self { listener })
+    }
+
+    /// The address bound (with the port the kernel chose for port 0).
+    pub fn addr(&self) -> Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    /// Serves the kernel's counts from now on, on a thread of its own,
+    /// until the process ends.
+    pub fn serve(self, view: Arc<KernelView>, mode: AttachMode) -> Result<()> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Exposition { view, mode }));
+        let registry = Arc::new(registry);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .context("starting the metrics server")?;
+        let listener = self.listener;
+        std::thread::Builder::new()
+            .name("metrics".into())
+            .spawn(move || runtime.block_on(accept(listener, registry)))
+            .context("starting the metrics server")?;
+        Ok(())
+    }
+}
+
+async fn accept(listener: std::net::TcpListener, registry: Arc<Registry>) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("tcpstates: metrics server: {err}");
+            return;
+        }
+    };
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            // Out of descriptors, say: wait for some to close.
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            continue;
+        };
+        let registry = Arc::clone(&registry);
+        tokio::spawn(async move {
+            let service = service_fn(move |request| {
+                let response = respond(&request, &registry);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_DEADLINE)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(LIFETIME, connection).await;
+            drop(permit);
+        });
+    }
+}
+
+/// The answer to one request: the metrics at /metrics, a pointer to them
+/// at /, nothing elsewhere.
+fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "GET or HEAD\n");
+        response
+            .headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    match request.uri().path() {
+        "/metrics" => {
+            let openmetrics = request
+                .headers()
+                .get(ACCEPT)
+                .and_then(|accept| accept.to_str().ok())
+                .is_some_and(|accept| accept.contains("application/openmetrics-text"));
+            let (body, content_type) = exposition(registry, openmetrics);
+            match body {
+                Some(body) => {
+                    let mut response = Response::new(Full::new(Bytes::from(body)));
+                    response
+                        .headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+                    response
+                }
+                None => plain(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "reading the kernel's counts failed\n",
+                ),
+            }
+        }
+        "/" => plain(
+            StatusCode::OK,
+            "tcpstates: TCP state transitions and time in each state, at /metrics\n",
+        ),
+        _ => plain(
+            StatusCode::NOT_FOUND,
+            "not found: the metrics are at /metrics\n",
+        ),
+    }
+}
+
+/// The exposition in the format asked for, and its content type; None if
+/// the kernel's counts could not be read.
+pub fn exposition(registry: &Registry, openmetrics: bool) -> (Option<String>, &'static str) {
+    let mut body = String::new();
+    if openmetrics {
+        (
+            text::encode(&mut body, registry).ok().map(|()| body),
+            OPENMETRICS,
+        )
+    } else {
+        let encoded = prometheus_text::encode(&mut body, registry);
+        (encoded.ok().map(|()| body), prometheus_text::CONTENT_TYPE)
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// The metrics, read from the kernel at each scrape.
+#[derive(Debug)]
+struct Exposition {
+    view: Arc<KernelView>,
+    mode: AttachMode,
+}
+
+impl Collector for Exposition {
+    fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let summary = self.view.summary().map_err(|_| std::fmt::Error)?;
+        let counters = self.view.counters().map_err(|_| std::fmt::Error)?;
+        let counts = Counts {
+            summary,
+            ring_drops: counters.ringbuf_drops,
+            map_full: counters.map_full,
+            recursion_misses: counters.recursion_misses,
+        };
+        counts.encode(encoder, self.mode)
+    }
+}
+
+/// One scrape's numbers.
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// The aggregates.
+    pub summary: Summary,
+    /// Events the ring buffer had no room for (event mode only).
+    pub ring_drops: u64,
+    /// Sockets the kernel's store had no room for.
+    pub map_full: u64,
+    /// Transitions no program handled.
+    pub recursion_misses: u64,
+}
+
+impl Counts {
+    /// Writes every metric (names and labels as the README documents them).
+    pub fn encode(
+        &self,
+        mut encoder: DescriptorEncoder,
+        mode: AttachMode,
+    ) -> Result<(), std::fmt::Error> {
+        let s = &self.summary;
+        {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_build_info",
+                "The tcpstates version, and the attach mode in use",
+                None,
+                MetricType::Gauge,
+            )?;
+            let labels = [
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("attach_mode", mode.name()),
+            ];
+            metric.encode_family(&labels)?.encode_gauge(&1i64)?;
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_state_duration",
+                "Time sockets spent in a TCP state before leaving it (when known)",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for state in histogram_states(s) {
+                let name = state_name(state);
+                let labels = [("state", name.as_str())];
+                let buckets: Vec<(f64, u64)> = (0..SLOTS)
+                    .map(|slot| (upper_bound_seconds(slot), s.slots[state][slot]))
+                    .collect();
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        s.sum_ns[state] as f64 / 1e9,
+                        s.timed(state),
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_transitions",
+                "TCP state transitions, by the state left and the state entered",
+                None,
+                MetricType::Counter,
+            )?;
+            for old in 0..STATES {
+                for new in 0..STATES {
+                    let count = s.transitions[old][new];
+                    if count == 0 {
+                        continue;
+                    }
+                    let (old, new) = (state_name(old), state_name(new));
+                    let labels = [("old_state", old.as_str()), ("new_state", new.as_str())];
+                    metric
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_unknown_durations",
+                "Transitions whose time in the state left is not known (the socket predates \
+                 the trace, or the kernel had no room for it)",
+                None,
+                MetricType::Counter,
+            )?;
+            for state in histogram_states(s) {
+                let name = state_name(state);
+                let labels = [("state", name.as_str())];
+                metric
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&s.unknown[state], None)?;
+            }
+        }
+        for (name, help, value) in [
+            (
+                "tcpstates_ring_drops",
+                "Events lost because the ring buffer was full (event mode)",
+                self.ring_drops,
+            ),
+            (
+                "tcpstates_map_full",
+                "Sockets the kernel's per-socket store had no room for (their times are unknown)",
+                self.map_full,
+            ),
+            (
+                "tcpstates_recursion_misses",
+                "Transitions the kernel ran no program for (it was already running on that CPU)",
+                self.recursion_misses,
+            ),
+        ] {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            metric.encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+        }
+        Ok(())
+    }
+}
+
+/// The states with a histogram: every named one (so that each series
+/// exists from the first scrape), and any other number that occurred.
+fn histogram_states(s: &Summary) -> impl Iterator<Item = usize> + '_ {
+    (0..STATES).filter(move |&state| (1..=STATE_NAMES.len()).contains(&state) || s.left(state) > 0)
+}
+
+/// A slot's `le`: the end of its range, in seconds (the slots hold whole
+/// microseconds, so a time in slot i is under 2^i us); +Inf for the last.
+fn upper_bound_seconds(slot: usize) -> f64 {
+    match slot_range_us(slot).1 {
+        Some(to) => (to + 1) as f64 / 1e6,
+        None => f64::INFINITY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(std::sync::Mutex<Option<Counts>>);
+
+    impl Collector for Fixed {
+        fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            let counts = self.0.lock().unwrap().take().unwrap_or_default();
+            counts.encode(encoder, AttachMode::TpBtf)
+        }
+    }
+
+    fn sample() -> Counts {
+        let mut summary = Summary::default();
+        summary.transitions[1][8] = 4; // ESTABLISHED -> CLOSE_WAIT
+        summary.slots[1][3] = 3; // 4-7 us
+        summary.unknown[1] = 1;
+        summary.sum_ns[1] = 15_000;
+        summary.transitions[14][7] = 1; // a state the list does not name
+        Counts {
+            summary,
+            recursion_misses: 2,
+            ..Counts::default()
+        }
+    }
+
+    fn exposed(openmetrics: bool) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(std::sync::Mutex::new(Some(sample())))));
+        exposition(&registry, openmetrics).0.unwrap()
+    }
+
+    #[test]
+    fn prometheus_text_format() {
+        let text = exposed(false);
+        for line in [
+            "# TYPE tcpstates_state_duration_seconds histogram",
+            "tcpstates_state_duration_seconds_bucket{state=\"ESTABLISHED\",le=\"4e-06\"} 0",
+            "tcpstates_state_duration_seconds_bucket{state=\"ESTABLISHED\",le=\"8e-06\"} 3",
+            "tcpstates_state_duration_seconds_bucket{state=\"ESTABLISHED\",le=\"+Inf\"} 3",
+            "tcpstates_state_duration_seconds_sum{state=\"ESTABLISHED\"} 0.000015",
+            "tcpstates_state_duration_seconds_count{state=\"ESTABLISHED\"} 3",
+            "tcpstates_state_duration_seconds_count{state=\"SYN_SENT\"} 0",
+            "tcpstates_state_duration_seconds_count{state=\"14\"} 0",
+            "# TYPE tcpstates_transitions_total counter",
+            "tcpstates_transitions_total{old_state=\"ESTABLISHED\",new_state=\"CLOSE_WAIT\"} 4",
+            "tcpstates_transitions_total{old_state=\"14\",new_state=\"CLOSE\"} 1",
+            "tcpstates_unknown_durations_total{state=\"ESTABLISHED\"} 1",
+            "tcpstates_recursion_misses_total 2",
+            "tcpstates_ring_drops_total 0",
+            "tcpstates_build_info{version=\"0.1.0\",attach_mode=\"tp-btf\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"));
+        // 34 slots, the last of them +Inf.
+        let buckets = text
+            .lines()
+            .filter(|l| l.starts_with("tcpstates_state_duration_seconds_bucket{state=\"LISTEN\""))
+            .count();
+        assert_eq!(buckets, SLOTS);
+    }
+
+    #[test]
+    fn openmetrics_when_asked() {
+        let text = exposed(true);
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE tcpstates_transitions counter\n"));
+        assert!(text.contains("# UNIT tcpstates_state_duration_seconds seconds\n"));
+    }
+}

@@ -1,0 +1,390 @@
+//! Summary mode's aggregates: what the kernel counts per CPU instead of
+//! sending events (the `summary` map of tcpstates.bpf.c), summed, and the
+//! two ways `-S` prints them: the classic log2 histograms with a transition
+//! matrix, or one JSON object per print.
+
+use std::fmt::Write;
+
+use crate::bpf::types;
+use crate::clock::Utc;
+use crate::config::STATE_NAMES;
+use crate::output::json;
+
+type RawSummary = types::summary;
+
+// SAFETY: the generated struct is plain old data: u64 arrays only, every
+// bit pattern valid.
+unsafe impl plain::Plain for RawSummary {}
+
+/// States by number: 0 stands for a number out of range.
+pub const STATES: usize = 16;
+/// Slots of the time in a state: under 1 us, then [2^(i-1), 2^i) us for
+/// slot i, the last 2^32 us (71.6 minutes) and more.
+pub const SLOTS: usize = 34;
+
+/// The aggregates, summed over CPUs (or the difference of two readings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    /// Transitions, by old state and new state.
+    pub transitions: [[u64; STATES]; STATES],
+    /// Transitions with a known time in the state left, by that state and
+    /// the time's slot.
+    pub slots: [[u64; SLOTS]; STATES],
+    /// The sum of those times, by state left, in nanoseconds.
+    pub sum_ns: [u64; STATES],
+    /// Transitions whose time in the state left is not known, by state.
+    pub unknown: [u64; STATES],
+}
+
+impl Default for Summary {
+    fn default() -> Self {
+        Self {
+            transitions: [[0; STATES]; STATES],
+            slots: [[0; SLOTS]; STATES],
+            sum_ns: [0; STATES],
+            unknown: [0; STATES],
+        }
+    }
+}
+
+/// A state's name, or its number when the kernel's is out of our list.
+pub fn state_name(state: usize) -> String {
+    match state.checked_sub(1).and_then(|i| STATE_NAMES.get(i)) {
+        Some(name) => (*name).to_owned(),
+        None => state.to_string(),
+    }
+}
+
+/// The times slot `slot` holds, in whole microseconds: from, and to
+/// (inclusive; None for the last, which has no end).
+pub fn slot_range_us(slot: usize) -> (u64, Option<u64>) {
+    let from = if slot == 0 { 0 } else { 1 << (slot - 1) };
+    let to = (slot + 1 < SLOTS).then(|| (1u64 << slot) - 1);
+    (from, to)
+}
+
+impl Summary {
+    /// The sum of each CPU's value of the map (`per_cpu`, as the kernel
+    /// hands them); an error if one is not a summary's size.
+    pub fn sum_of(per_cpu: &[Vec<u8>]) -> Result<Self, String> {
+        let mut total = Self::default();
+        for bytes in per_cpu {
+            let mut raw = RawSummary::default();
+            plain::copy_from_bytes(&mut raw, bytes).map_err(|_| {
+                format!(
+                    "a per-CPU value of {} bytes, not a summary's {}",
+                    bytes.len(),
+                    std::mem::size_of::<RawSummary>()
+                )
+            })?;
+            total.add(&raw);
+        }
+        Ok(total)
+    }
+
+    fn add(&mut self, raw: &RawSummary) {
+        for old in 0..STATES {
+            for new in 0..STATES {
+                self.transitions[old][new] += raw.transitions[old][new];
+            }
+            for (slot, n) in raw.slots[old].as_flattened().iter().enumerate() {
+                self.slots[old][slot] += n;
+            }
+            self.sum_ns[old] += raw.sum_ns[old];
+            self.unknown[old] += raw.unknown[old];
+        }
+    }
+
+    /// What was counted since `earlier`, a previous reading.
+    pub fn since(&self, earlier: &Summary) -> Summary {
+        let mut d = self.clone();
+        for state in 0..STATES {
+            for (n, e) in d.transitions[state]
+                .iter_mut()
+                .zip(earlier.transitions[state])
+            {
+                *n = n.saturating_sub(e);
+            }
+            for (n, e) in d.slots[state].iter_mut().zip(earlier.slots[state]) {
+                *n = n.saturating_sub(e);
+            }
+            d.sum_ns[state] = d.sum_ns[state].saturating_sub(earlier.sum_ns[state]);
+            d.unknown[state] = d.unknown[state].saturating_sub(earlier.unknown[state]);
+        }
+        d
+    }
+
+    /// Every transition counted.
+    pub fn total(&self) -> u64 {
+        self.transitions.iter().flatten().sum()
+    }
+
+    /// Transitions out of `state`.
+    pub fn left(&self, state: usize) -> u64 {
+        self.transitions[state].iter().sum()
+    }
+
+    /// Transitions out of `state` whose time in it is known.
+    pub fn timed(&self, state: usize) -> u64 {
+        self.slots[state].iter().sum()
+    }
+
+    /// The states left at least once, in number order.
+    pub fn states_left(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..STATES).filter(|&s| self.left(s) > 0)
+    }
+
+    /// The histograms of the states left with a known time, then the
+    /// transition matrix, as `-S` prints them.
+    pub fn write_text(&self, out: &mut String) {
+        if self.total() == 0 {
+            out.push_str("No transitions.\n");
+            return;
+        }
+        for state in self.states_left() {
+            let timed = self.timed(state);
+            let _ = writeln!(
+                out,
+                "Time in {} before leaving it: {} timed, {} unknown",
+                state_name(state),
+                timed,
+                self.unknown[state]
+            );
+            if timed > 0 {
+                write_log2(out, &self.slots[state]);
+            }
+            out.push('\n');
+        }
+        self.write_matrix(out);
+    }
+
+    /// The transitions by old state (rows) and new state (columns), for
+    /// the states seen.
+    fn write_matrix(&self, out: &mut String) {
+        let rows: Vec<usize> = self.states_left().collect();
+        let columns: Vec<usize> = (0..STATES)
+            .filter(|&new| (0..STATES).any(|old| self.transitions[old][new] > 0))
+            .collect();
+        let row_width = rows.iter().map(|&s| state_name(s).len()).max().unwrap_or(0);
+        let widths: Vec<usize> = columns
+            .iter()
+            .map(|&new| {
+                let widest = rows
+                    .iter()
+                    .map(|&old| self.transitions[old][new].to_string().len())
+                    .max()
+                    .unwrap_or(1);
+                widest.max(state_name(new).len())
+            })
+            .collect();
+        out.push_str("Transitions (rows: old state, columns: new state):\n");
+        let _ = write!(out, "{:row_width$}", "");
+        for (&new, width) in columns.iter().zip(&widths) {
+            let _ = write!(out, "  {:>width$}", state_name(new));
+        }
+        out.push('\n');
+        for &old in &rows {
+            let _ = write!(out, "{:<row_width$}", state_name(old));
+            for (&new, width) in columns.iter().zip(&widths) {
+                let _ = write!(out, "  {:>width$}", self.transitions[old][new]);
+            }
+            out.push('\n');
+        }
+    }
+
+    /// One JSON object on one line: `time` (UTC, the print's), `seconds`
+    /// (what the print covers), `transitions` (non-zero ones), `states` (each
+    /// state left: how many transitions had a known time, how many an
+    /// unknown one, their sum in microseconds, and the non-zero slots).
+    pub fn write_json(&self, out: &mut String, at: Utc, seconds: f64) {
+        let mut time = Vec::new();
+        json::push_iso8601(&mut time, at);
+        out.push_str("{\"time\":\"");
+        out.push_str(&String::from_utf8_lossy(&time));
+        let _ = write!(out, "\",\"seconds\":{seconds:.3},\"transitions\":[");
+        let mut first = true;
+        for old in 0..STATES {
+            for new in 0..STATES {
+                let count = self.transitions[old][new];
+                if count == 0 {
+                    continue;
+                }
+                if !std::mem::take(&mut first) {
+                    out.push(',');
+                }
+                let _ = write!(
+                    out,
+                    "{{\"old\":{},\"new\":{},\"count\":{count}}}",
+                    json_state(old),
+                    json_state(new)
+                );
+            }
+        }
+        out.push_str("],\"states\":[");
+        for (i, state) in self.states_left().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"state\":{},\"timed\":{},\"unknown\":{},\"sum_us\":{},\"slots\":[",
+                json_state(state),
+                self.timed(state),
+                self.unknown[state],
+                self.sum_ns[state] / 1000
+            );
+            let used = self.slots[state]
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0);
+            for (j, (slot, count)) in used.enumerate() {
+                if j > 0 {
+                    out.push(',');
+                }
+                let (from, to) = slot_range_us(slot);
+                let to = to.map_or("null".to_owned(), |to| to.to_string());
+                let _ = write!(
+                    out,
+                    "{{\"from_us\":{from},\"to_us\":{to},\"count\":{count}}}"
+                );
+            }
+            out.push_str("]}");
+        }
+        out.push_str("]}\n");
+    }
+}
+
+/// A state for JSON: its name as a string, or its number.
+fn json_state(state: usize) -> String {
+    match state.checked_sub(1).and_then(|i| STATE_NAMES.get(i)) {
+        Some(name) => format!("\"{name}\""),
+        None => state.to_string(),
+    }
+}
+
+/// The log2 histogram of `slots` in the classic layout of BCC's and
+/// libbpf-tools' histograms (microseconds), up to the last slot used, with
+/// bars scaled to the fullest.
+fn write_log2(out: &mut String, slots: &[u64; SLOTS]) {
+    const BAR: usize = 40;
+    let last = slots.iter().rposition(|&n| n > 0).unwrap_or(0);
+    let max = slots.iter().copied().max().unwrap_or(0).max(1);
+    let (pad, label, width) = if last <= 32 {
+        (5, 19, 10)
+    } else {
+        (15, 29, 20)
+    };
+    let _ = writeln!(
+        out,
+        "{:pad$}{:<label$} : count    distribution",
+        "", "usecs"
+    );
+    for (slot, &count) in slots.iter().enumerate().take(last + 1) {
+        let (from, to) = slot_range_us(slot);
+        let stars = (count as u128 * BAR as u128 / max as u128) as usize;
+        let to = to.map_or("...".to_owned(), |to| to.to_string());
+        let _ = writeln!(
+            out,
+            "{from:>width$} -> {to:<width$} : {count:<8} |{:<BAR$}|",
+            "*".repeat(stars)
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Summary {
+        let mut s = Summary::default();
+        // CLOSE -> SYN_SENT x3 (unknown), SYN_SENT -> ESTABLISHED x3 at
+        // 0.5 us, 3 us and 100 us.
+        s.transitions[7][2] = 3;
+        s.unknown[7] = 3;
+        s.transitions[2][1] = 3;
+        s.slots[2][0] = 1;
+        s.slots[2][2] = 1;
+        s.slots[2][7] = 1;
+        s.sum_ns[2] = 103_500;
+        s
+    }
+
+    #[test]
+    fn slots_cover_every_time() {
+        assert_eq!(slot_range_us(0), (0, Some(0)));
+        assert_eq!(slot_range_us(1), (1, Some(1)));
+        assert_eq!(slot_range_us(2), (2, Some(3)));
+        assert_eq!(slot_range_us(33), (1 << 32, None));
+        for slot in 1..SLOTS - 1 {
+            assert_eq!(
+                slot_range_us(slot).1.unwrap() + 1,
+                slot_range_us(slot + 1).0
+            );
+        }
+    }
+
+    #[test]
+    fn sums_cpus_and_takes_differences() {
+        let mut raw = RawSummary::default();
+        raw.transitions[1][4] = 2;
+        raw.slots[1][16][1] = 5;
+        raw.unknown[1] = 1;
+        // SAFETY: plain old data.
+        let bytes = unsafe { plain::as_bytes(&raw) }.to_vec();
+        let both = Summary::sum_of(&[bytes.clone(), bytes]).unwrap();
+        assert_eq!(both.transitions[1][4], 4);
+        assert_eq!(both.slots[1][33], 10);
+        assert_eq!(both.unknown[1], 2);
+        assert_eq!(both.total(), 4);
+        let once = Summary::sum_of(&[unsafe { plain::as_bytes(&raw) }.to_vec()]).unwrap();
+        assert_eq!(both.since(&once), once);
+        assert!(Summary::sum_of(&[vec![0; 8]]).is_err());
+    }
+
+    #[test]
+    fn text_histograms_and_matrix() {
+        let mut out = String::new();
+        sample().write_text(&mut out);
+        let expected = "\
+Time in SYN_SENT before leaving it: 3 timed, 0 unknown
+     usecs               : count    distribution
+         0 -> 0          : 1        |****************************************|
+         1 -> 1          : 0        |                                        |
+         2 -> 3          : 1        |****************************************|
+         4 -> 7          : 0        |                                        |
+         8 -> 15         : 0        |                                        |
+        16 -> 31         : 0        |                                        |
+        32 -> 63         : 0        |                                        |
+        64 -> 127        : 1        |****************************************|
+
+Time in CLOSE before leaving it: 0 timed, 3 unknown
+
+Transitions (rows: old state, columns: new state):
+          ESTABLISHED  SYN_SENT
+SYN_SENT            3         0
+CLOSE               0         3
+";
+        assert_eq!(out, expected);
+        let mut none = String::new();
+        Summary::default().write_text(&mut none);
+        assert_eq!(none, "No transitions.\n");
+    }
+
+    #[test]
+    fn json_object_on_one_line() {
+        let mut out = String::new();
+        let at = Utc::at_unix_ns(1_700_000_000_123_456_789);
+        sample().write_json(&mut out, at, 2.5);
+        let expected = concat!(
+            r#"{"time":"2023-11-14T22:13:20.123456Z","seconds":2.500,"transitions":["#,
+            r#"{"old":"SYN_SENT","new":"ESTABLISHED","count":3},"#,
+            r#"{"old":"CLOSE","new":"SYN_SENT","count":3}],"states":["#,
+            r#"{"state":"SYN_SENT","timed":3,"unknown":0,"sum_us":103,"slots":["#,
+            r#"{"from_us":0,"to_us":0,"count":1},{"from_us":2,"to_us":3,"count":1},"#,
+            r#"{"from_us":64,"to_us":127,"count":1}]},"#,
+            r#"{"state":"CLOSE","timed":0,"unknown":3,"sum_us":0,"slots":[]}]}"#,
+            "\n"
+        );
+        assert_eq!(out, expected);
+    }
+}
