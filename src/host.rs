@@ -20,10 +20,12 @@ const CAP_BPF: u32 = 39;
 pub fn check_privileges() -> Result<()> {
     let status = fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
     let caps = effective_caps(&status).context("no CapEff line in /proc/self/status")?;
-    if has_bpf_caps(caps) {
-        Ok(())
-    } else {
-        bail!("needs root, or CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN")
+    match missing_caps(caps) {
+        None => Ok(()),
+        Some(missing) => bail!(
+            "missing {missing}: needs root, or CAP_BPF and CAP_PERFMON (Linux 5.8+), \
+             or CAP_SYS_ADMIN"
+        ),
     }
 }
 
@@ -105,9 +107,19 @@ fn effective_caps(status: &str) -> Option<u64> {
     u64::from_str_radix(hex.trim(), 16).ok()
 }
 
-fn has_bpf_caps(caps: u64) -> bool {
+/// The capabilities a tracer lacks among CAP_BPF and CAP_PERFMON, named;
+/// None when it has both, or CAP_SYS_ADMIN (which covers both).
+fn missing_caps(caps: u64) -> Option<String> {
     let has = |cap: u32| caps & (1 << cap) != 0;
-    has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
+    if has(CAP_SYS_ADMIN) {
+        return None;
+    }
+    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
+        .into_iter()
+        .filter(|&(cap, _)| !has(cap))
+        .map(|(_, name)| name)
+        .collect();
+    (!missing.is_empty()).then(|| missing.join(" and "))
 }
 
 #[cfg(test)]
@@ -128,11 +140,12 @@ mod tests {
     fn capability_checks() {
         let status = "Name:\tx\nCapEff:\t000001fffeffffff\n";
         assert_eq!(effective_caps(status), Some(0x1fffeffffff));
-        assert!(has_bpf_caps(0x1fffeffffff));
-        assert!(has_bpf_caps(1 << CAP_SYS_ADMIN));
-        assert!(has_bpf_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)));
-        assert!(!has_bpf_caps(1 << CAP_BPF));
-        assert!(!has_bpf_caps(0));
+        assert_eq!(missing_caps(0x1fffeffffff), None);
+        assert_eq!(missing_caps(1 << CAP_SYS_ADMIN), None);
+        assert_eq!(missing_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)), None);
+        assert_eq!(missing_caps(1 << CAP_BPF).as_deref(), Some("CAP_PERFMON"));
+        assert_eq!(missing_caps(1 << CAP_PERFMON).as_deref(), Some("CAP_BPF"));
+        assert_eq!(missing_caps(0).as_deref(), Some("CAP_BPF and CAP_PERFMON"));
         assert_eq!(effective_caps("Name:\tx\n"), None);
     }
 

@@ -126,7 +126,8 @@ fn without_privileges_says_so_and_exits_1() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert_eq!(
         stderr,
-        "tcpstates: needs root, or CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN\n"
+        "tcpstates: missing CAP_BPF and CAP_PERFMON: needs root, or CAP_BPF and CAP_PERFMON \
+         (Linux 5.8+), or CAP_SYS_ADMIN\n"
     );
     assert!(out.stdout.is_empty());
 }
