@@ -161,3 +161,93 @@ fn stalled_output_loses_nothing() {
         Output::StalledPipe,
     );
 }
+
+/// A summary-mode tracer (`-S -j`, with `args`), attached.
+fn summary_tracer(args: &[&str]) -> std::process::Child {
+    let mut child = Command::new(BIN)
+        .args(["-S", "-j"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    process::wait_attached(&mut child);
+    child
+}
+
+/// Stops a summary tracer and returns its one JSON summary.
+fn final_summary(mut child: std::process::Child) -> serde_json::Value {
+    process::signal(&child, libc::SIGINT);
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let stderr = process::stderr_of(&mut child);
+    assert!(child.wait().unwrap().success(), "{stderr}");
+    assert!(!stderr.contains("lost") && !stderr.contains("missed"), "{stderr}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// Transitions in a JSON summary, and a check that every transition out of
+/// each state has a time in its histogram or counts as unknown.
+fn summary_total(summary: &serde_json::Value) -> u64 {
+    let mut left = std::collections::HashMap::<String, u64>::new();
+    for t in summary["transitions"].as_array().unwrap() {
+        *left.entry(t["old"].to_string()).or_default() += t["count"].as_u64().unwrap();
+    }
+    let states = summary["states"].as_array().unwrap();
+    assert_eq!(states.len(), left.len(), "{summary}");
+    for s in states {
+        let slots: u64 = s["slots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|slot| slot["count"].as_u64().unwrap())
+            .sum();
+        let timed = s["timed"].as_u64().unwrap();
+        assert_eq!(slots, timed, "{s}");
+        let unknown = s["unknown"].as_u64().unwrap();
+        assert_eq!(timed + unknown, left[&s["state"].to_string()], "{s}");
+    }
+    left.values().sum()
+}
+
+/// Summary mode loses nothing: during a storm, two summary tracers, one for
+/// the server's sockets (local port) and one for the client's (remote
+/// port), together count every transition the ground truth counts.
+fn summary_storm_is_counted_whole(v6: bool, ending: Ending) {
+    let listener = TcpListener::bind(SocketAddr::new(loopback(v6), 0)).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let servers = summary_tracer(&["-L", &port]);
+    let clients = summary_tracer(&["-D", &port]);
+    let truth = TransitionCounter::start(port.parse().unwrap()).expect("ground-truth counter");
+    let storm = Storm {
+        connections: 2000,
+        concurrency: 4,
+        ending,
+    };
+    storm::run(&listener, &storm).expect("storm");
+    drop(listener);
+    sleep(Duration::from_millis(300));
+    let expected = truth.count().unwrap();
+    let nominal = storm.connections as u64 * ending.transitions();
+    assert!(
+        expected * 100 >= nominal * 99,
+        "{expected} of {nominal}: the storm did not run"
+    );
+    let (servers, clients) = (final_summary(servers), final_summary(clients));
+    let counted = summary_total(&servers) + summary_total(&clients);
+    assert_eq!(counted, expected, "servers {servers}\nclients {clients}");
+}
+
+#[test]
+fn ipv4_graceful_storm_is_summarized_whole() {
+    let Some(_root) = root() else { return };
+    summary_storm_is_counted_whole(false, Ending::Graceful);
+}
+
+#[test]
+fn ipv6_reset_storm_is_summarized_whole() {
+    let Some(_root) = root() else { return };
+    summary_storm_is_counted_whole(true, Ending::Reset);
+}

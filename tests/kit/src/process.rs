@@ -60,8 +60,9 @@ pub const ATTACHED: &str = "Tracing tcpstates ... Hit Ctrl-C to end";
 
 /// Waits until the tracer `child` says on its piped stderr that it is
 /// attached, and fails on any other first line. Reads byte by byte, so
-/// what follows stays in the pipe for whoever reads stderr later.
-pub fn wait_attached(child: &mut Child) {
+/// what follows stays in the pipe for whoever reads stderr later. Returns
+/// the address of the metrics endpoint, if the tracer serves one.
+pub fn wait_attached(child: &mut Child) -> Option<std::net::SocketAddr> {
     let err = child.stderr.as_mut().expect("stderr is piped");
     let mut line = Vec::new();
     let mut byte = [0u8];
@@ -69,5 +70,14 @@ pub fn wait_attached(child: &mut Child) {
         line.push(byte[0]);
     }
     let line = String::from_utf8_lossy(&line);
-    assert_eq!(line, ATTACHED, "the tracer said {line:?}");
+    let serving = line
+        .strip_prefix("Tracing tcpstates ... metrics at http://")
+        .and_then(|rest| rest.strip_suffix("/metrics; Ctrl-C to end"));
+    match serving {
+        Some(addr) => Some(addr.parse().expect("the metrics address")),
+        None => {
+            assert_eq!(line, ATTACHED, "the tracer said {line:?}");
+            None
+        }
+    }
 }
