@@ -180,10 +180,18 @@ fn summary_tracer(args: &[&str]) -> std::process::Child {
 fn final_summary(mut child: std::process::Child) -> serde_json::Value {
     process::signal(&child, libc::SIGINT);
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let stderr = process::stderr_of(&mut child);
     assert!(child.wait().unwrap().success(), "{stderr}");
-    assert!(!stderr.contains("lost") && !stderr.contains("missed"), "{stderr}");
+    assert!(
+        !stderr.contains("lost") && !stderr.contains("missed"),
+        "{stderr}"
+    );
     assert_eq!(out.lines().count(), 1, "{out}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }

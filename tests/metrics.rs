@@ -1,0 +1,374 @@
+//! The metrics endpoint under real scrapers: Prometheus itself (Debian's
+//! prometheus, started here on loopback with its own configuration and
+//! data, stopped by its pid), promtool's lint, and a hostile client, while
+//! real traffic runs.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tcpstates_testkit::groundtruth::TransitionCounter;
+use tcpstates_testkit::host::root;
+use tcpstates_testkit::net::{listen, loopback, read_to_eof};
+use tcpstates_testkit::process;
+use tcpstates_testkit::storm::{self, Ending, Storm};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
+
+/// A tracer started with `args`, attached; and its metrics address.
+fn tracer(args: &[&str]) -> (Child, Option<SocketAddr>) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("starting tcpstates");
+    let addr = process::wait_attached(&mut child);
+    (child, addr)
+}
+
+/// One HTTP/1.1 GET of `path` at `addr`, the connection closed after it;
+/// the status code and the body.
+fn get(addr: SocketAddr, path: &str, accept: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: {accept}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end: {response:?}")))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status: {head:?}")))?;
+    // hyper sends a whole body of known length: no chunks to undo.
+    Ok((status, body.to_owned()))
+}
+
+/// A free loopback port (free when asked; nothing else here takes ports).
+fn free_port() -> u16 {
+    listen(false).1
+}
+
+/// A Prometheus server scraping one target every second.
+struct Prometheus {
+    child: Child,
+    dir: PathBuf,
+    addr: SocketAddr,
+}
+
+impl Prometheus {
+    fn start(target: SocketAddr) -> Self {
+        let dir = std::env::temp_dir().join(format!("tcpstates-prometheus-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: tcpstates\n    static_configs:\n      \
+                 - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let addr = SocketAddr::new(loopback(false), free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.join("log")).unwrap())
+            .spawn()
+            .expect("prometheus (Debian package prometheus: scripts/setup --test installs it)");
+        let prometheus = Self { child, dir, addr };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !matches!(get(addr, "/-/ready", "*/*"), Ok((200, _))) {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus never got ready: {}",
+                prometheus.log()
+            );
+            sleep(Duration::from_millis(100));
+        }
+        prometheus
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// The value of a PromQL expression whose answer is one sample.
+    fn query(&self, promql: &str) -> Option<f64> {
+        let encoded: String = promql
+            .bytes()
+            .map(|b| match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect();
+        let (status, body) = get(self.addr, &format!("/api/v1/query?query={encoded}"), "*/*")
+            .expect("asking prometheus");
+        assert_eq!(status, 200, "{promql}: {body}");
+        let answer: Value = serde_json::from_str(&body).expect("prometheus's JSON");
+        let result = answer["data"]["result"].as_array()?;
+        assert!(result.len() <= 1, "{promql}: {body}");
+        result.first()?["value"][1].as_str()?.parse().ok()
+    }
+
+    /// Waits up to 20 s for `promql` to answer `want`.
+    fn wait_for(&self, promql: &str, want: f64) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = self.query(promql);
+            if got == Some(want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{promql}: {got:?}, not {want}; prometheus said: {}",
+                self.log()
+            );
+            sleep(Duration::from_millis(250));
+        }
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        process::signal(&self.child, libc::SIGTERM);
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A connection to `listener` that the server closes first; how long the
+/// client's connect() took (its time in SYN_SENT is within it).
+fn server_closes_first(listener: &TcpListener) -> Duration {
+    let started = Instant::now();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let connect = started.elapsed();
+    let (server, _) = listener.accept().unwrap();
+    drop(server);
+    read_to_eof(&client, Some(Duration::from_secs(5)));
+    connect
+}
+
+#[test]
+fn prometheus_scrapes_real_traffic_and_answers_promql() {
+    let Some(_root) = root() else { return };
+    let (listener, port) = listen(false);
+    // The clients' sockets only: remote port `port`.
+    let (mut tracer, addr) = tracer(&["--metrics", "127.0.0.1:0", "-D", &port.to_string()]);
+    let addr = addr.expect("the tracer names its metrics address");
+
+    // promtool lints the classic text format; OpenMetrics when asked for.
+    let (status, text) = get(addr, "/metrics", "text/plain").unwrap();
+    assert_eq!(status, 200, "{text}");
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let (_, open) = get(
+        addr,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0",
+    )
+    .unwrap();
+    assert!(open.ends_with("# EOF\n"), "{open}");
+
+    let prometheus = Prometheus::start(addr);
+    prometheus.wait_for("up{job=\"tcpstates\"}", 1.0);
+    let attach = prometheus.query("count(tcpstates_build_info{attach_mode=\"tp-btf\"})");
+    assert_eq!(attach, Some(1.0));
+    // One connection makes the series exist; two scrapes later, 40 more
+    // over four seconds.
+    let close_wait =
+        "tcpstates_transitions_total{old_state=\"ESTABLISHED\",new_state=\"CLOSE_WAIT\"}";
+    server_closes_first(&listener);
+    prometheus.wait_for(close_wait, 1.0);
+    sleep(Duration::from_secs(2));
+    let mut connects: Vec<Duration> = (0..40)
+        .map(|_| {
+            sleep(Duration::from_millis(100));
+            server_closes_first(&listener)
+        })
+        .collect();
+    prometheus.wait_for(close_wait, 41.0);
+    prometheus.wait_for(
+        "tcpstates_state_duration_seconds_count{state=\"SYN_SENT\"}",
+        41.0,
+    );
+    prometheus.wait_for("tcpstates_unknown_durations_total{state=\"CLOSE\"}", 41.0);
+
+    // The rate over the last minute: the 40 (Prometheus extrapolates a
+    // little past the first and last scrape, never below).
+    let rate = prometheus
+        .query(&format!("rate({close_wait}[1m])"))
+        .expect("a rate");
+    assert!(
+        (40.0 / 60.0..=60.0 / 60.0).contains(&rate),
+        "{rate} per second"
+    );
+    // The median time in SYN_SENT, interpolated inside its log2 bucket: at
+    // most twice the true median, which is at most the median connect().
+    let median = prometheus
+        .query(
+            "histogram_quantile(0.5, sum by (le) \
+             (rate(tcpstates_state_duration_seconds_bucket{state=\"SYN_SENT\"}[1m])))",
+        )
+        .expect("a quantile");
+    connects.sort();
+    let connect_median = connects[connects.len() / 2].as_secs_f64();
+    assert!(
+        median > 0.0 && median <= 2.0 * connect_median,
+        "median {median} s in SYN_SENT; connect() took {connect_median} s"
+    );
+    drop(prometheus);
+
+    process::signal(&tracer, libc::SIGINT);
+    let stderr = process::stderr_of(&mut tracer);
+    assert!(tracer.wait().unwrap().success(), "{stderr}");
+}
+
+/// Opens `n` connections to `addr` and writes `send` on each, never reading.
+fn hostile(addr: SocketAddr, n: usize, send: &[u8]) -> Vec<TcpStream> {
+    (0..n)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).expect("a hostile connection");
+            let _ = stream.write_all(send);
+            stream
+        })
+        .collect()
+}
+
+/// Peak resident memory of a process, from /proc, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+/// Stops a `-S -j` tracer; its one JSON summary's transition count.
+fn summary_total(mut child: Child) -> u64 {
+    process::signal(&child, libc::SIGINT);
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let stderr = process::stderr_of(&mut child);
+    assert!(child.wait().unwrap().success(), "{stderr}");
+    assert!(
+        !stderr.contains("lost") && !stderr.contains("missed"),
+        "{stderr}"
+    );
+    let summary: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    summary["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum()
+}
+
+#[test]
+fn a_hostile_scraper_cannot_hurt_the_tracer() {
+    let Some(_root) = root() else { return };
+    let (listener, port) = listen(false);
+    let port = port.to_string();
+    let (servers, addr) = tracer(&["-S", "-j", "--metrics", "127.0.0.1:0", "-L", &port]);
+    let addr = addr.expect("the tracer names its metrics address");
+    let (clients, _) = tracer(&["-S", "-j", "-D", &port]);
+    let truth = TransitionCounter::start(port.parse().unwrap()).expect("ground-truth counter");
+    let before = peak_rss_kib(servers.id());
+
+    // Hundreds of idle connections, garbage, requests cut in half, and
+    // clients that ask for many scrapes and never read them.
+    let mut held = hostile(addr, 300, b"");
+    held.extend(hostile(
+        addr,
+        50,
+        b"\x16\x03\x01\x00\xa5\x01\x00\xff garbage\r\n\r\n",
+    ));
+    held.extend(hostile(
+        addr,
+        50,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAcc",
+    ));
+    held.extend(hostile(
+        addr,
+        50,
+        &b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n".repeat(50),
+    ));
+
+    let storm = Storm {
+        connections: 2000,
+        concurrency: 4,
+        ending: Ending::Graceful,
+    };
+    let scrapes = std::thread::scope(|scope| {
+        let storming = scope.spawn(|| storm::run(&listener, &storm).expect("storm"));
+        let mut scrapes = 0;
+        while !storming.is_finished() || scrapes < 10 {
+            let (status, body) = get(addr, "/metrics", "text/plain")
+                .unwrap_or_else(|e| panic!("a well-behaved scrape failed: {e}"));
+            assert_eq!(status, 200, "{body}");
+            assert!(body.contains("tcpstates_transitions_total{"), "{body}");
+            scrapes += 1;
+            sleep(Duration::from_millis(50));
+        }
+        storming.join().unwrap();
+        scrapes
+    });
+    drop(listener);
+    sleep(Duration::from_millis(300));
+    let expected = truth.count().unwrap();
+    assert!(
+        expected >= 2000 * 10 * 99 / 100,
+        "{expected}: the storm did not run"
+    );
+    let peak = peak_rss_kib(servers.id());
+    drop(held);
+    let counted = summary_total(servers) + summary_total(clients);
+    assert_eq!(counted, expected);
+    eprintln!(
+        "metrics endpoint under 450 hostile connections: {scrapes} scrapes answered; \
+         peak RSS {before} KiB before, {peak} KiB after"
+    );
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+}
