@@ -105,19 +105,9 @@ fn bad_arguments_get_one_line_and_exit_2() {
 fn without_privileges_says_so_and_exits_1() {
     // SAFETY: geteuid has no preconditions.
     let out = if unsafe { libc::geteuid() } == 0 {
-        // As nobody, from a copy in a folder anyone may enter (the checkout
-        // may sit under /root).
-        let dir = std::env::temp_dir().join(format!("tcpstates-nobody-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let bin = dir.join("tcpstates");
-        std::fs::copy(BIN, &bin).unwrap();
-        for path in [&dir, &bin] {
-            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-                .unwrap();
-        }
-        let out = Command::new(&bin).uid(65534).gid(65534).output();
-        let _ = std::fs::remove_dir_all(&dir);
-        out
+        // As nobody, from a copy anyone may run.
+        let copy = process::PublicCopy::of(BIN, "tcpstates").unwrap();
+        Command::new(&copy.bin).uid(65534).gid(65534).output()
     } else {
         Command::new(BIN).output()
     }
@@ -622,4 +612,33 @@ fn run_limits_end_the_run() {
         "{took:?}"
     );
     assert_eq!(text(&out.stdout).lines().next(), Some(HEADER));
+}
+
+#[test]
+fn metrics_address_in_use_or_malformed_is_one_line() {
+    // Bound before anything is traced: no privileges needed to see it.
+    let (_taken, port) = listen(false);
+    let out = Command::new(BIN)
+        .args(["--metrics", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "tcpstates: cannot serve metrics on 127.0.0.1:{port}: Address already in use \
+             (os error 98)\n"
+        )
+    );
+    let out = Command::new(BIN)
+        .args(["--metrics", "localhost:http"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("'localhost:http' is not ADDR:PORT or PORT"),
+        "{stderr}"
+    );
 }

@@ -81,3 +81,51 @@ pub fn wait_attached(child: &mut Child) -> Option<std::net::SocketAddr> {
         }
     }
 }
+
+/// A copy of a binary in a folder of its own that any user may enter and
+/// run (the checkout may sit under /root); removed on drop.
+pub struct PublicCopy {
+    dir: std::path::PathBuf,
+    /// The copy.
+    pub bin: std::path::PathBuf,
+}
+
+impl PublicCopy {
+    /// Copies `bin` (named `name` in the copy).
+    pub fn of(bin: &str, name: &str) -> std::io::Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("tcpstates-public-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let copy = dir.join(name);
+        std::fs::copy(bin, &copy)?;
+        for path in [&dir, &copy] {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
+        }
+        Ok(Self { dir, bin: copy })
+    }
+}
+
+impl Drop for PublicCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A command that runs `bin` as nobody (uid and gid 65534, no groups)
+/// holding only `caps` (setpriv's names, such as "bpf"), inherited,
+/// ambient and bounding.
+pub fn as_nobody_with(caps: &[&str], bin: &std::path::Path) -> std::process::Command {
+    let set = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|cap| format!("+{cap}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut command = std::process::Command::new("setpriv");
+    command
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set={set}"))
+        .arg("--")
+        .arg(bin);
+    command
+}

@@ -1,0 +1,142 @@
+//! Least privilege: the binary, run as nobody holding only CAP_BPF and
+//! CAP_PERFMON (what this 6.18 kernel needs), traces in event mode and in
+//! summary mode; with either capability dropped it stops with a one-line
+//! message that names the one missing.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use tcpstates_testkit::host::root;
+use tcpstates_testkit::net::{connect, read_to_eof};
+use tcpstates_testkit::process::{self, PublicCopy, as_nobody_with};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The tracer as nobody with CAP_BPF and CAP_PERFMON, attached.
+fn unprivileged(copy: &PublicCopy, args: &[&str]) -> Child {
+    let mut child = as_nobody_with(&["bpf", "perfmon"], &copy.bin)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    process::wait_attached(&mut child);
+    // It runs as nobody, with those two capabilities and no others.
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_owned())
+            .unwrap()
+    };
+    assert_eq!(field("Uid:"), "65534");
+    let eff = u64::from_str_radix(&field("CapEff:"), 16).unwrap();
+    assert_eq!(eff, (1 << CAP_BPF) | (1 << CAP_PERFMON), "{status}");
+    child
+}
+
+/// One connection the client closes first; its listener's port.
+fn one_connection(v6: bool) -> u16 {
+    let conn = connect(v6);
+    drop(conn.client);
+    read_to_eof(&conn.server, Some(Duration::from_secs(5)));
+    conn.port
+}
+
+#[test]
+fn event_mode_as_nobody_with_two_capabilities() {
+    let Some(_root) = root() else { return };
+    let copy = PublicCopy::of(BIN, "tcpstates").unwrap();
+    let mut tracer = unprivileged(&copy, &["-w"]);
+    let port = one_connection(true).to_string();
+    let lines = BufReader::new(tracer.stdout.take().unwrap()).lines();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    for line in lines {
+        let line = line.unwrap();
+        if line.split_whitespace().any(|col| col == port) {
+            seen.push(line);
+        }
+        // Client and server, five transitions each.
+        if seen.len() == 10 || Instant::now() > deadline {
+            break;
+        }
+    }
+    process::signal(&tracer, libc::SIGINT);
+    let stderr = process::stderr_of(&mut tracer);
+    assert!(tracer.wait().unwrap().success(), "{stderr}");
+    assert_eq!(seen.len(), 10, "{seen:#?}");
+}
+
+#[test]
+fn summary_mode_as_nobody_with_two_capabilities() {
+    let Some(_root) = root() else { return };
+    let copy = PublicCopy::of(BIN, "tcpstates").unwrap();
+    // The port is known only once the listener is up, after the tracer
+    // started: it keeps every IPv4 socket, and the connection's
+    // transitions must all be among them.
+    let mut tracer = unprivileged(&copy, &["-S", "-j", "-4"]);
+    one_connection(false);
+    std::thread::sleep(Duration::from_millis(100));
+    process::signal(&tracer, libc::SIGINT);
+    let mut out = String::new();
+    tracer
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let stderr = process::stderr_of(&mut tracer);
+    assert!(tracer.wait().unwrap().success(), "{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let count = |old: &str, new: &str| {
+        summary["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["old"] == old && t["new"] == new)
+            .map_or(0, |t| t["count"].as_u64().unwrap())
+    };
+    for (old, new) in [
+        ("CLOSE", "LISTEN"),
+        ("CLOSE", "SYN_SENT"),
+        ("SYN_SENT", "ESTABLISHED"),
+        ("LISTEN", "SYN_RECV"),
+        ("SYN_RECV", "ESTABLISHED"),
+        ("ESTABLISHED", "FIN_WAIT1"),
+        ("ESTABLISHED", "CLOSE_WAIT"),
+        ("LAST_ACK", "CLOSE"),
+    ] {
+        assert!(count(old, new) >= 1, "no {old} -> {new}: {out}");
+    }
+}
+
+#[test]
+fn either_capability_missing_is_named() {
+    let Some(_root) = root() else { return };
+    let copy = PublicCopy::of(BIN, "tcpstates").unwrap();
+    for (caps, missing) in [
+        (&["bpf"][..], "CAP_PERFMON"),
+        (&["perfmon"][..], "CAP_BPF"),
+        (&[][..], "CAP_BPF and CAP_PERFMON"),
+    ] {
+        for args in [&[][..], &["-S"][..]] {
+            let out = as_nobody_with(caps, &copy.bin).args(args).output().unwrap();
+            assert_eq!(out.status.code(), Some(1), "{caps:?} {args:?}");
+            assert_eq!(
+                String::from_utf8_lossy(&out.stderr),
+                format!(
+                    "tcpstates: missing {missing}: needs root, or CAP_BPF and CAP_PERFMON \
+                     (Linux 5.8+), or CAP_SYS_ADMIN\n"
+                ),
+                "{caps:?} {args:?}"
+            );
+            assert!(out.stdout.is_empty());
+        }
+    }
+}
