@@ -501,8 +501,12 @@ static __always_inline __u32 summary_state(int state)
  */
 static __always_inline void aggregate(const struct event *e)
 {
-	__u32 zero = 0, slot;
-	__u32 old = summary_state(e->oldstate), new = summary_state(e->newstate);
+	__u32 zero = 0;
+	/* 64-bit, so that each bound is checked on the register that is used:
+	 * with 32-bit indexes the compiler checks a zero-extended copy, whose
+	 * bound verifiers before 6.12 or so do not carry over. */
+	__u64 old = summary_state(e->oldstate), new = summary_state(e->newstate);
+	__u64 slot;
 	struct summary *s = bpf_map_lookup_elem(&summary, &zero);
 
 	if (!s)
@@ -520,7 +524,7 @@ static __always_inline void aggregate(const struct event *e)
 	}
 	slot = time_slot(e->delta_ns);
 	barrier_var(slot);
-	if (slot >= SUMMARY_SLOTS)
+	if (slot > SUMMARY_SLOTS - 1)
 		slot = SUMMARY_SLOTS - 1;
 	__sync_fetch_and_add(&s->slots[old][slot / 2][slot % 2], 1);
 	__sync_fetch_and_add(&s->sum_ns[old], e->delta_ns);
