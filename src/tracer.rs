@@ -361,10 +361,18 @@ fn configure(
     rodata.collect_owner = config.collects_owners() && store == KernelStore::None;
     rodata.keep_owner = config.kernel_keeps_owners();
     rodata.summary_mode = matches!(config.mode, Mode::Summary(_));
+    // Summary mode sends nothing: read only what the filters look at.
+    rodata.lean_reads = rodata.summary_mode && !rodata.keep_owner;
 
+    // Summary mode sends no event: the smallest ring there is.
+    let ring_bytes = if rodata.summary_mode {
+        page_size()
+    } else {
+        config.ring_bytes
+    };
     let maps = &mut open.maps;
     maps.events
-        .set_max_entries(config.ring_bytes)
+        .set_max_entries(ring_bytes)
         .context("sizing the ring buffer")?;
     // Preallocated, so an unused map gets one entry.
     let sockets = match store {
@@ -414,6 +422,13 @@ fn sum_percpu(map: &dyn MapCore, key: u32) -> Result<u64> {
         .iter()
         .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
         .sum())
+}
+
+/// The size of a memory page (a ring buffer's smallest size).
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u32::try_from(size).unwrap_or(4096)
 }
 
 fn fill_port_set(map: &dyn MapCore, ports: &[u16]) -> Result<()> {

@@ -102,6 +102,9 @@ const volatile bool summary_mode = false;
 /* With track_sockets: whether the kernel keeps each socket's owner (an
  * owner filter, or an output that shows owners). */
 const volatile bool keep_owner = true;
+/* Summary mode in tp_btf: read only the fields a filter looks at (an event
+ * is never sent, so nothing else is needed). */
+const volatile bool lean_reads = false;
 
 /* Makes `struct event` and `enum counter` part of the object's BTF, so the
  * skeleton generates them for Rust. */
@@ -648,6 +651,15 @@ static __always_inline void read_sock_btf(struct event *e,
 {
 	e->skaddr = (__u64)inet;
 	e->family = inet->sk.__sk_common.skc_family;
+	if (lean_reads) {
+		if (filter_sport)
+			e->sport = bpf_ntohs(inet->inet_sport);
+		if (filter_dport)
+			e->dport = bpf_ntohs(inet->sk.__sk_common.skc_dport);
+		if (target_netns)
+			e->netns = inet->sk.__sk_common.skc_net.net->ns.inum;
+		return;
+	}
 	e->sport = bpf_ntohs(inet->inet_sport);
 	e->dport = bpf_ntohs(inet->sk.__sk_common.skc_dport);
 	if (e->family == AF_INET) {

@@ -72,6 +72,10 @@ struct Args {
     /// and sleeps, traces nothing. Its "slowdown" is the method's noise.
     #[arg(long)]
     control: bool,
+    /// Also run each storm under ours in summary mode (`-S -j`: the kernel
+    /// aggregates, one JSON summary at exit, whose transitions are counted)
+    #[arg(long)]
+    summary: bool,
     /// (internal) Be the control: print a header, sleep until SIGINT.
     #[arg(long, hide = true)]
     sleeper: bool,
@@ -195,6 +199,18 @@ fn main() -> Result<()> {
         args: args.ours_args.clone(),
         traces: true,
     }];
+    if args.summary {
+        tools.push(Tool {
+            name: "tcpstates -S (ours, summary)",
+            path: args.ours.clone(),
+            args: ["-S", "-j"]
+                .map(String::from)
+                .into_iter()
+                .chain(args.ours_args.iter().cloned())
+                .collect(),
+            traces: true,
+        });
+    }
     if let Some(path) = &theirs {
         tools.push(Tool {
             name: "libbpf-tools",
@@ -240,10 +256,10 @@ fn main() -> Result<()> {
             .map(|s| storm.connections as f64 / s.storm_secs),
     );
     println!(
-        "| tool | captured (min of runs) | lost | CPU per event | storm rate | slowdown | slowdown 95% CI | storm CPU | peak RSS |"
+        "| tool | captured (min of runs) | lost | CPU per event | tracer CPU per storm | storm rate | slowdown | slowdown 95% CI | storm CPU | peak RSS |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    println!("| untraced | | | | {base_rate:.0} conn/s | | | | |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| untraced | | | | | {base_rate:.0} conn/s | | | | |");
     for (tool, runs) in tools.iter().zip(&samples) {
         let min_captured = runs
             .iter()
@@ -258,6 +274,7 @@ fn main() -> Result<()> {
             runs.iter()
                 .map(|s| s.cpu_secs * 1e6 / s.printed.max(1) as f64),
         );
+        let cpu_ms = median(runs.iter().map(|s| s.cpu_secs * 1e3));
         let rate = median(runs.iter().map(|s| storm.connections as f64 / s.storm_secs));
         let rss = median(runs.iter().map(|s| s.max_rss_kb as f64)) / 1024.0;
         // Each traced storm against the untraced one of the same run: the
@@ -276,9 +293,9 @@ fn main() -> Result<()> {
         let storm_cpu =
             median(pairs().map(|(base, traced)| (traced.busy_secs / base.busy_secs - 1.0) * 100.0));
         let traced = if tool.traces {
-            format!("{min_captured:.3}% | {lost} of {truth} | {cpu_us:.3} us")
+            format!("{min_captured:.3}% | {lost} of {truth} | {cpu_us:.4} us | {cpu_ms:.1} ms")
         } else {
-            "- | - | -".into()
+            "- | - | - | -".into()
         };
         println!(
             "| {} | {traced} | {rate:.0} conn/s | {slowdown:.1}% | {ci} | {storm_cpu:+.1}% | {rss:.1} MB |",
@@ -292,7 +309,13 @@ fn main() -> Result<()> {
         kernel_cost_table(&args, &storm, &tracers, &untraced)?;
     }
     if args.startups > 0 {
-        startup_table(&args, &tracers)?;
+        // Summary mode prints nothing until it ends: no header to time.
+        let printing: Vec<Tool> = tracers
+            .iter()
+            .filter(|t| !t.args.iter().any(|a| a == "-S"))
+            .cloned()
+            .collect();
+        startup_table(&args, &printing)?;
     }
     for (tool, runs) in tools.iter().zip(&samples) {
         for s in runs {

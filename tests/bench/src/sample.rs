@@ -190,6 +190,13 @@ fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
     let (mut captured, mut rows) = (0, 0);
     for line in input.lines() {
         let line = line?;
+        // Summary mode (`-S -j`): one object of counts, of every port (the
+        // storm's is nearly all there is on this host).
+        if let Some(total) = summary_total(&line) {
+            captured += total;
+            rows += total;
+            continue;
+        }
         let ports = match json_ports(&line) {
             Some(ports) => ports,
             None => match Row::parse(&line, false) {
@@ -203,4 +210,17 @@ fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
         }
     }
     Ok((captured, rows))
+}
+
+/// The transitions a `-S -j` summary line counts; None for another line.
+fn summary_total(line: &str) -> Option<u64> {
+    if !line.starts_with("{\"time\"") || !line.contains("\"transitions\":") {
+        return None;
+    }
+    let summary: serde_json::Value = serde_json::from_str(line).ok()?;
+    summary["transitions"]
+        .as_array()?
+        .iter()
+        .map(|t| t["count"].as_u64())
+        .sum()
 }
