@@ -161,7 +161,8 @@ pub struct Args {
     pub attach: Vec<AttachArg>,
 
     /// At most N sockets' last-change times kept at once (default: no bound where memory
-    /// grows with use; 65536 for the kernel's preallocated map, used with -L/-D outside tp-btf)
+    /// grows with use; 65536 for the kernel's preallocated map, used with -L/-D outside
+    /// tp-btf and in summary mode)
     #[arg(long, value_name = "N", value_parser = parse_max_sockets, allow_hyphen_values = true)]
     pub max_sockets: Option<u32>,
 

@@ -60,11 +60,19 @@ pub enum KernelStore {
 impl KernelStore {
     /// The store for `config` in `mode`. The socket's own storage needs
     /// tp_btf on a kernel that allows it (`local_ok`); an explicit
-    /// `--max-sockets` asks for a bound, which only the map has.
+    /// `--max-sockets` asks for a bound, which only the map has. Summary
+    /// mode keeps every socket's time, and the socket's own storage costs
+    /// an allocation and an RCU-deferred free per socket: the map instead
+    /// (BENCHMARKS.md: +0.5% against +6.9% of the storm's CPU).
     pub fn choose(config: &Config, mode: AttachMode, local_ok: bool) -> Self {
+        let summary = matches!(config.mode, Mode::Summary(_));
         if !config.kernel_tracks() {
             KernelStore::None
-        } else if mode == AttachMode::TpBtf && local_ok && config.max_sockets.is_none() {
+        } else if mode == AttachMode::TpBtf
+            && local_ok
+            && config.max_sockets.is_none()
+            && !summary
+        {
             KernelStore::SocketLocal
         } else {
             KernelStore::Map(config.max_sockets.unwrap_or(DEFAULT_MAP_SOCKETS))
@@ -480,5 +488,10 @@ mod tests {
             choose(&config, AttachMode::TpBtf, true),
             KernelStore::Map(9)
         );
+        let summary = Config {
+            mode: Mode::Summary(crate::config::SummaryOutput::default()),
+            ..Config::default()
+        };
+        assert_eq!(choose(&summary, AttachMode::TpBtf, true), map);
     }
 }
