@@ -68,10 +68,7 @@ impl KernelStore {
         let summary = matches!(config.mode, Mode::Summary(_));
         if !config.kernel_tracks() {
             KernelStore::None
-        } else if mode == AttachMode::TpBtf
-            && local_ok
-            && config.max_sockets.is_none()
-            && !summary
+        } else if mode == AttachMode::TpBtf && local_ok && config.max_sockets.is_none() && !summary
         {
             KernelStore::SocketLocal
         } else {

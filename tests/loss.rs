@@ -38,13 +38,15 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str], output: Out
         Output::File => Stdio::from(File::create(&out_path).unwrap()),
         Output::StalledPipe => Stdio::piped(),
     };
-    let mut child = Command::new(BIN)
-        .args(extra)
-        .stdout(stdout)
-        .stderr(File::create(&err_path).unwrap())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = process::Guarded::new(
+        Command::new(BIN)
+            .args(extra)
+            .stdout(stdout)
+            .stderr(File::create(&err_path).unwrap())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     // Attached once the header is out. What comes through a pipe is read
     // (and kept in the file) only after the storm.
     let pipe = child.stdout.take().map(|stdout| {
@@ -163,21 +165,24 @@ fn stalled_output_loses_nothing() {
 }
 
 /// A summary-mode tracer (`-S -j`, with `args`), attached.
-fn summary_tracer(args: &[&str]) -> std::process::Child {
-    let mut child = Command::new(BIN)
-        .args(["-S", "-j"])
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+fn summary_tracer(args: &[&str]) -> process::Guarded {
+    let mut child = process::Guarded::new(
+        Command::new(BIN)
+            .args(["-S", "-j"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     process::wait_attached(&mut child);
     child
 }
 
 /// Stops a summary tracer and returns its one JSON summary.
-fn final_summary(mut child: std::process::Child) -> serde_json::Value {
+fn final_summary(child: process::Guarded) -> serde_json::Value {
+    let mut child = child.into_inner();
     process::signal(&child, libc::SIGINT);
     let mut out = String::new();
     child

@@ -14,20 +14,22 @@ use serde_json::Value;
 use tcpstates_testkit::groundtruth::TransitionCounter;
 use tcpstates_testkit::host::root;
 use tcpstates_testkit::net::{listen, loopback, read_to_eof};
-use tcpstates_testkit::process;
+use tcpstates_testkit::process::{self, Guarded};
 use tcpstates_testkit::storm::{self, Ending, Storm};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 
 /// A tracer started with `args`, attached; and its metrics address.
-fn tracer(args: &[&str]) -> (Child, Option<SocketAddr>) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("starting tcpstates");
+fn tracer(args: &[&str]) -> (Guarded, Option<SocketAddr>) {
+    let mut child = Guarded::new(
+        Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting tcpstates"),
+    );
     let addr = process::wait_attached(&mut child);
     (child, addr)
 }
@@ -282,7 +284,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// Stops a `-S -j` tracer; its one JSON summary's transition count.
-fn summary_total(mut child: Child) -> u64 {
+fn summary_total(child: Guarded) -> u64 {
+    let mut child = child.into_inner();
     process::signal(&child, libc::SIGINT);
     let mut out = String::new();
     child

@@ -4,26 +4,28 @@
 //! message that names the one missing.
 
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tcpstates_testkit::host::root;
 use tcpstates_testkit::net::{connect, read_to_eof};
-use tcpstates_testkit::process::{self, PublicCopy, as_nobody_with};
+use tcpstates_testkit::process::{self, Guarded, PublicCopy, as_nobody_with};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// The tracer as nobody with CAP_BPF and CAP_PERFMON, attached.
-fn unprivileged(copy: &PublicCopy, args: &[&str]) -> Child {
-    let mut child = as_nobody_with(&["bpf", "perfmon"], &copy.bin)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("setpriv (util-linux)");
+fn unprivileged(copy: &PublicCopy, args: &[&str]) -> Guarded {
+    let mut child = Guarded::new(
+        as_nobody_with(&["bpf", "perfmon"], &copy.bin)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("setpriv (util-linux)"),
+    );
     process::wait_attached(&mut child);
     // It runs as nobody, with those two capabilities and no others.
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();

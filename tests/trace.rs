@@ -1260,3 +1260,38 @@ fn ipv6_summary_counts_one_connection() {
     let Some(_root) = root() else { return };
     summary_counts_one_connection(true);
 }
+
+/// Summary mode with an owner filter, in the attach mode under test: this
+/// process owns the connection's client socket (it called connect() and
+/// close()), so a filter on its pid counts the client's five transitions,
+/// and a filter on another pid none.
+#[test]
+fn summary_owner_filter_keeps_the_owners_sockets() {
+    let Some(_root) = root() else { return };
+    let (listener, port) = listen(false);
+    let owner_filter = |pid: u32| Filter {
+        remote_ports: vec![port],
+        pids: vec![pid],
+        ..Filter::default()
+    };
+    let mine = summary_tracer(owner_filter(std::process::id()));
+    let init = summary_tracer(owner_filter(1));
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    drop(client);
+    read_to_eof(&server);
+    drop(server);
+    drop(listener);
+    assert_counts(
+        &summary_of(&mine, 5),
+        &[
+            (Close, SynSent, false),
+            (SynSent, Established, true),
+            (Established, FinWait1, true),
+            (FinWait1, FinWait2, true),
+            (FinWait2, Close, true),
+        ],
+        "owned by this process",
+    );
+    assert_eq!(summary_of(&init, 0).total(), 0, "owned by init");
+}

@@ -129,3 +129,44 @@ pub fn as_nobody_with(caps: &[&str], bin: &std::path::Path) -> std::process::Com
         .arg(bin);
     command
 }
+
+/// A child process killed (SIGKILL) and reaped when dropped, unless it
+/// was taken back with [`Guarded::into_inner`]: a test that fails half
+/// way leaves no tracer attached behind it (which would slow every later
+/// test and benchmark on the host).
+pub struct Guarded(Option<std::process::Child>);
+
+impl Guarded {
+    /// Guards `child`.
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// The child, no longer guarded.
+    pub fn into_inner(mut self) -> std::process::Child {
+        self.0.take().expect("guarded")
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = std::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("guarded")
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_mut().expect("guarded")
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
