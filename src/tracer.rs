@@ -63,7 +63,7 @@ impl KernelStore {
     /// `--max-sockets` asks for a bound, which only the map has. Summary
     /// mode keeps every socket's time, and the socket's own storage costs
     /// an allocation and an RCU-deferred free per socket: the map instead
-    /// (BENCHMARKS.md: +0.5% against +6.9% of the storm's CPU).
+    /// (BENCHMARKS.md: a busy storm 4.8% slower against 10.1%).
     pub fn choose(config: &Config, mode: AttachMode, local_ok: bool) -> Self {
         let summary = matches!(config.mode, Mode::Summary(_));
         if !config.kernel_tracks() {
