@@ -642,3 +642,51 @@ fn metrics_address_in_use_or_malformed_is_one_line() {
         "{stderr}"
     );
 }
+
+#[test]
+fn summary_prints_every_interval_stamped_and_at_exit() {
+    let Some(_root) = root() else { return };
+    // Every 0.3 s for 1.1 s: three prints on time, and the rest at exit.
+    let out = Command::new(BIN)
+        .args(["-S", "0.3", "-T", "--duration", "1.1", "-4"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stamps: Vec<&str> = stdout
+        .lines()
+        .filter(|l| {
+            l.len() == 8
+                && l.bytes().enumerate().all(|(i, b)| {
+                    if i % 3 == 2 {
+                        b == b':'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+        })
+        .collect();
+    assert_eq!(stamps.len(), 4, "{stdout}");
+    // Each print is a summary: the histograms and matrix, or that nothing
+    // happened since the last.
+    assert!(
+        !stdout
+            .split_terminator("\n\n")
+            .any(|block| block.len() == 8),
+        "a stamp with nothing under it: {stdout}"
+    );
+    assert!(
+        stdout.matches("No transitions.").count() + stdout.matches("Transitions (rows").count()
+            >= 4,
+        "{stdout}"
+    );
+    // -j: one JSON object, at exit.
+    let out = Command::new(BIN)
+        .args(["-S", "-j", "--duration", "0.3"])
+        .output()
+        .unwrap();
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    let summary: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(summary["transitions"].is_array() && summary["states"].is_array());
+}
