@@ -182,21 +182,7 @@ fn summary_tracer(args: &[&str]) -> process::Guarded {
 
 /// Stops a summary tracer and returns its one JSON summary.
 fn final_summary(child: process::Guarded) -> serde_json::Value {
-    let mut child = child.into_inner();
-    process::signal(&child, libc::SIGINT);
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let stderr = process::stderr_of(&mut child);
-    assert!(child.wait().unwrap().success(), "{stderr}");
-    assert!(
-        !stderr.contains("lost") && !stderr.contains("missed"),
-        "{stderr}"
-    );
+    let out = process::interrupt_and_read(child);
     assert_eq!(out.lines().count(), 1, "{out}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }

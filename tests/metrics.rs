@@ -285,21 +285,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 /// Stops a `-S -j` tracer; its one JSON summary's transition count.
 fn summary_total(child: Guarded) -> u64 {
-    let mut child = child.into_inner();
-    process::signal(&child, libc::SIGINT);
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let stderr = process::stderr_of(&mut child);
-    assert!(child.wait().unwrap().success(), "{stderr}");
-    assert!(
-        !stderr.contains("lost") && !stderr.contains("missed"),
-        "{stderr}"
-    );
+    let out = process::interrupt_and_read(child);
     let summary: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     summary["transitions"]
         .as_array()

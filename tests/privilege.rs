@@ -3,7 +3,7 @@
 //! summary mode; with either capability dropped it stops with a one-line
 //! message that names the one missing.
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -82,19 +82,10 @@ fn summary_mode_as_nobody_with_two_capabilities() {
     // The port is known only once the listener is up, after the tracer
     // started: it keeps every IPv4 socket, and the connection's
     // transitions must all be among them.
-    let mut tracer = unprivileged(&copy, &["-S", "-j", "-4"]);
+    let tracer = unprivileged(&copy, &["-S", "-j", "-4"]);
     one_connection(false);
     std::thread::sleep(Duration::from_millis(100));
-    process::signal(&tracer, libc::SIGINT);
-    let mut out = String::new();
-    tracer
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let stderr = process::stderr_of(&mut tracer);
-    assert!(tracer.wait().unwrap().success(), "{stderr}");
+    let out = process::interrupt_and_read(tracer);
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     let count = |old: &str, new: &str| {
         summary["transitions"]

@@ -732,12 +732,20 @@ fn json_lines_of_real_events() {
 /// A listener and one connection to it, held `hold`, closed by the client
 /// first, then by the server, then the listener: the listener's port.
 fn connection_closed_by_client(v6: bool, hold: Duration) -> u16 {
-    let conn = connect(v6);
+    let (listener, port) = listen(v6);
+    client_closes_first_to(listener, hold);
+    port
+}
+
+/// One connection to `listener`, held `hold`, closed by the client first;
+/// then the listener closed.
+fn client_closes_first_to(listener: std::net::TcpListener, hold: Duration) {
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
     sleep(hold);
-    drop(conn.client);
-    read_to_eof(&conn.server);
-    drop((conn.server, conn.listener));
-    conn.port
+    drop(client);
+    read_to_eof(&server);
+    drop((server, listener));
 }
 
 /// `--state CLOSE_WAIT`: only transitions into or out of it, with the time
@@ -1164,6 +1172,16 @@ fn summary_of(tracer: &Tracer, total: u64) -> Summary {
     read()
 }
 
+/// A client socket's transitions when it closes first, and whether the
+/// time in the state left is known.
+const CLIENT_CLOSING_FIRST: [(TcpState, TcpState, bool); 5] = [
+    (Close, SynSent, false),
+    (SynSent, Established, true),
+    (Established, FinWait1, true),
+    (FinWait1, FinWait2, true),
+    (FinWait2, Close, true),
+];
+
 /// The counts a summary must hold: one of each transition listed, the
 /// time in the state left known except for those marked unknown.
 fn assert_counts(summary: &Summary, expected: &[(TcpState, TcpState, bool)], side: &str) {
@@ -1200,26 +1218,10 @@ fn summary_counts_one_connection(v6: bool) {
         remote_ports: vec![port],
         ..Filter::default()
     });
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
-    sleep(HOLD);
-    drop(client);
-    read_to_eof(&server);
-    drop(server);
-    drop(listener);
+    client_closes_first_to(listener, HOLD);
 
     let client_side = summary_of(&clients, 5);
-    assert_counts(
-        &client_side,
-        &[
-            (Close, SynSent, false),
-            (SynSent, Established, true),
-            (Established, FinWait1, true),
-            (FinWait1, FinWait2, true),
-            (FinWait2, Close, true),
-        ],
-        "client",
-    );
+    assert_counts(&client_side, &CLIENT_CLOSING_FIRST, "client");
     let server_side = summary_of(&servers, 6);
     assert_counts(
         &server_side,
@@ -1276,21 +1278,10 @@ fn summary_owner_filter_keeps_the_owners_sockets() {
     };
     let mine = summary_tracer(owner_filter(std::process::id()));
     let init = summary_tracer(owner_filter(1));
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
-    drop(client);
-    read_to_eof(&server);
-    drop(server);
-    drop(listener);
+    client_closes_first_to(listener, Duration::ZERO);
     assert_counts(
         &summary_of(&mine, 5),
-        &[
-            (Close, SynSent, false),
-            (SynSent, Established, true),
-            (Established, FinWait1, true),
-            (FinWait1, FinWait2, true),
-            (FinWait2, Close, true),
-        ],
+        &CLIENT_CLOSING_FIRST,
         "owned by this process",
     );
     assert_eq!(summary_of(&init, 0).total(), 0, "owned by init");

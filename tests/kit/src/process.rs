@@ -170,3 +170,22 @@ impl Drop for Guarded {
         }
     }
 }
+
+/// Ends a tracer with SIGINT, as Ctrl-C would, and returns all it wrote on
+/// its piped stdout; fails unless it exited 0 and reported nothing lost or
+/// missed on its piped stderr.
+pub fn interrupt_and_read(child: Guarded) -> String {
+    let mut child = child.into_inner();
+    signal(&child, libc::SIGINT);
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout.read_to_string(&mut out).expect("reading stdout");
+    }
+    let stderr = stderr_of(&mut child);
+    assert!(child.wait().expect("waiting").success(), "{stderr}");
+    assert!(
+        !stderr.contains("lost") && !stderr.contains("missed"),
+        "{stderr}"
+    );
+    out
+}
