@@ -80,8 +80,8 @@ impl KernelStore {
     pub fn describe(self) -> &'static str {
         match self {
             KernelStore::None => "here",
-            KernelStore::SocketLocal => "in the kernel, with each socket (a port filter is on)",
-            KernelStore::Map(_) => "in the kernel (a port filter is on)",
+            KernelStore::SocketLocal => "in the kernel, with each socket",
+            KernelStore::Map(_) => "in the kernel's map",
         }
     }
 }

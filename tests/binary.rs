@@ -465,7 +465,7 @@ fn full_socket_map_is_reported_not_hidden() {
             });
             let (_, _, lost, map_full) = summary(&stderr);
             let kept = if kernel_tracks {
-                "in the kernel (a port filter is on)"
+                "in the kernel's map"
             } else {
                 "here"
             };
