@@ -295,6 +295,42 @@ mod tests {
     }
 
     #[test]
+    fn summary_and_metrics() {
+        let summary = |print, interval, clock, json| {
+            Mode::Summary(SummaryOutput {
+                print,
+                interval,
+                clock,
+                json,
+            })
+        };
+        assert_eq!(config(&["-S"]).mode, summary(true, None, false, false));
+        let every = Some(std::time::Duration::from_secs(5));
+        assert_eq!(
+            config(&["-S", "5", "-T"]).mode,
+            summary(true, every, true, false)
+        );
+        assert_eq!(config(&["-S", "-j"]).mode, summary(true, None, false, true));
+        let c = config(&["--metrics", "9977", "-L", "443"]);
+        assert_eq!(c.mode, summary(false, None, false, false));
+        assert_eq!(c.metrics, Some("127.0.0.1:9977".parse().unwrap()));
+        assert!(c.kernel_tracks() && !c.kernel_keeps_owners());
+        assert_eq!(
+            config(&["--metrics", "[::]:9977"]).metrics,
+            Some("[::]:9977".parse().unwrap())
+        );
+        for args in [
+            &["-S", "-x"][..],
+            &["-S", "-Y"],
+            &["--metrics", "1", "--count", "3"],
+        ] {
+            assert!(rejected(args).contains("cannot be used with"), "{args:?}");
+        }
+        assert!(rejected(&["--metrics", "host"]).contains("is not ADDR:PORT or PORT"));
+        assert!(rejected(&["-S", "0"]).contains("above 0"));
+    }
+
+    #[test]
     fn rejects_bad_filters_and_limits() {
         let state = rejected(&["--state", "FOO"]);
         assert!(
