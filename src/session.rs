@@ -43,11 +43,7 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
     let endpoint = config.metrics.map(Endpoint::bind).transpose()?;
     let tracer = Tracer::start(config, 0)?;
     if config.verbose {
-        eprintln!(
-            "tcpstates: attached with {}; per-socket times kept {}",
-            tracer.mode(),
-            tracer.store().describe()
-        );
+        say_attached(&tracer);
     }
     let view = tracer.view();
     match endpoint {
@@ -87,12 +83,7 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
         kernel: view.counters()?,
         reader: ReaderCounts::default(),
     };
-    if config.verbose {
-        report(config.report, &stats);
-    }
-    if let Some(losses) = stats.losses() {
-        eprintln!("tcpstates: {losses}");
-    }
+    report_at_exit(config, &stats);
     Ok(())
 }
 
@@ -153,11 +144,7 @@ fn stream(config: &Config) -> Result<()> {
     let mut sink = output::build(config, stdout, batching)?;
     let tracer = Tracer::start(config, batching.wakeup_bytes)?;
     if config.verbose {
-        eprintln!(
-            "tcpstates: attached with {}; per-socket times kept {}",
-            tracer.mode(),
-            tracer.store().describe()
-        );
+        say_attached(&tracer);
     }
     let mut reader = Reader::new(Decoder::for_config(config), config.count);
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
@@ -198,13 +185,27 @@ fn stream(config: &Config) -> Result<()> {
         Err(err) => return Err(err).context("writing the output"),
         Ok(()) => {}
     }
+    report_at_exit(config, &stats);
+    Ok(())
+}
+
+/// With -v: which attach mode attached, and where the socket times are.
+fn say_attached(tracer: &Tracer) {
+    eprintln!(
+        "tcpstates: attached with {}; per-socket times kept {}",
+        tracer.mode(),
+        tracer.store().describe()
+    );
+}
+
+/// The end of a run: the counters with -v, and any loss always.
+fn report_at_exit(config: &Config, stats: &Stats) {
     if config.verbose {
-        report(config.report, &stats);
+        report(config.report, stats);
     }
     if let Some(losses) = stats.losses() {
         eprintln!("tcpstates: {losses}");
     }
-    Ok(())
 }
 
 /// The counters, on stderr, in the form asked for.

@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use crate::bpf::types;
 use crate::clock::Utc;
-use crate::config::STATE_NAMES;
+use crate::event::TcpState;
 use crate::output::json;
 
 type RawSummary = types::summary;
@@ -49,8 +49,8 @@ impl Default for Summary {
 
 /// A state's name, or its number when the kernel's is out of our list.
 pub fn state_name(state: usize) -> String {
-    match state.checked_sub(1).and_then(|i| STATE_NAMES.get(i)) {
-        Some(name) => (*name).to_owned(),
+    match TcpState::from_raw(state as i32).name() {
+        Some(name) => name.to_owned(),
         None => state.to_string(),
     }
 }
@@ -256,7 +256,7 @@ impl Summary {
 
 /// A state for JSON: its name as a string, or its number.
 fn json_state(state: usize) -> String {
-    match state.checked_sub(1).and_then(|i| STATE_NAMES.get(i)) {
+    match TcpState::from_raw(state as i32).name() {
         Some(name) => format!("\"{name}\""),
         None => state.to_string(),
     }

@@ -166,18 +166,7 @@ fn stalled_output_loses_nothing() {
 
 /// A summary-mode tracer (`-S -j`, with `args`), attached.
 fn summary_tracer(args: &[&str]) -> process::Guarded {
-    let mut child = process::Guarded::new(
-        Command::new(BIN)
-            .args(["-S", "-j"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    process::wait_attached(&mut child);
-    child
+    process::start_attached(Command::new(BIN).args(["-S", "-j"]).args(args)).0
 }
 
 /// Stops a summary tracer and returns its one JSON summary.

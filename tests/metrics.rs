@@ -21,17 +21,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 
 /// A tracer started with `args`, attached; and its metrics address.
 fn tracer(args: &[&str]) -> (Guarded, Option<SocketAddr>) {
-    let mut child = Guarded::new(
-        Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting tcpstates"),
-    );
-    let addr = process::wait_attached(&mut child);
-    (child, addr)
+    process::start_attached(Command::new(BIN).args(args))
 }
 
 /// One HTTP/1.1 GET of `path` at `addr`, the connection closed after it;

@@ -4,7 +4,6 @@
 //! message that names the one missing.
 
 use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tcpstates_testkit::host::root;
@@ -17,16 +16,8 @@ const CAP_BPF: u32 = 39;
 
 /// The tracer as nobody with CAP_BPF and CAP_PERFMON, attached.
 fn unprivileged(copy: &PublicCopy, args: &[&str]) -> Guarded {
-    let mut child = Guarded::new(
-        as_nobody_with(&["bpf", "perfmon"], &copy.bin)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("setpriv (util-linux)"),
-    );
-    process::wait_attached(&mut child);
+    let (child, _) =
+        process::start_attached(as_nobody_with(&["bpf", "perfmon"], &copy.bin).args(args));
     // It runs as nobody, with those two capabilities and no others.
     let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
     let field = |name: &str| {

@@ -189,3 +189,22 @@ pub fn interrupt_and_read(child: Guarded) -> String {
     );
     out
 }
+
+/// Starts `command` (a tracer) with its standard streams piped (stdin
+/// closed), guarded, and waits until it says it is attached; also the
+/// address of its metrics endpoint, if it serves one.
+pub fn start_attached(
+    command: &mut std::process::Command,
+) -> (Guarded, Option<std::net::SocketAddr>) {
+    use std::process::Stdio;
+    let mut child = Guarded::new(
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the tracer"),
+    );
+    let addr = wait_attached(&mut child);
+    (child, addr)
+}
