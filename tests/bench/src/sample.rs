@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use tcpstates_testkit::groundtruth::TransitionCounter;
 use tcpstates_testkit::process::interrupt;
-use tcpstates_testkit::rows::{Row, json_ports};
+use tcpstates_testkit::rows::{json_ports, table_ports};
 use tcpstates_testkit::storm::{self, Storm};
 
 use crate::kernel::{ProgramStats, RunStats, cost_of, new_ids};
@@ -197,12 +197,8 @@ fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
             rows += total;
             continue;
         }
-        let ports = match json_ports(&line) {
-            Some(ports) => ports,
-            None => match Row::parse(&line, false) {
-                Some(row) => (row.lport, row.rport),
-                None => continue,
-            },
+        let Some(ports) = json_ports(&line).or_else(|| table_ports(&line)) else {
+            continue;
         };
         rows += 1;
         if ports.0 == port || ports.1 == port {

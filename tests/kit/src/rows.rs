@@ -60,6 +60,18 @@ impl Row {
     }
 }
 
+/// The local and remote ports of a table row of any layout (default, `-w`,
+/// `-x`, with time columns), found from the `->` column: LPORT RADDR RPORT
+/// OLDSTATE stand right before it. None for a line that is not a row.
+pub fn table_ports(line: &str) -> Option<(u16, u16)> {
+    let t: Vec<&str> = line.split_whitespace().collect();
+    let arrow = t.iter().position(|&c| c == "->")?;
+    if arrow < 4 {
+        return None;
+    }
+    Some((t[arrow - 4].parse().ok()?, t[arrow - 2].parse().ok()?))
+}
+
 /// The local and remote ports of a JSON line (`-j`), or None for another
 /// line. Reads the two numbers where they stand, without a JSON parser (the
 /// benchmark counts millions of lines; the tests parse them whole).
@@ -125,6 +137,14 @@ mod tests {
         let line = r#"{"time":"x","comm":"a","lport":48792,"raddr":"::1","rport":80,"ms":null}"#;
         assert_eq!(json_ports(line), Some((48792, 80)));
         assert_eq!(json_ports("SKADDR C-PID"), None);
+        let extended = "ffff8881234abcd0 1234    curl       1234    curl       0     \
+            127.0.0.1       41234 127.0.0.1       8080  SYN_SENT    -> ESTABLISHED 0.061     \
+            4026531840 /user.slice";
+        assert_eq!(table_ports(extended), Some((41234, 8080)));
+        assert_eq!(
+            table_ports("SKADDR C-PID C-COMM LADDR LPORT RADDR RPORT OLDSTATE -> NEWSTATE MS"),
+            None
+        );
     }
 
     #[test]
