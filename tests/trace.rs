@@ -646,6 +646,10 @@ fn same_on_both(
     v6: bool,
     close: Close,
 ) -> Result<(), String> {
+    // Both captures have seen every transition of the previous connection
+    // (each waited for its sockets to close): what they hold is its.
+    kprobe.forget();
+    tracepoint.forget();
     // `connection` waits on the first capture; the second then has them
     // too, or soon.
     let k = connection(kprobe, v6, close);

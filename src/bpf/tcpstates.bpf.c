@@ -295,7 +295,8 @@ static __always_inline void copy_owner(struct sock_state *to,
  * socket's own with `local`): a new socket forgets what it had, except a
  * passive child, which starts with its listener's (cloned with the socket's
  * own storage; kept apart by port for the map); an owner moment takes the
- * current task. Then the owner, if known, goes into the event.
+ * current task. Then the owner, if known, goes into the event. Nothing
+ * unless the program keeps owners (`keep_owner`).
  */
 static __always_inline void track_owner(struct event *e, struct sock_state *st,
 					bool local)
@@ -303,6 +304,8 @@ static __always_inline void track_owner(struct event *e, struct sock_state *st,
 	struct listener_key key = { .netns = e->netns, .port = e->sport };
 	bool child = e->oldstate == TCP_LISTEN && e->newstate == TCP_SYN_RECV;
 
+	if (!keep_owner)
+		return;
 	if (child && !local) {
 		struct sock_state *listener =
 			bpf_map_lookup_elem(&listener_owners, &key);
@@ -382,18 +385,15 @@ static __always_inline void track(struct event *e, __u64 now)
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
 	if (e->newstate == TCP_CLOSE) {
 		/* The address is reused by the next socket allocated there. */
-		if (keep_owner)
-			track_owner(e, st ? st : &fresh, false);
+		track_owner(e, st ? st : &fresh, false);
 		if (st)
 			bpf_map_delete_elem(&sockets, &key);
 	} else if (st) {
 		st->since_ns = now;
-		if (keep_owner)
-			track_owner(e, st, false);
+		track_owner(e, st, false);
 	} else {
 		fresh.since_ns = now;
-		if (keep_owner)
-			track_owner(e, &fresh, false);
+		track_owner(e, &fresh, false);
 		if (bpf_map_update_elem(&sockets, &key, &fresh, BPF_ANY)) {
 			count(COUNTER_MAP_FULL);
 			e->flags |= EVENT_F_MAP_FULL;
@@ -425,8 +425,7 @@ static __always_inline void track_local(struct event *e, struct sock *sk,
 		e->delta_ns = now - st->since_ns;
 	else
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
-	if (keep_owner)
-		track_owner(e, st, true);
+	track_owner(e, st, true);
 	if (e->newstate == TCP_CLOSE) {
 		st->since_ns = 0;
 		if (kept)

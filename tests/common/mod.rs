@@ -30,6 +30,13 @@ impl Capture {
         }
     }
 
+    /// Forgets what was received so far: a test that makes several
+    /// connections under one capture looks at each alone (a later
+    /// connection may get an earlier one's port, in the other family).
+    pub fn forget(&mut self) {
+        self.events.clear();
+    }
+
     /// Polls until `done` holds for what was received, or fails after 5 s.
     pub fn wait_until(&mut self, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
         let Capture {
