@@ -72,6 +72,9 @@ struct Observed {
 
 /// A listener, one connection closed as `close` says, then the listener closed.
 fn connection(capture: &mut Capture, v6: bool, close: Close) -> Observed {
+    // Every earlier connection's sockets closed before it returned: what
+    // the capture holds is theirs, and one may have had this one's port.
+    capture.forget();
     let conn = connect(v6);
     let (port, client_port) = (conn.port, conn.client_port);
     sleep(HOLD);
@@ -646,9 +649,8 @@ fn same_on_both(
     v6: bool,
     close: Close,
 ) -> Result<(), String> {
-    // Both captures have seen every transition of the previous connection
-    // (each waited for its sockets to close): what they hold is its.
-    kprobe.forget();
+    // The second capture too waited for the previous connection's sockets
+    // to close: what it holds is theirs (`connection` forgets the first's).
     tracepoint.forget();
     // `connection` waits on the first capture; the second then has them
     // too, or soon.
