@@ -1,4 +1,4 @@
-//! An in-kernel count of the TCP transitions involving one port, written
+//! An in-kernel count of the TCP transitions involving some ports, written
 //! apart from the tracer: what benchmarks and loss tests compare a tracer's
 //! output with. Needs root and a tp_btf-capable kernel.
 
@@ -15,7 +15,7 @@ mod skel {
 use skel::{GroundtruthSkel, GroundtruthSkelBuilder};
 
 /// Counts, from attach on, every TCP transition whose local or remote port
-/// is `port`.
+/// is one of a set.
 pub struct TransitionCounter {
     skel: GroundtruthSkel<'static>,
     _links: [Link; 2],
@@ -24,18 +24,30 @@ pub struct TransitionCounter {
 impl TransitionCounter {
     /// Loads and attaches the counter for `port` (needs root and tp_btf).
     pub fn start(port: u16) -> Result<Self> {
+        Self::for_ports(&[port])
+    }
+
+    /// Counts every TCP transition whose local or remote port is one of
+    /// `ports`.
+    pub fn for_ports(ports: &[u16]) -> Result<Self> {
         // The skeleton borrows its storage for as long as it lives.
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = GroundtruthSkelBuilder::default()
             .open(storage)
             .context("opening the ground-truth counter")?;
+        let entries = u32::try_from(ports.len().max(1)).context("too many ports")?;
         open.maps
-            .rodata_data
-            .as_deref_mut()
-            .context("the counter has no read-only data")?
-            .port = port;
+            .ports
+            .set_max_entries(entries)
+            .context("sizing the counter's port set")?;
         let skel = open.load().context("loading the ground-truth counter")?;
+        for port in ports {
+            skel.maps
+                .ports
+                .update(&port.to_ne_bytes(), &[1], MapFlags::ANY)
+                .context("filling the counter's port set")?;
+        }
         // In this order: the kernel runs them in the order they attach.
         let main = skel.progs.count_transition.attach();
         let backup = skel.progs.count_nested.attach();

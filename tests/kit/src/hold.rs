@@ -9,9 +9,13 @@
 //!
 //! ```text
 //! holder: port 40123        (parent:) open
-//! holder: open              (parent:) close
+//! holder: open              (parent:) close   (or: burst)
 //! holder: closed
 //! ```
+//!
+//! `close` closes each connection's two ends together; `burst` closes every
+//! client end, then 0.3 s later every server end: what a proxy restart or a
+//! batch job's end does to a host.
 
 use std::io::{self, BufRead, BufReader, BufWriter, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -27,6 +31,9 @@ const SAYS: &str = "holder: ";
 /// the 20,000 descriptors a process may have here.
 pub const CONNECTIONS_PER_HOLDER: usize = 9_000;
 
+/// In a burst, how long after the clients the servers close.
+pub const BURST_SERVERS_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// The holder's side: serve `connections` connections to itself on
 /// loopback, as the parent says.
 pub fn holder_main(connections: usize) -> Result<()> {
@@ -40,8 +47,16 @@ pub fn holder_main(connections: usize) -> Result<()> {
     let pairs = open(&listener, addr, connections)?;
     writeln!(out, "{SAYS}open")?;
     out.flush()?;
-    expect(commands.next(), "close")?;
-    drop(pairs);
+    match commands.next() {
+        Some(Ok(line)) if line == "close" => drop(pairs),
+        Some(Ok(line)) if line == "burst" => {
+            let (clients, servers): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
+            drop(clients);
+            std::thread::sleep(BURST_SERVERS_AFTER);
+            drop(servers);
+        }
+        other => bail!("expected close or burst from the parent, got {other:?}"),
+    }
     drop(listener);
     writeln!(out, "{SAYS}closed")?;
     out.flush()?;
@@ -103,10 +118,31 @@ impl Holders {
     /// connected yet.
     pub fn start(sockets: usize, command: impl Fn(usize) -> Command) -> Result<Self> {
         let mut connections = sockets.div_ceil(2);
-        let mut holders = Vec::new();
+        let mut shares = Vec::new();
         while connections > 0 {
             let mine = connections.min(CONNECTIONS_PER_HOLDER);
             connections -= mine;
+            shares.push(mine);
+        }
+        Self::start_shares(&shares, command)
+    }
+
+    /// Starts `holders` holders of `connections` connections each.
+    pub fn start_each(
+        holders: usize,
+        connections: usize,
+        command: impl Fn(usize) -> Command,
+    ) -> Result<Self> {
+        ensure!(
+            connections <= CONNECTIONS_PER_HOLDER,
+            "a holder holds at most {CONNECTIONS_PER_HOLDER} connections"
+        );
+        Self::start_shares(&vec![connections; holders], command)
+    }
+
+    fn start_shares(shares: &[usize], command: impl Fn(usize) -> Command) -> Result<Self> {
+        let mut holders = Vec::new();
+        for &mine in shares {
             let mut child = command(mine)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
@@ -142,7 +178,17 @@ impl Holders {
 
     /// Every holder closes its connections and its listener.
     pub fn close(&mut self) -> Result<()> {
-        self.each("close", "closed")?;
+        self.end("close")
+    }
+
+    /// Every holder closes all its connections' client ends at once, then,
+    /// [`BURST_SERVERS_AFTER`] later, their server ends and its listener.
+    pub fn burst(&mut self) -> Result<()> {
+        self.end("burst")
+    }
+
+    fn end(&mut self, word: &str) -> Result<()> {
+        self.each(word, "closed")?;
         for holder in &mut self.holders {
             holder.child.wait()?;
         }

@@ -9,10 +9,13 @@
 //!   asks;
 //! - [`host`] holds the root requirement, tracefs and kprobe state;
 //! - [`process`] stops a tracer as Ctrl-C would;
-//! - [`hold`] holds many connections open from child processes.
+//! - [`hold`] holds many connections open from child processes;
+//! - [`burst`] closes them all at once under a tracer, and keeps every CPU
+//!   busy when asked.
 
 #![warn(missing_docs)]
 
+pub mod burst;
 pub mod groundtruth;
 pub mod hold;
 pub mod host;

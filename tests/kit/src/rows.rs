@@ -87,6 +87,30 @@ pub fn json_ports(line: &str) -> Option<(u16, u16)> {
     Some((number("\"lport\":")?, number("\"rport\":")?))
 }
 
+/// The local and remote ports of a CSV line (`-s`, with or without `-x`),
+/// found from the two state columns: LPORT RADDR RPORT stand right before
+/// them. None for a line that is not a row (the header).
+pub fn csv_ports(line: &str) -> Option<(u16, u16)> {
+    let is_state = |f: &str| {
+        !f.is_empty()
+            && f.bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
+    };
+    let t: Vec<&str> = line.split(',').collect();
+    let old = (3..t.len().saturating_sub(1)).find(|&i| {
+        is_state(t[i]) && is_state(t[i + 1]) && t[i].bytes().any(|b| b.is_ascii_uppercase())
+    })?;
+    Some((t[old - 3].parse().ok()?, t[old - 1].parse().ok()?))
+}
+
+/// The local and remote ports of a row in any event output (the table in
+/// any layout, CSV, JSON), or None for a line that is not a row.
+pub fn any_ports(line: &str) -> Option<(u16, u16)> {
+    json_ports(line)
+        .or_else(|| table_ports(line))
+        .or_else(|| csv_ports(line))
+}
+
 /// The counters of a `tcpstates: key=value ...` line (`--report kv`), or
 /// None for another line.
 pub fn counters(line: &str) -> Option<HashMap<String, u64>> {
@@ -108,6 +132,19 @@ pub fn last_counters(stderr: &str) -> Option<HashMap<String, u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn csv_rows_give_their_ports() {
+        let plain = "ffff8881043b9280,9376,python3,4,127.0.0.1,48792,10.1.2.3,80,SYN_SENT,ESTABLISHED,0.271";
+        assert_eq!(csv_ports(plain), Some((48792, 80)));
+        let extended = "ffff8881043b9280,9376,\"a,b\",9376,\"a,b\",0,4,::1,443,::1,50000,FIN_WAIT1,FIN_WAIT2,-,4026531840,/user.slice";
+        assert_eq!(csv_ports(extended), Some((443, 50000)));
+        assert_eq!(
+            csv_ports("SKADDR,C-PID,C-COMM,IP,LADDR,LPORT,RADDR,RPORT,OLDSTATE,NEWSTATE,MS"),
+            None
+        );
+        assert_eq!(any_ports(plain), Some((48792, 80)));
+    }
 
     #[test]
     fn rows_parse_from_the_right() {

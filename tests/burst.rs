@@ -1,0 +1,58 @@
+//! Nothing lost when a host closes everything at once: 8 processes each
+//! close 4,500 loopback connections together (clients first, servers 0.3 s
+//! later) under the tracer with default options, writing to a file. Its
+//! rows must equal the in-kernel ground truth's count, with no loss
+//! reported. Exact equality, not a rate.
+
+use std::process::{Command, Stdio};
+
+use tcpstates_testkit::burst::{self, Burst};
+use tcpstates_testkit::hold::holder_main;
+use tcpstates_testkit::host::root;
+
+const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
+/// Set for the copies of this test binary that hold connections.
+const HOLD: &str = "TCPSTATES_TEST_BURST_HOLDER";
+
+/// Not a test: what the holder processes of the tests below run (this
+/// binary again, asked for this one function).
+#[test]
+#[ignore = "a helper process of the burst tests, started by them"]
+fn holder() {
+    let connections = std::env::var(HOLD)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .expect("started by a burst test");
+    holder_main(connections).expect("holding connections");
+}
+
+fn burst_is_captured_whole(args: &[&str], tag: &str) {
+    let me = std::env::current_exe().expect("this test binary");
+    let shape = Burst::HOST_RESTART;
+    let holders = burst::open(&shape, |connections| {
+        let mut command = Command::new(&me);
+        command
+            .args(["--exact", "holder", "--ignored", "--nocapture", "-q"])
+            .env(HOLD, connections.to_string())
+            .stderr(Stdio::inherit());
+        command
+    })
+    .expect("holding the connections");
+    let workdir = std::env::temp_dir().join(format!("tcpstates-burst-{}", std::process::id()));
+    let outcome = burst::trace(holders, Command::new(BIN).args(args), &workdir, tag)
+        .expect("tracing the burst");
+    outcome.check_whole(&shape).unwrap();
+    let _ = std::fs::remove_dir_all(&workdir);
+}
+
+#[test]
+fn burst_is_captured_whole_in_the_table() {
+    let Some(_root) = root() else { return };
+    burst_is_captured_whole(&[], "table");
+}
+
+#[test]
+fn burst_is_captured_whole_in_json() {
+    let Some(_root) = root() else { return };
+    burst_is_captured_whole(&["-j"], "json");
+}
