@@ -167,8 +167,9 @@ pub struct Args {
     pub max_sockets: Option<u32>,
 
     /// Ring buffer size: a power of two from 4K to 1G, with an optional K/M/G suffix
-    #[arg(long, value_name = "SIZE", default_value = "4M", value_parser = parse_size)]
-    pub ring_buffer: u32,
+    /// [default: 4M per CPU, from 8M to 64M]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub ring_buffer: Option<u32>,
 }
 
 /// One `--attach` value: a mode, or `auto` for all of them, best first.

@@ -233,7 +233,7 @@ mod tests {
         assert_eq!(c.attach, AttachMode::ALL.to_vec());
         assert_eq!(c.max_sockets, None);
         assert_eq!(config(&["--max-sockets", "9"]).max_sockets, Some(9));
-        assert_eq!(c.ring_bytes, 4 << 20);
+        assert_eq!(c.ring_bytes, None);
         assert_eq!(c.report, ReportFormat::Text);
         assert!(!c.verbose && c.btf.is_none());
     }
@@ -399,7 +399,7 @@ mod tests {
 
     #[test]
     fn ring_buffer_sizes() {
-        let size = |s: &str| config(&["--ring-buffer", s]).ring_bytes;
+        let size = |s: &str| config(&["--ring-buffer", s]).ring_bytes.unwrap();
         assert_eq!(size("4096"), 4096);
         assert_eq!(size("64K"), 65536);
         assert_eq!(size("16m"), 16 << 20);

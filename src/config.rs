@@ -29,8 +29,9 @@ pub struct Config {
     /// socket-local storage), [`DEFAULT_MAP_SOCKETS`] for the kernel's
     /// preallocated map.
     pub max_sockets: Option<u32>,
-    /// Size of the ring buffer in bytes (a power of two, at least a page).
-    pub ring_bytes: u32,
+    /// `--ring-buffer`: size of the ring buffer in bytes (a power of two,
+    /// at least a page); None: [`Config::ring_bytes_for`] the host.
+    pub ring_bytes: Option<u32>,
     /// `-Y`: also send each transition to the systemd journal.
     pub journal: bool,
     /// `--count`: end after this many transitions.
@@ -66,6 +67,18 @@ impl Config {
         self.filter.tracks_in_kernel() || matches!(self.mode, Mode::Summary(_))
     }
 
+    /// The ring buffer's size on a host with `cpus` CPUs online: the size
+    /// asked for, else 4 MiB per CPU from 8 MiB to 64 MiB. Every CPU can
+    /// fill the ring at once while the one reader drains it: when a host
+    /// closes 36,000 connections at once, the reader of a 2-CPU machine
+    /// found up to 6 MiB waiting (BENCHMARKS.md, the burst).
+    pub fn ring_bytes_for(&self, cpus: usize) -> u32 {
+        self.ring_bytes.unwrap_or_else(|| {
+            let per_cpu = (cpus.max(1) as u64).next_power_of_two() * (4 << 20);
+            per_cpu.clamp(8 << 20, 64 << 20) as u32
+        })
+    }
+
     /// Whether the kernel keeps each socket's owner along with its time: for
     /// an owner filter, or for an output that shows owners.
     pub fn kernel_keeps_owners(&self) -> bool {
@@ -83,7 +96,7 @@ impl Default for Config {
             attach: AttachMode::ALL.to_vec(),
             btf: None,
             max_sockets: None,
-            ring_bytes: 4 << 20,
+            ring_bytes: None,
             journal: false,
             count: None,
             duration: None,
@@ -310,6 +323,21 @@ mod tests {
             assert_eq!(value.get_name(), mode.name());
         }
         assert_eq!(AttachMode::value_variants(), AttachMode::ALL);
+    }
+
+    #[test]
+    fn the_ring_grows_with_the_cpus_within_bounds() {
+        let default = Config::default();
+        let mib = |cpus| default.ring_bytes_for(cpus) >> 20;
+        assert_eq!(
+            [0, 1, 2, 3, 4, 8, 16, 64, 4096].map(mib),
+            [8, 8, 8, 16, 16, 32, 64, 64, 64]
+        );
+        let asked = Config {
+            ring_bytes: Some(4096),
+            ..Config::default()
+        };
+        assert_eq!(asked.ring_bytes_for(64), 4096);
     }
 
     #[test]

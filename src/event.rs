@@ -15,8 +15,42 @@ pub(crate) type RawEvent = types::event;
 // padding): every bit pattern is a valid value.
 unsafe impl plain::Plain for RawEvent {}
 
-/// Size in bytes of one record in the ring buffer.
+/// Size in bytes of the whole `struct event`: a record that carries the
+/// socket's owner as the kernel keeps it.
 pub const RAW_EVENT_SIZE: usize = std::mem::size_of::<RawEvent>();
+
+/// The record's sizes, as in `src/bpf/tcpstates.h` (EVENT_SIZE_*): the
+/// kernel leaves out the fields a run does not need, so that the ring
+/// buffer holds more events.
+pub mod record {
+    use super::RawEvent;
+    use std::mem::offset_of;
+
+    /// A transition alone.
+    pub const BASE: usize = offset_of!(RawEvent, uid);
+    /// With the current task's uid and cgroup (the reader keeps owners).
+    pub const TASK: usize = offset_of!(RawEvent, owner_cgroup);
+    /// With the owner the kernel keeps.
+    pub const OWNER: usize = super::RAW_EVENT_SIZE;
+
+    /// The largest record a run sends, given whether the program sends the
+    /// current task's uid and cgroup, and whether it sends owners it keeps.
+    pub fn largest(task: bool, owner: bool) -> usize {
+        if owner {
+            OWNER
+        } else if task {
+            TASK
+        } else {
+            BASE
+        }
+    }
+
+    /// A record's size in the ring buffer: its 8-byte header, and the
+    /// record rounded up to 8 bytes.
+    pub fn in_ring(size: usize) -> usize {
+        8 + size.next_multiple_of(8)
+    }
+}
 
 const AF_INET: u16 = libc::AF_INET as u16;
 const AF_INET6: u16 = libc::AF_INET6 as u16;
@@ -181,7 +215,7 @@ impl Owner {
 /// Why a record from the kernel could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
-    /// The record is shorter than `struct event`.
+    /// The record is shorter than the shortest one the kernel sends.
     Short(usize),
     /// The family is neither AF_INET nor AF_INET6.
     Family(u16),
@@ -190,7 +224,9 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::Short(n) => write!(f, "record of {n} bytes, expected {RAW_EVENT_SIZE}"),
+            DecodeError::Short(n) => {
+                write!(f, "record of {n} bytes, expected at least {}", record::BASE)
+            }
             DecodeError::Family(n) => write!(f, "unknown address family {n}"),
         }
     }
@@ -199,19 +235,23 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Event {
-    /// Decodes one ring buffer record, read in place when it is aligned (as
-    /// the ring buffer's records are), else from a copy.
+    /// Decodes one ring buffer record, read in place when it is whole and
+    /// aligned (as the ring buffer's records are), else from a copy into a
+    /// zeroed `struct event` (a record without the owner fields, say).
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
-        match plain::from_bytes::<RawEvent>(bytes) {
-            Ok(raw) => Self::from_raw(raw),
-            Err(plain::Error::BadAlignment) => {
-                let mut raw = RawEvent::default();
-                plain::copy_from_bytes(&mut raw, bytes)
-                    .map_err(|_| DecodeError::Short(bytes.len()))?;
-                Self::from_raw(&raw)
-            }
-            Err(plain::Error::TooShort) => Err(DecodeError::Short(bytes.len())),
+        if bytes.len() < record::BASE {
+            return Err(DecodeError::Short(bytes.len()));
         }
+        if let Ok(raw) = plain::from_bytes::<RawEvent>(bytes) {
+            return Self::from_raw(raw);
+        }
+        let mut raw = RawEvent::default();
+        let len = bytes.len().min(RAW_EVENT_SIZE);
+        // SAFETY: RawEvent is Plain (see above): any bytes written into it
+        // make a valid value.
+        let into = unsafe { plain::as_mut_bytes(&mut raw) };
+        into[..len].copy_from_slice(&bytes[..len]);
+        Self::from_raw(&raw)
     }
 
     pub(crate) fn from_raw(raw: &RawEvent) -> Result<Self, DecodeError> {
@@ -360,12 +400,34 @@ pub(crate) mod tests {
     fn rejects_short_records_and_unknown_families() {
         let bytes = bytes_of(&raw_v4());
         assert_eq!(
-            Event::decode(&bytes[..bytes.len() - 1]),
-            Err(DecodeError::Short(RAW_EVENT_SIZE - 1))
+            Event::decode(&bytes[..record::BASE - 1]),
+            Err(DecodeError::Short(record::BASE - 1))
         );
         let mut raw = raw_v4();
         raw.family = 1;
         assert_eq!(Event::decode(&bytes_of(&raw)), Err(DecodeError::Family(1)));
+    }
+
+    #[test]
+    fn short_records_leave_out_what_they_do_not_carry() {
+        let mut raw = raw_v4();
+        raw.uid = 1000;
+        raw.cgroup_id = 77;
+        raw.owner_pid = 5;
+        raw.flags = FLAG_OWNER_KNOWN;
+        let bytes = bytes_of(&raw);
+        let base = Event::decode(&bytes[..record::BASE]).unwrap();
+        assert_eq!((base.lport, base.uid, base.cgroup_id), (48792, 0, 0));
+        let task = Event::decode(&bytes[..record::TASK]).unwrap();
+        assert_eq!((task.uid, task.cgroup_id), (1000, 77));
+        assert_eq!(task.owner.map(|o| o.pid), Some(0));
+        let whole = Event::decode(&bytes).unwrap();
+        assert_eq!(whole.owner.map(|o| o.pid), Some(5));
+        // In the ring: an 8-byte header, each record rounded to 8 bytes.
+        assert_eq!(
+            [record::BASE, record::TASK, record::OWNER].map(record::in_ring),
+            [112, 120, 152]
+        );
     }
 
     #[test]

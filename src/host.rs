@@ -42,6 +42,33 @@ pub fn has_kernel_btf() -> bool {
     Path::new(KERNEL_BTF).exists()
 }
 
+/// CPUs online now: how many can fill the ring buffer at once.
+pub fn online_cpus() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    usize::try_from(n).unwrap_or(1).max(1)
+}
+
+/// The nice value of a stream run's threads: ahead of ordinary work, so
+/// that the reader empties the ring buffer while the host is busiest (a
+/// burst of closes, every CPU busy), yet below what the kernel's own
+/// threads and real-time work run at.
+pub const READER_NICE: libc::c_int = -10;
+
+/// Raises this thread's priority to [`READER_NICE`] (threads started
+/// after it inherit it). Needs CAP_SYS_NICE (root has it) or an
+/// RLIMIT_NICE that allows it; the error says why not.
+pub fn raise_priority() -> std::io::Result<()> {
+    // SAFETY: gettid has no preconditions and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority takes plain integers; on Linux PRIO_PROCESS with
+    // a thread id sets that thread's nice value.
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, READER_NICE) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Whether the kernel gives BTF tracing programs what came in 5.11:
 /// bpf_get_current_task_btf, and socket-local storage (bpf_sk_storage_get).
 /// Only with its own BTF: the helpers type their results with it, and a

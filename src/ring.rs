@@ -36,6 +36,16 @@ pub struct RingReader<'fd> {
     producer: Mapping,
     page: usize,
     mask: u64,
+    peak: Fill,
+}
+
+/// How full the ring buffer was: bytes waiting, and the records in them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Fill {
+    /// Bytes the kernel had written and the reader not yet read.
+    pub bytes: u64,
+    /// Records in those bytes.
+    pub records: u64,
 }
 
 struct Mapping {
@@ -94,6 +104,7 @@ impl<'fd> RingReader<'fd> {
             producer,
             page,
             mask: u64::from(size) - 1,
+            peak: Fill::default(),
         })
     }
 
@@ -127,6 +138,18 @@ impl<'fd> RingReader<'fd> {
         Ok(())
     }
 
+    /// The data area's size in bytes.
+    pub fn size(&self) -> u64 {
+        self.mask + 1
+    }
+
+    /// The fullest the reader found the ring buffer, at the start of a
+    /// pass: a lower bound of its true high-water mark, which it reaches
+    /// just before the reader wakes.
+    pub fn peak(&self) -> Fill {
+        self.peak
+    }
+
     /// Hands every record the kernel has finished, oldest first, to `each`,
     /// until none is left or `each` breaks (its record counts as read).
     /// Returns how many records it handed over.
@@ -139,7 +162,17 @@ impl<'fd> RingReader<'fd> {
             if pos >= end {
                 break;
             }
+            // Everything up to `end` is waiting: count its records as they
+            // are read.
+            let peak = end - pos > self.peak.bytes;
+            if peak {
+                self.peak = Fill {
+                    bytes: end - pos,
+                    records: 0,
+                };
+            }
             while pos < end {
+                self.peak.records += u64::from(peak);
                 // SAFETY: pos & mask is inside the first copy of the data,
                 // which starts one page into the mapping; the header is
                 // 8-aligned (records are rounded up to 8 bytes).
@@ -309,6 +342,36 @@ mod tests {
         ring.set_producer(end);
         assert_eq!(drain(&mut reader), [b"hi".to_vec()]);
         assert_eq!(ring.consumer(), end);
+    }
+
+    #[test]
+    fn the_peak_is_the_fullest_pass() {
+        let ring = FakeRing::new();
+        let mut reader = RingReader::new(ring.file.as_fd(), SIZE).unwrap();
+        assert_eq!(reader.peak(), Fill::default());
+        let mut end = ring.record(0, 8, b"12345678");
+        end = ring.record(end, 8, b"12345678");
+        ring.set_producer(end);
+        drain(&mut reader);
+        assert_eq!(
+            reader.peak(),
+            Fill {
+                bytes: 32,
+                records: 2
+            }
+        );
+        // A smaller pass leaves the peak as it was.
+        let later = ring.record(end, 1, b"x");
+        ring.set_producer(later);
+        drain(&mut reader);
+        assert_eq!(
+            reader.peak(),
+            Fill {
+                bytes: 32,
+                records: 2
+            }
+        );
+        assert_eq!(reader.size(), u64::from(SIZE));
     }
 
     #[test]

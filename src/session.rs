@@ -12,10 +12,12 @@ use crate::batching::Batching;
 use crate::clock::{Utc, WallClock};
 use crate::config::{Config, Mode, ReportFormat, SummaryOutput};
 use crate::durations::Decoder;
+use crate::host;
 use crate::metrics::Endpoint;
 use crate::output::{self, Sink};
+use crate::ring::RingReader;
 use crate::signals;
-use crate::stats::{ReaderCounts, Stats};
+use crate::stats::{ReaderCounts, RingPeak, Stats};
 use crate::summary::Summary;
 use crate::tracer::Tracer;
 
@@ -138,13 +140,29 @@ impl SummaryPrinter {
 
 /// Every transition, through the ring buffer, to the outputs.
 fn stream(config: &Config) -> Result<()> {
+    // First, so that every thread the run starts inherits it.
+    let priority = host::raise_priority();
     let stdout = io::stdout();
-    let batching = Batching::for_output(stdout.is_terminal(), config.ring_bytes);
+    let ring_bytes = config.ring_bytes_for(host::online_cpus());
+    let batching = Batching::for_output(stdout.is_terminal(), ring_bytes);
     // Outputs first: one that cannot be reached fails before any tracing.
     let mut sink = output::build(config, stdout, batching)?;
     let tracer = Tracer::start(config, batching.wakeup_bytes)?;
     if config.verbose {
         say_attached(&tracer);
+        match priority {
+            Ok(()) => eprintln!(
+                "tcpstates: ring buffer {} KiB, reader at nice {}",
+                ring_bytes >> 10,
+                host::READER_NICE
+            ),
+            Err(err) => eprintln!(
+                "tcpstates: ring buffer {} KiB, reader at the default priority \
+                 (nice {} refused: {err}; needs CAP_SYS_NICE)",
+                ring_bytes >> 10,
+                host::READER_NICE
+            ),
+        }
     }
     let mut reader = Reader::new(Decoder::for_config(config), config.count);
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
@@ -168,7 +186,7 @@ fn stream(config: &Config) -> Result<()> {
         sink.tick();
         if config.verbose && last_report.elapsed() >= VERBOSE_REPORT_EVERY {
             last_report = Instant::now();
-            report(config.report, &reader.stats(&tracer)?);
+            report(config.report, &reader.stats(&tracer, &ring)?);
         }
     }
     // Detach first, so that the drain below hands on everything the kernel
@@ -177,8 +195,8 @@ fn stream(config: &Config) -> Result<()> {
     if !sink.closed() && !reader.done() {
         ring.consume(|data| reader.accept(data, sink.as_mut()));
     }
+    let stats = reader.stats(&tracer, &ring)?;
     drop(ring);
-    let stats = reader.stats(&tracer)?;
     match sink.finish() {
         // `tcpstates | head`: the reader is gone; end quietly.
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => return Ok(()),
@@ -256,9 +274,10 @@ impl Reader {
         ControlFlow::Continue(())
     }
 
-    /// Every counter now: the kernel's and this reader's.
-    fn stats(&self, tracer: &Tracer) -> Result<Stats> {
+    /// Every counter now: the kernel's, this reader's and the ring's.
+    fn stats(&self, tracer: &Tracer, ring: &RingReader<'_>) -> Result<Stats> {
         let times = self.decoder.times();
+        let peak = ring.peak();
         Ok(Stats {
             kernel: tracer.counters()?,
             reader: ReaderCounts {
@@ -267,6 +286,11 @@ impl Reader {
                     Some(times) => times.len() as u64,
                     None => tracer.sockets_tracked()?,
                 },
+                ring: Some(RingPeak {
+                    size: ring.size(),
+                    bytes: peak.bytes,
+                    events: peak.records,
+                }),
                 ..self.counts
             },
         })

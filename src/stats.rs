@@ -31,6 +31,28 @@ pub struct ReaderCounts {
     pub no_room: u64,
     /// Sockets whose last-transition time is kept now, wherever it is kept.
     pub sockets_tracked: u64,
+    /// The ring buffer, when the run reads one.
+    pub ring: Option<RingPeak>,
+}
+
+/// How close a run came to losing events: the fullest the reader found the
+/// ring buffer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RingPeak {
+    /// The ring buffer's size in bytes.
+    pub size: u64,
+    /// Bytes waiting at the fullest.
+    pub bytes: u64,
+    /// Events waiting at the fullest.
+    pub events: u64,
+}
+
+impl RingPeak {
+    /// The fullest, in whole percent of the size, rounded up (a ring that
+    /// held anything shows at least 1).
+    pub fn percent(&self) -> u64 {
+        (self.bytes * 100).div_ceil(self.size.max(1))
+    }
 }
 
 /// Every counter of a run.
@@ -51,7 +73,7 @@ impl Stats {
 
     /// Every counter as a sentence, for `-v`.
     pub fn describe(&self) -> String {
-        format!(
+        let mut line = format!(
             "{} transitions matched, {} printed, {} lost (ring buffer full), \
              {} missed (recursion), {} sockets without room in the map, {} undecodable records, \
              {} sockets tracked",
@@ -62,11 +84,21 @@ impl Stats {
             self.no_room(),
             self.reader.undecodable,
             self.reader.sockets_tracked
-        )
+        );
+        if let Some(ring) = self.reader.ring {
+            let _ = write!(
+                line,
+                ", ring buffer at most {}% full ({} events)",
+                ring.percent(),
+                ring.events
+            );
+        }
+        line
     }
 
     /// The counters as `key=value` pairs, keys in this fixed order (the
-    /// names and their meaning are documented in the README and stay).
+    /// names and their meaning are documented in the README and stay); the
+    /// ring buffer's last, when the run reads one.
     pub fn key_values(&self) -> String {
         let mut line = String::new();
         for (key, value) in self.pairs() {
@@ -74,6 +106,15 @@ impl Stats {
                 line.push(' ');
             }
             let _ = write!(line, "{key}={value}");
+        }
+        if let Some(ring) = self.reader.ring {
+            let _ = write!(
+                line,
+                " ring_bytes={} ring_peak_pct={} ring_peak_events={}",
+                ring.size,
+                ring.percent(),
+                ring.events
+            );
         }
         line
     }
@@ -138,6 +179,11 @@ mod tests {
                 undecodable: 1,
                 no_room: 3,
                 sockets_tracked: 9,
+                ring: Some(RingPeak {
+                    size: 4 << 20,
+                    bytes: 1 << 20,
+                    events: 9362,
+                }),
             },
         }
     }
@@ -159,7 +205,7 @@ mod tests {
             sample().describe(),
             "10 transitions matched, 7 printed, 3 lost (ring buffer full), 4 missed \
              (recursion), 5 sockets without room in the map, 1 undecodable records, 9 \
-             sockets tracked"
+             sockets tracked, ring buffer at most 25% full (9362 events)"
         );
     }
 
@@ -168,7 +214,24 @@ mod tests {
         assert_eq!(
             sample().key_values(),
             "matched=10 printed=7 ring_drops=3 recursion_misses=4 no_room=5 undecodable=1 \
-             sockets_tracked=9"
+             sockets_tracked=9 ring_bytes=4194304 ring_peak_pct=25 ring_peak_events=9362"
         );
+        let summary = Stats {
+            reader: ReaderCounts::default(),
+            ..sample()
+        };
+        assert!(!summary.key_values().contains("ring_peak"));
+    }
+
+    #[test]
+    fn any_fill_shows_as_at_least_one_percent() {
+        let peak = |bytes| RingPeak {
+            size: 4 << 20,
+            bytes,
+            events: 1,
+        };
+        assert_eq!(peak(0).percent(), 0);
+        assert_eq!(peak(112).percent(), 1);
+        assert_eq!(peak(4 << 20).percent(), 100);
     }
 }

@@ -16,7 +16,7 @@ use crate::batching;
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
 use crate::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Mode};
-use crate::event::RAW_EVENT_SIZE;
+use crate::event::record;
 use crate::host;
 use crate::ring::RingReader;
 use crate::stats::KernelCounters;
@@ -354,10 +354,6 @@ fn configure(
     rodata.min_delta_ns = filter.min_duration_ns.map_or(0, |ns| ns.max(1));
     rodata.filter_sport = !filter.local_ports.is_empty();
     rodata.filter_dport = !filter.remote_ports.is_empty();
-    rodata.wakeup_bytes = wakeup_bytes;
-    let cpus = libbpf_rs::num_possible_cpus().context("counting the CPUs")?;
-    // A record in the ring is the event and an 8-byte header.
-    rodata.wakeup_mask = batching::wakeup_mask(config.ring_bytes, cpus, RAW_EVENT_SIZE + 8);
     rodata.track_sockets = store != KernelStore::None;
     rodata.use_sk_storage = store == KernelStore::SocketLocal;
     rodata.has_task_btf = host::has_tracing_5_11();
@@ -365,6 +361,14 @@ fn configure(
     // keeps no state; otherwise the kernel sends the owner it keeps.
     rodata.collect_owner = config.collects_owners() && store == KernelStore::None;
     rodata.keep_owner = config.kernel_keeps_owners();
+    rodata.wakeup_bytes = wakeup_bytes;
+    let cpus = libbpf_rs::num_possible_cpus().context("counting the CPUs")?;
+    let largest = record::largest(
+        rodata.collect_owner,
+        rodata.keep_owner && rodata.track_sockets,
+    );
+    let ring_bytes = config.ring_bytes_for(host::online_cpus());
+    rodata.wakeup_mask = batching::wakeup_mask(ring_bytes, cpus, record::in_ring(largest));
     rodata.summary_mode = matches!(config.mode, Mode::Summary(_));
     // Summary mode sends nothing: read only what the filters look at.
     rodata.lean_reads = rodata.summary_mode && !rodata.keep_owner;
@@ -373,7 +377,7 @@ fn configure(
     let ring_bytes = if rodata.summary_mode {
         page_size()
     } else {
-        config.ring_bytes
+        ring_bytes
     };
     let maps = &mut open.maps;
     maps.events

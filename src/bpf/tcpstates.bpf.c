@@ -539,6 +539,32 @@ static __always_inline __u32 state_bit(int state)
 }
 
 /*
+ * Sends `e` through the ring buffer, as long as the fields it carries need:
+ * the owner only when it is known, the current task's uid and cgroup only
+ * with collect_owner.
+ */
+static __always_inline int send(struct event *e)
+{
+	__u64 sent, size, wakeup = 0;
+
+	if (e->flags & EVENT_F_OWNER_KNOWN)
+		size = EVENT_SIZE_OWNER;
+	else if (collect_owner)
+		size = EVENT_SIZE_TASK;
+	else
+		size = EVENT_SIZE_BASE;
+	sent = count(COUNTER_EVENTS);
+	if (wakeup_bytes)
+		wakeup = (sent & wakeup_mask) == 0 &&
+				 bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
+			 ? BPF_RB_FORCE_WAKEUP
+			 : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&events, e, size, wakeup))
+		count(COUNTER_RINGBUF_DROPS);
+	return 0;
+}
+
+/*
  * Common path. `e` holds skaddr, states, family, ports, addresses and netns;
  * the rest is filled here. `sk` is the socket as a BTF pointer (tp_btf), or
  * NULL where the program has none to give the storage helpers.
@@ -546,7 +572,7 @@ static __always_inline __u32 state_bit(int state)
 static __always_inline int handle(struct event *e, struct sock *sk,
 				  __u16 protocol)
 {
-	__u64 now, sent, wakeup = 0;
+	__u64 now;
 
 	if (protocol != IPPROTO_TCP)
 		return 0;
@@ -597,15 +623,7 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 		e->cgroup_id = bpf_get_current_cgroup_id();
 	}
 
-	sent = count(COUNTER_EVENTS);
-	if (wakeup_bytes)
-		wakeup = (sent & wakeup_mask) == 0 &&
-				 bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= wakeup_bytes
-			 ? BPF_RB_FORCE_WAKEUP
-			 : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&events, e, sizeof(*e), wakeup))
-		count(COUNTER_RINGBUF_DROPS);
-	return 0;
+	return send(e);
 }
 
 /* Family, ports, addresses and netns of a socket, as the tracepoint reports
@@ -893,7 +911,7 @@ int BPF_KRETPROBE(handle_accept_ret, struct sock *newsk)
 	current_task(&e);
 	e.uid = (__u32)bpf_get_current_uid_gid();
 	e.cgroup_id = bpf_get_current_cgroup_id();
-	if (bpf_ringbuf_output(&events, &e, sizeof(e),
+	if (bpf_ringbuf_output(&events, &e, EVENT_SIZE_TASK,
 			       wakeup_bytes ? BPF_RB_NO_WAKEUP : 0))
 		count(COUNTER_RINGBUF_DROPS);
 	return 0;

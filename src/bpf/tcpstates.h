@@ -89,18 +89,30 @@ struct event {
 	/* IPv4 addresses use the first 4 bytes; network byte order. */
 	__u8 saddr[16];
 	__u8 daddr[16];
-	/* With collect_owner: the current task's uid and cgroup v2 id, so user
+	/*
+	 * A record ends here (EVENT_SIZE_BASE) unless a field below is needed:
+	 * the ring buffer then holds more events, and the reader has fewer
+	 * bytes to read.
+	 *
+	 * With collect_owner: the current task's uid and cgroup v2 id, so user
 	 * space can keep each socket's owner from its process-context
-	 * transitions. 0 otherwise. */
+	 * transitions (the record ends after cgroup_id: EVENT_SIZE_TASK).
+	 */
 	__u32 uid;
 	__u64 cgroup_id;
 	/* With EVENT_F_OWNER_KNOWN: the socket's owner, when the kernel keeps
-	 * the sockets' state (a filter is on). */
+	 * the sockets' state (a filter is on); the whole struct is sent. */
 	__u64 owner_cgroup;
 	__u32 owner_pid;
 	__u32 owner_uid;
 	char owner_comm[TASK_COMM_LEN];
 };
+
+/* The sizes a record can have; user space reads a shorter one into a
+ * zeroed struct event. */
+#define EVENT_SIZE_BASE __builtin_offsetof(struct event, uid)
+#define EVENT_SIZE_TASK __builtin_offsetof(struct event, owner_cgroup)
+#define EVENT_SIZE_OWNER sizeof(struct event)
 
 /*
  * Summary mode (-S, --metrics): what the kernel aggregates, per CPU, instead

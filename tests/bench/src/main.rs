@@ -15,6 +15,7 @@
 //! many sockets held open, [`stats`] the statistics
 //! the tables print.
 
+mod burst;
 mod kernel;
 mod sample;
 mod scale;
@@ -110,6 +111,23 @@ struct Args {
     /// (internal) Be a holder of this many connections (see --scale).
     #[arg(long, hide = true, value_name = "CONNECTIONS")]
     holder: Option<usize>,
+    /// Instead: the burst (holders close every connection at once) under
+    /// ours with each --burst-setups entry and under theirs, --runs times
+    #[arg(long)]
+    burst: bool,
+    /// With --burst: ours's argument strings, one per setup ("{ports}": the
+    /// holders' ports); default: the table, -x, -j, -s, -L {ports}, -u 0
+    #[arg(long, allow_hyphen_values = true)]
+    burst_setups: Vec<String>,
+    /// With --burst: holder processes
+    #[arg(long, default_value_t = 8)]
+    burst_holders: usize,
+    /// With --burst: connections per holder
+    #[arg(long, default_value_t = 4_500)]
+    burst_connections: usize,
+    /// With --burst: a CPU-bound process per CPU beside it
+    #[arg(long)]
+    busy: bool,
     /// Where the tracers' output goes
     #[arg(long, default_value = "target/bench")]
     workdir: PathBuf,
@@ -180,6 +198,9 @@ fn main() -> Result<()> {
     }
     if !args.scale.is_empty() {
         return scale::scale(&args, &storm);
+    }
+    if args.burst {
+        return burst::burst(&args);
     }
 
     print_machine();
@@ -348,7 +369,7 @@ fn sleep_until_interrupted() -> Result<()> {
     Ok(())
 }
 
-fn print_machine() {
+pub fn print_machine() {
     let cpu = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

@@ -56,6 +56,8 @@ pub struct Outcome {
     pub output: PathBuf,
     /// The tracer's exit code (None: killed by a signal).
     pub code: Option<i32>,
+    /// The tracer's CPU time, user and system, over its whole run.
+    pub cpu_secs: f64,
 }
 
 impl Outcome {
@@ -141,7 +143,12 @@ pub fn trace(
         stderr,
         output: out,
         code: ended.code(),
+        cpu_secs: seconds(ended.usage.ru_utime) + seconds(ended.usage.ru_stime),
     })
+}
+
+fn seconds(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
 }
 
 /// Ours says it is attached on stderr; libbpf-tools says nothing there (and

@@ -1,0 +1,157 @@
+//! `--burst`: 8 processes each holding 4,500 loopback connections close
+//! them all at once (clients first, servers 0.3 s later) under each tracer
+//! setup in turn, with an in-kernel ground truth. Reports, per setup, the
+//! runs that lost anything, what they lost, the fullest the ring buffer got
+//! (ours, from `--report kv`) and the tracer's CPU per burst.
+
+use std::process::Command;
+
+use anyhow::{Result, ensure};
+use tcpstates_testkit::burst::{self, BusyCpus, Outcome};
+use tcpstates_testkit::rows::last_counters;
+
+use crate::Args;
+use crate::stats::median;
+
+/// One tracer setup: a name, a binary and its arguments; `{ports}` in an
+/// argument stands for the holders' listening ports (a comma list).
+struct Setup {
+    name: String,
+    path: String,
+    args: Vec<String>,
+}
+
+/// Ours with each of these argument strings (split at spaces), unless
+/// `--burst-setups` names others.
+const DEFAULT_SETUPS: [&str; 6] = ["", "-x", "-j", "-s", "-L {ports}", "-u 0"];
+
+pub fn burst(args: &Args) -> Result<()> {
+    let shape = burst::Burst {
+        holders: args.burst_holders,
+        connections: args.burst_connections,
+    };
+    let given: Vec<String> = if args.burst_setups.is_empty() {
+        DEFAULT_SETUPS.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.burst_setups.clone()
+    };
+    let mut setups: Vec<Setup> = given
+        .iter()
+        .map(|s| Setup {
+            name: if s.is_empty() {
+                "ours (default)".into()
+            } else {
+                format!("ours {s}")
+            },
+            path: args.ours.display().to_string(),
+            args: s
+                .split_whitespace()
+                .map(String::from)
+                .chain(args.ours_args.iter().cloned())
+                .chain(["-v", "--report", "kv"].map(String::from))
+                .collect(),
+        })
+        .collect();
+    if args.theirs != "none" {
+        setups.push(Setup {
+            name: "libbpf-tools".into(),
+            path: args.theirs.clone(),
+            args: args.theirs_args.clone(),
+        });
+    }
+    let busy = if args.busy {
+        Some(BusyCpus::start()?)
+    } else {
+        None
+    };
+    crate::print_machine();
+    println!(
+        "burst: {} processes x {} connections ({} sockets), clients closed first, servers 0.3 s later; \
+         {} runs per setup{}\n",
+        shape.holders,
+        shape.connections,
+        shape.holders * shape.connections * 2,
+        args.runs,
+        busy.as_ref().map_or(String::new(), |b| format!(
+            "; {} CPU-bound processes beside it",
+            b.len()
+        ))
+    );
+    let me = std::env::current_exe()?;
+    let mut results: Vec<Vec<Outcome>> = setups.iter().map(|_| Vec::new()).collect();
+    for run in 0..args.runs {
+        for (i, setup) in setups.iter().enumerate() {
+            let holders = burst::open(&shape, |connections| {
+                let mut command = Command::new(&me);
+                command.args(["--holder", &connections.to_string()]);
+                command
+            })?;
+            let list: Vec<String> = holders.ports().iter().map(u16::to_string).collect();
+            let list = list.join(",");
+            let mut tracer = Command::new(&setup.path);
+            tracer.args(setup.args.iter().map(|a| a.replace("{ports}", &list)));
+            let outcome = burst::trace(
+                holders,
+                &mut tracer,
+                &args.workdir,
+                &format!("burst{run}-{i}"),
+            )?;
+            ensure!(
+                outcome.code == Some(0),
+                "{}: exited {:?}: {}",
+                setup.name,
+                outcome.code,
+                outcome.stderr
+            );
+            let peak = last_counters(&outcome.stderr)
+                .and_then(|c| {
+                    Some(format!(
+                        ", ring peak {}% ({} events)",
+                        c.get("ring_peak_pct")?,
+                        c.get("ring_peak_events")?
+                    ))
+                })
+                .unwrap_or_default();
+            eprintln!(
+                "run {} {}: truth {}, captured {}, lost {}{peak}, cpu {:.3} s",
+                run + 1,
+                setup.name,
+                outcome.truth,
+                outcome.captured,
+                outcome.truth.saturating_sub(outcome.captured),
+                outcome.cpu_secs
+            );
+            let _ = std::fs::remove_file(&outcome.output);
+            results[i].push(outcome);
+        }
+    }
+    println!(
+        "| setup | runs with a loss | lost of truth (all runs) | fullest ring (max of runs) | tracer CPU per burst |"
+    );
+    println!("| --- | --- | --- | --- | --- |");
+    for (setup, runs) in setups.iter().zip(&results) {
+        let lossy = runs.iter().filter(|o| o.captured != o.truth).count();
+        let lost: u64 = runs
+            .iter()
+            .map(|o| o.truth.saturating_sub(o.captured))
+            .sum();
+        let truth: u64 = runs.iter().map(|o| o.truth).sum();
+        let peaks: Vec<(u64, u64)> = runs
+            .iter()
+            .filter_map(|o| {
+                let c = last_counters(&o.stderr)?;
+                Some((*c.get("ring_peak_pct")?, *c.get("ring_peak_events")?))
+            })
+            .collect();
+        let peak = peaks.iter().max().map_or("-".into(), |(pct, events)| {
+            format!("{pct}% ({events} events)")
+        });
+        let cpu = median(runs.iter().map(|o| o.cpu_secs * 1e3));
+        println!(
+            "| {} | {lossy} of {} | {lost} of {truth} | {peak} | {cpu:.0} ms |",
+            setup.name,
+            runs.len()
+        );
+    }
+    Ok(())
+}
