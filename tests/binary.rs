@@ -520,6 +520,14 @@ fn full_ring_buffer_is_counted_and_reported() {
         stderr.contains(&format!("tcpstates: {lost} events lost (ring buffer full)")),
         "{stderr}"
     );
+    // The reader found the ring full when it woke: the high-water mark
+    // says so, to within one record.
+    let peak: u64 = stderr
+        .rsplit_once("ring buffer at most ")
+        .and_then(|(_, rest)| rest.split_once('%'))
+        .and_then(|(pct, _)| pct.parse().ok())
+        .unwrap_or_else(|| panic!("no ring peak in {stderr}"));
+    assert!(peak >= 97, "{stderr}");
 }
 
 /// Without `--report kv`, -v's counters stay a sentence for people, and the
@@ -541,7 +549,11 @@ fn verbose_counters_are_a_sentence_by_default() {
         sentence.contains(&format!(" {printed} printed, 0 lost (ring buffer full), ")),
         "{sentence}"
     );
-    assert!(sentence.ends_with(" sockets tracked"), "{sentence}");
+    assert!(
+        sentence.contains(" sockets tracked, ring buffer at most "),
+        "{sentence}"
+    );
+    assert!(sentence.ends_with(" events)"), "{sentence}");
     assert!(last_counters(&stderr).is_none(), "{stderr}");
 }
 

@@ -6,7 +6,7 @@
 
 use std::process::{Command, Stdio};
 
-use tcpstates_testkit::burst::{self, Burst};
+use tcpstates_testkit::burst::{self, Burst, BusyCpus};
 use tcpstates_testkit::hold::holder_main;
 use tcpstates_testkit::host::root;
 
@@ -38,7 +38,8 @@ fn burst_is_captured_whole(args: &[&str], tag: &str) {
         command
     })
     .expect("holding the connections");
-    let workdir = std::env::temp_dir().join(format!("tcpstates-burst-{}", std::process::id()));
+    let workdir =
+        std::env::temp_dir().join(format!("tcpstates-burst-{}-{tag}", std::process::id()));
     let outcome = burst::trace(holders, Command::new(BIN).args(args), &workdir, tag)
         .expect("tracing the burst");
     outcome.check_whole(&shape).unwrap();
@@ -55,4 +56,11 @@ fn burst_is_captured_whole_in_the_table() {
 fn burst_is_captured_whole_in_json() {
     let Some(_root) = root() else { return };
     burst_is_captured_whole(&["-j"], "json");
+}
+
+#[test]
+fn burst_is_captured_whole_with_every_cpu_busy() {
+    let Some(_root) = root() else { return };
+    let _busy = BusyCpus::start().expect("busy processes");
+    burst_is_captured_whole(&[], "busy");
 }

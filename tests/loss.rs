@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
+use tcpstates_testkit::burst::BusyCpus;
 use tcpstates_testkit::groundtruth::TransitionCounter;
 use tcpstates_testkit::host::root;
 use tcpstates_testkit::net::loopback;
@@ -153,15 +154,29 @@ fn stalled_output_loses_nothing() {
     // Nobody reads the pipe during the storm: it fills after some 600
     // lines, and a 256 KiB ring holds some 2,300 events, together far fewer
     // than the storm's 20,000. The reader must keep emptying the ring while
-    // the write waits. (A 64 KiB ring holds 3 ms of this storm: a reader
-    // preempted that long on this 2-CPU VM lost events in about one run in
-    // ten, before and after the writer moved to src/output.)
+    // the write waits.
     storm_is_captured_whole(
         false,
         Ending::Graceful,
         &["--ring-buffer", "256K"],
         Output::StalledPipe,
     );
+}
+
+#[test]
+fn stalled_output_loses_nothing_with_every_cpu_busy() {
+    let Some(_root) = root() else { return };
+    // The promise with default options on a busy host: a CPU-bound process
+    // per CPU competes with the reader and the storm.
+    let _busy = BusyCpus::start().expect("busy processes");
+    storm_is_captured_whole(false, Ending::Graceful, &[], Output::StalledPipe);
+}
+
+#[test]
+fn storm_is_captured_whole_with_every_cpu_busy() {
+    let Some(_root) = root() else { return };
+    let _busy = BusyCpus::start().expect("busy processes");
+    storm_is_captured_whole(true, Ending::Reset, &["-6", "-w"], Output::File);
 }
 
 /// A summary-mode tracer (`-S -j`, with `args`), attached.

@@ -188,14 +188,30 @@ struct transition_id {
 	__u64 skaddr;
 	__s32 oldstate;
 	__s32 newstate;
+	/* When handle_tp_btf handled it (0: it left it out at once). */
+	__u64 at_ns;
 };
 
-/* The last few, in a ring: see below why more than one. */
+/* The ones not yet taken by the backup, in a few slots: see below why more
+ * than one. */
 #define HANDLED_RING 8
 struct handled {
 	struct transition_id last[HANDLED_RING];
+	/* Where the next record goes first (round robin). */
 	__u32 next;
+	/* The slot of the last record. */
+	__u32 newest;
+	/* handle_tp_btf_missed is running on this CPU: the kernel will skip it
+	 * for a transition that interrupts it, so nothing would take that
+	 * transition's record. */
+	__u32 in_backup;
 };
+
+/* A record older than this was left by a transition whose backup the
+ * kernel skipped in the few instructions around in_backup; the slot is
+ * free again. Both programs of one transition run without preemption, in
+ * far less time. */
+#define HANDLED_STALE_NS 100000000ULL
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -590,6 +606,7 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 	 * before it, which the filter may have dropped.
 	 */
 	now = bpf_ktime_get_ns();
+	e->ts_ns = now;
 	if (track_sockets) {
 		if (use_sk_storage && sk)
 			track_local(e, sk, now);
@@ -616,7 +633,6 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 		aggregate(e);
 		return 0;
 	}
-	e->ts_ns = now;
 	current_task(e);
 	if (collect_owner) {
 		e->uid = (__u32)bpf_get_current_uid_gid();
@@ -691,8 +707,9 @@ static __always_inline void read_sock_btf(struct event *e,
 	e->netns = inet->sk.__sk_common.skc_net.net->ns.inum;
 }
 
-static __always_inline int handle_btf(const struct sock *sk, int oldstate,
-				      int newstate)
+/* Returns the time handle() read, 0 if it left the transition out first. */
+static __always_inline __u64 handle_btf(const struct sock *sk, int oldstate,
+					int newstate)
 {
 	/* NULL unless a TCP socket; typed, so its inet fields read directly. */
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
@@ -703,7 +720,8 @@ static __always_inline int handle_btf(const struct sock *sk, int oldstate,
 	read_sock_btf(&e, (const struct inet_sock *)tp);
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	return handle(&e, (struct sock *)sk, IPPROTO_TCP);
+	handle(&e, (struct sock *)sk, IPPROTO_TCP);
+	return e.ts_ns;
 }
 
 /*
@@ -717,26 +735,47 @@ static __always_inline int handle_btf(const struct sock *sk, int oldstate,
  * (the kernel skipped it: the transition interrupted it, anywhere from its
  * entry to its exit), and handles it instead.
  *
- * A ring of records, not one: when a softirq interrupts handle_tp_btf_missed
+ * A few records, not one: when a softirq interrupts handle_tp_btf_missed
  * before it reads the record, handle_tp_btf handles the transitions of that
  * softirq (possibly several) and records them after the first, which must
- * still be found. A transition is lost only if it interrupts both programs;
- * user space counts those from the kernel's miss counter and COUNTER_NESTED.
+ * still be found. So a record goes into a free slot (the backup frees its
+ * record when it takes it), never over one still waiting for its backup
+ * while a free one exists; and no record is left for a transition that
+ * interrupts the backup, which the kernel skips for it. A stale record
+ * filled the slots over time, and overwriting one still waiting made the
+ * backup handle its transition a second time (a duplicate line, seen when
+ * a host closed 36,000 connections at once). A transition is lost only if
+ * it interrupts both programs; user space counts those from the kernel's
+ * miss counter and COUNTER_NESTED.
  */
 static __always_inline void record_handled(const struct sock *sk, int oldstate,
-					   int newstate)
+					   int newstate, __u64 now)
 {
-	__u32 zero = 0;
+	__u32 zero = 0, i, slot;
 	struct handled *h = bpf_map_lookup_elem(&last_handled, &zero);
+	struct transition_id *id;
 
-	if (h) {
-		struct transition_id *id = &h->last[h->next % HANDLED_RING];
-
-		id->skaddr = (__u64)sk;
-		id->oldstate = oldstate;
-		id->newstate = newstate;
-		h->next++;
+	if (!h || h->in_backup)
+		return;
+	/* Left out before handle() read the clock: rare (another protocol,
+	 * family or namespace), so the read is paid only then. */
+	if (!now)
+		now = bpf_ktime_get_ns();
+	slot = h->next % HANDLED_RING;
+	for (i = 0; i < HANDLED_RING; i++) {
+		id = &h->last[(h->next + i) % HANDLED_RING];
+		if (!id->skaddr || now - id->at_ns > HANDLED_STALE_NS) {
+			slot = (h->next + i) % HANDLED_RING;
+			break;
+		}
 	}
+	id = &h->last[slot];
+	id->skaddr = (__u64)sk;
+	id->oldstate = oldstate;
+	id->newstate = newstate;
+	id->at_ns = now;
+	h->newest = slot;
+	h->next = slot + 1;
 }
 
 /* Whether `id` is this transition; forgets it if so. */
@@ -752,17 +791,14 @@ static __always_inline bool take_if_same(struct transition_id *id,
 }
 
 /* Whether handle_tp_btf recorded this transition; forgets it if so. Nearly
- * always it is the last one recorded, so that is looked at first. */
-static __always_inline bool take_handled(const struct sock *sk, int oldstate,
+ * always it is the newest record, so that is looked at first. */
+static __always_inline bool take_handled(struct handled *h,
+					 const struct sock *sk, int oldstate,
 					 int newstate)
 {
-	__u32 zero = 0;
-	struct handled *h = bpf_map_lookup_elem(&last_handled, &zero);
 	int i;
 
-	if (!h)
-		return true;
-	if (take_if_same(&h->last[(h->next - 1) % HANDLED_RING], sk, oldstate,
+	if (take_if_same(&h->last[h->newest % HANDLED_RING], sk, oldstate,
 			 newstate))
 		return true;
 	for (i = 0; i < HANDLED_RING; i++) {
@@ -776,8 +812,8 @@ SEC("?tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_tp_btf, const struct sock *sk, const int oldstate,
 	     const int newstate)
 {
-	handle_btf(sk, oldstate, newstate);
-	record_handled(sk, oldstate, newstate);
+	record_handled(sk, oldstate, newstate,
+		       handle_btf(sk, oldstate, newstate));
 	return 0;
 }
 
@@ -785,10 +821,18 @@ SEC("?tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_tp_btf_missed, const struct sock *sk, const int oldstate,
 	     const int newstate)
 {
-	if (take_handled(sk, oldstate, newstate))
+	__u32 zero = 0;
+	struct handled *h = bpf_map_lookup_elem(&last_handled, &zero);
+
+	if (!h)
 		return 0;
-	count(COUNTER_NESTED);
-	return handle_btf(sk, oldstate, newstate);
+	h->in_backup = 1;
+	if (!take_handled(h, sk, oldstate, newstate)) {
+		count(COUNTER_NESTED);
+		handle_btf(sk, oldstate, newstate);
+	}
+	h->in_backup = 0;
+	return 0;
 }
 
 SEC("?tracepoint/sock/inet_sock_set_state")

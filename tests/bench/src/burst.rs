@@ -19,7 +19,15 @@ struct Setup {
     name: String,
     path: String,
     args: Vec<String>,
+    /// A filter leaves some of the burst out: its rows are not the
+    /// ground truth's.
+    filtered: bool,
 }
+
+/// Options that leave transitions of the burst out.
+const FILTERS: [&str; 8] = [
+    "-L", "-D", "-p", "-c", "-u", "--cgroup", "--state", "--min-ms",
+];
 
 /// Ours with each of these argument strings (split at spaces), unless
 /// `--burst-setups` names others.
@@ -50,6 +58,7 @@ pub fn burst(args: &Args) -> Result<()> {
                 .chain(args.ours_args.iter().cloned())
                 .chain(["-v", "--report", "kv"].map(String::from))
                 .collect(),
+            filtered: s.split_whitespace().any(|a| FILTERS.contains(&a)),
         })
         .collect();
     if args.theirs != "none" {
@@ -57,6 +66,7 @@ pub fn burst(args: &Args) -> Result<()> {
             name: "libbpf-tools".into(),
             path: args.theirs.clone(),
             args: args.theirs_args.clone(),
+            filtered: false,
         });
     }
     let busy = if args.busy {
@@ -103,7 +113,9 @@ pub fn burst(args: &Args) -> Result<()> {
                 outcome.code,
                 outcome.stderr
             );
-            let peak = last_counters(&outcome.stderr)
+            let counters = last_counters(&outcome.stderr);
+            let peak = counters
+                .as_ref()
                 .and_then(|c| {
                     Some(format!(
                         ", ring peak {}% ({} events)",
@@ -113,12 +125,13 @@ pub fn burst(args: &Args) -> Result<()> {
                 })
                 .unwrap_or_default();
             eprintln!(
-                "run {} {}: truth {}, captured {}, lost {}{peak}, cpu {:.3} s",
+                "run {} {}: truth {} (after {}), captured {}, lost {}{peak}, cpu {:.3} s",
                 run + 1,
                 setup.name,
                 outcome.truth,
+                outcome.truth_after,
                 outcome.captured,
-                outcome.truth.saturating_sub(outcome.captured),
+                lost(setup, &outcome),
                 outcome.cpu_secs
             );
             let _ = std::fs::remove_file(&outcome.output);
@@ -126,16 +139,23 @@ pub fn burst(args: &Args) -> Result<()> {
         }
     }
     println!(
-        "| setup | runs with a loss | lost of truth (all runs) | fullest ring (max of runs) | tracer CPU per burst |"
+        "| setup | runs with a loss | lost (all runs) | rows = ground truth | fullest ring (max of runs) | tracer CPU per burst |"
     );
-    println!("| --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- |");
     for (setup, runs) in setups.iter().zip(&results) {
-        let lossy = runs.iter().filter(|o| o.captured != o.truth).count();
-        let lost: u64 = runs
-            .iter()
-            .map(|o| o.truth.saturating_sub(o.captured))
-            .sum();
+        let losses: Vec<u64> = runs.iter().map(|o| lost(setup, o)).collect();
+        let lossy = losses.iter().filter(|&&n| n > 0).count();
+        let lost: u64 = losses.iter().sum();
         let truth: u64 = runs.iter().map(|o| o.truth).sum();
+        let exact = if setup.filtered {
+            "- (a filter)".to_string()
+        } else {
+            let equal = runs
+                .iter()
+                .filter(|o| o.captured == o.truth && o.truth_after == o.truth)
+                .count();
+            format!("{equal} of {}", runs.len())
+        };
         let peaks: Vec<(u64, u64)> = runs
             .iter()
             .filter_map(|o| {
@@ -148,10 +168,26 @@ pub fn burst(args: &Args) -> Result<()> {
         });
         let cpu = median(runs.iter().map(|o| o.cpu_secs * 1e3));
         println!(
-            "| {} | {lossy} of {} | {lost} of {truth} | {peak} | {cpu:.0} ms |",
+            "| {} | {lossy} of {} | {lost} of {truth} | {exact} | {peak} | {cpu:.0} ms |",
             setup.name,
             runs.len()
         );
     }
     Ok(())
+}
+
+/// What a run lost: for ours, what its counters say it dropped or did not
+/// print of what it matched; for a tracer without them, the ground truth's
+/// count less its rows.
+fn lost(setup: &Setup, outcome: &Outcome) -> u64 {
+    match last_counters(&outcome.stderr) {
+        Some(c) => {
+            let get = |key: &str| c.get(key).copied().unwrap_or(0);
+            get("ring_drops")
+                + get("recursion_misses")
+                + get("matched").saturating_sub(get("printed"))
+        }
+        None if setup.filtered => 0,
+        None => outcome.truth.saturating_sub(outcome.captured),
+    }
 }

@@ -46,8 +46,12 @@ impl Burst {
 /// What one burst under one tracer gave.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// Transitions the ground truth counted, from just before the close.
+    /// Transitions the ground truth counted, from just before the close
+    /// until they stopped coming (none for 0.3 s).
     pub truth: u64,
+    /// What it counted after the tracer stopped: the same, unless
+    /// transitions still came (the tracer's window was not the truth's).
+    pub truth_after: u64,
     /// The tracer's rows (any event output) of the holders' sockets.
     pub captured: u64,
     /// What the tracer said on stderr.
@@ -75,6 +79,12 @@ impl Outcome {
             "the tracer exited {:?}: {}",
             self.code,
             self.stderr
+        );
+        ensure!(
+            self.truth_after == self.truth,
+            "transitions came while the tracer stopped ({} then {}): no exact count",
+            self.truth,
+            self.truth_after
         );
         ensure!(
             self.captured == self.truth,
@@ -126,10 +136,26 @@ pub fn trace(
     wait_attached(&child, &err)?;
     let truth = TransitionCounter::for_ports(&ports)?;
     holders.burst().context("closing the connections")?;
-    // The last ACKs are in flight when the holders say they closed.
-    sleep(Duration::from_millis(300));
-    let truth = truth.count()?;
+    // The last ACKs are in flight when the holders say they closed, and
+    // under load some take longer (a retransmission): wait until nothing
+    // has come for 0.3 s.
+    let mut counted = truth.count()?;
+    let settling = Instant::now();
+    loop {
+        sleep(Duration::from_millis(300));
+        let now = truth.count()?;
+        if now == counted {
+            break;
+        }
+        ensure!(
+            settling.elapsed() < Duration::from_secs(30),
+            "transitions still coming 30 s after the burst"
+        );
+        counted = now;
+    }
     let ended = process::interrupt(&child.into_inner());
+    let truth_after = truth.count()?;
+    let truth = counted;
     let stderr = fs::read_to_string(&err)?;
     let mut captured = 0;
     for line in BufReader::new(File::open(&out)?).lines() {
@@ -139,6 +165,7 @@ pub fn trace(
     }
     Ok(Outcome {
         truth,
+        truth_after,
         captured,
         stderr,
         output: out,

@@ -63,11 +63,21 @@ impl TransitionCounter {
 
     /// Transitions counted so far.
     pub fn count(&self) -> Result<u64> {
+        self.slot(0)
+    }
+
+    /// Of those, how many the backup program counted: transitions that
+    /// interrupted the main one.
+    pub fn nested(&self) -> Result<u64> {
+        self.slot(1)
+    }
+
+    fn slot(&self, slot: u32) -> Result<u64> {
         let per_cpu = self
             .skel
             .maps
             .transitions
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
             .context("reading the ground truth's counter")?
             .unwrap_or_default();
         Ok(per_cpu

@@ -27,18 +27,22 @@ struct {
 	__type(value, __u64);
 } transitions SEC(".maps");
 
-/* Per CPU: the transitions count_transition saw last. */
+/* Per CPU: the transitions count_transition saw, until count_nested takes
+ * them (the scheme of tcpstates.bpf.c, which explains it). */
 struct transition_id {
 	__u64 skaddr;
 	__s32 oldstate;
 	__s32 newstate;
+	__u64 at_ns;
 };
 
-/* The last few, in a ring (see tcpstates.bpf.c). */
 #define SEEN_RING 8
+#define SEEN_STALE_NS 100000000ULL
 struct seen {
 	struct transition_id last[SEEN_RING];
 	__u32 next;
+	/* count_nested is running on this CPU. */
+	__u32 in_backup;
 };
 
 struct {
@@ -82,19 +86,32 @@ SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(count_transition, const struct sock *sk, const int oldstate,
 	     const int newstate)
 {
-	__u32 zero = 0;
+	__u32 zero = 0, i, slot;
+	struct transition_id *id;
 	struct seen *s;
+	__u64 now;
 
 	count(sk);
 	s = bpf_map_lookup_elem(&last_seen, &zero);
-	if (s) {
-		struct transition_id *id = &s->last[s->next % SEEN_RING];
-
-		id->skaddr = (__u64)sk;
-		id->oldstate = oldstate;
-		id->newstate = newstate;
-		s->next++;
+	/* The kernel skips count_nested for a transition that interrupts it:
+	 * no record, nothing would take it. */
+	if (!s || s->in_backup)
+		return 0;
+	now = bpf_ktime_get_ns();
+	slot = s->next % SEEN_RING;
+	for (i = 0; i < SEEN_RING; i++) {
+		id = &s->last[(s->next + i) % SEEN_RING];
+		if (!id->skaddr || now - id->at_ns > SEEN_STALE_NS) {
+			slot = (s->next + i) % SEEN_RING;
+			break;
+		}
 	}
+	id = &s->last[slot];
+	id->skaddr = (__u64)sk;
+	id->oldstate = oldstate;
+	id->newstate = newstate;
+	id->at_ns = now;
+	s->next = slot + 1;
 	return 0;
 }
 
@@ -108,16 +125,19 @@ int BPF_PROG(count_nested, const struct sock *sk, const int oldstate,
 
 	if (!s)
 		return 0;
+	s->in_backup = 1;
 	for (i = 0; i < SEEN_RING; i++) {
 		if (s->last[i].skaddr == (__u64)sk &&
 		    s->last[i].oldstate == oldstate &&
 		    s->last[i].newstate == newstate) {
 			s->last[i].skaddr = 0;
+			s->in_backup = 0;
 			return 0;
 		}
 	}
 	add(1);
 	count(sk);
+	s->in_backup = 0;
 	return 0;
 }
 
