@@ -522,12 +522,10 @@ fn full_ring_buffer_is_counted_and_reported() {
     );
     // The reader found the ring full when it woke: the high-water mark
     // says so, to within one record.
-    let peak: u64 = stderr
-        .rsplit_once("ring buffer at most ")
-        .and_then(|(_, rest)| rest.split_once('%'))
-        .and_then(|(pct, _)| pct.parse().ok())
-        .unwrap_or_else(|| panic!("no ring peak in {stderr}"));
-    assert!(peak >= 97, "{stderr}");
+    let c = last_counters(&stderr).unwrap();
+    assert_eq!(c["ring_bytes"], 4096, "{stderr}");
+    assert!(c["ring_peak_pct"] >= 97, "{stderr}");
+    assert_eq!(c["ring_peak_events"], printed, "{stderr}");
 }
 
 /// Without `--report kv`, -v's counters stay a sentence for people, and the
