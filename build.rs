@@ -26,7 +26,8 @@ mod config;
 const PACKAGED_NAME: &str = "tcpstates-rs";
 
 const SRC: &str = "src/bpf/tcpstates.bpf.c";
-const HEADER: &str = "src/bpf/tcpstates.h";
+/// The program's headers are beside it.
+const BPF_DIR: &str = "src/bpf";
 
 fn main() {
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
@@ -63,8 +64,7 @@ fn main() {
 
     println!("cargo:rerun-if-changed=src/args.rs");
     println!("cargo:rerun-if-changed=src/config.rs");
-    println!("cargo:rerun-if-changed={SRC}");
-    println!("cargo:rerun-if-changed={HEADER}");
+    println!("cargo:rerun-if-changed={BPF_DIR}");
     println!("cargo:rerun-if-changed=vmlinux");
 }
 

@@ -17,12 +17,10 @@ pub const WRITE_BYTES: usize = 1 << 16;
 /// buffers are this large.
 const TERMINAL_CHUNK_BYTES: usize = 1024;
 
-/// How one run delivers its events.
+/// How one run hands its lines to the writer (the kernel's wakeups are
+/// in the plan: [`wakeup_bytes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
-    /// Wake the reader only once this many bytes wait in the ring buffer
-    /// (0: for every event). The reader then also polls on a timer.
-    pub wakeup_bytes: u32,
     /// Hand each line to the writer at once (a terminal sees it as it
     /// comes), instead of chunks of [`WRITE_BYTES`].
     pub each_line: bool,
@@ -31,25 +29,28 @@ pub struct Batching {
 }
 
 impl Batching {
-    /// A terminal sees each line as it comes: a wakeup and a write per
-    /// event. A pipe or file gets batches: the kernel wakes the reader once
-    /// enough is waiting (or the poll times out), and it writes large
-    /// chunks, and what is left after every poll.
-    pub fn for_output(terminal: bool, ring_bytes: u32) -> Self {
+    /// A terminal sees each line as it comes: a write per event. A pipe or
+    /// file gets large chunks, and what is left after every poll.
+    pub fn for_output(terminal: bool) -> Self {
         if terminal {
             Self {
-                wakeup_bytes: 0,
                 each_line: true,
                 chunk_bytes: TERMINAL_CHUNK_BYTES,
             }
         } else {
             Self {
-                wakeup_bytes: (ring_bytes / RING_FRACTION).min(MAX_BATCH_BYTES),
                 each_line: false,
                 chunk_bytes: WRITE_BYTES,
             }
         }
     }
+}
+
+/// With batched wakeups (a pipe or file), the kernel wakes the reader once
+/// this many bytes wait in a ring of `ring_bytes`; the reader also drains on
+/// its poll timer.
+pub fn wakeup_bytes(ring_bytes: u32) -> u32 {
+    (ring_bytes / RING_FRACTION).min(MAX_BATCH_BYTES)
 }
 
 /// With batched wakeups, each CPU looks at how much waits in the ring every
@@ -69,14 +70,12 @@ mod tests {
 
     #[test]
     fn batches_are_a_fraction_of_the_buffer() {
-        let wakeup = |ring| Batching::for_output(false, ring).wakeup_bytes;
-        assert_eq!(wakeup(4096), 256);
-        assert_eq!(wakeup(1 << 20), 64 << 10);
-        assert_eq!(wakeup(8 << 20), 256 << 10);
-        assert_eq!(wakeup(1 << 30), 256 << 10);
-        let terminal = Batching::for_output(true, 4 << 20);
-        assert_eq!(terminal.wakeup_bytes, 0);
-        assert!(terminal.each_line);
+        assert_eq!(wakeup_bytes(4096), 256);
+        assert_eq!(wakeup_bytes(1 << 20), 64 << 10);
+        assert_eq!(wakeup_bytes(8 << 20), 256 << 10);
+        assert_eq!(wakeup_bytes(1 << 30), 256 << 10);
+        assert!(Batching::for_output(true).each_line);
+        assert!(!Batching::for_output(false).each_line);
     }
 
     #[test]

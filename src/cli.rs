@@ -314,7 +314,6 @@ mod tests {
         let c = config(&["--metrics", "9977", "-L", "443"]);
         assert_eq!(c.mode, summary(false, None, false, false));
         assert_eq!(c.metrics, Some("127.0.0.1:9977".parse().unwrap()));
-        assert!(c.kernel_tracks() && !c.kernel_keeps_owners());
         assert_eq!(
             config(&["--metrics", "[::]:9977"]).metrics,
             Some("[::]:9977".parse().unwrap())

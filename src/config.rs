@@ -60,13 +60,6 @@ impl Config {
             }
     }
 
-    /// Whether the kernel keeps each socket's last-transition time: for a
-    /// filter that needs it, and in summary mode, whose times never leave
-    /// the kernel.
-    pub fn kernel_tracks(&self) -> bool {
-        self.filter.tracks_in_kernel() || matches!(self.mode, Mode::Summary(_))
-    }
-
     /// The ring buffer's size on a host with `cpus` CPUs online: the size
     /// asked for, else 4 MiB per CPU from 8 MiB to 64 MiB. Every CPU can
     /// fill the ring at once while the one reader drains it: when a host
@@ -77,12 +70,6 @@ impl Config {
             let per_cpu = (cpus.max(1) as u64).next_power_of_two() * (4 << 20);
             per_cpu.clamp(8 << 20, 64 << 20) as u32
         })
-    }
-
-    /// Whether the kernel keeps each socket's owner along with its time: for
-    /// an owner filter, or for an output that shows owners.
-    pub fn kernel_keeps_owners(&self) -> bool {
-        self.filter.by_owner() || (self.mode == Mode::Stream && self.collects_owners())
     }
 }
 

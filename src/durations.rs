@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::cgroup::{CgroupPaths, cgroup2_mount};
-use crate::config::Config;
 use crate::event::{DecodeError, Event, Owner, TcpState};
+use crate::plan::{OwnerKeeper, Plan};
 
 /// Turns ring buffer records into events, with the time in the old state
 /// from the kernel or from [`SocketTimes`], whichever keeps it, and, when
@@ -33,25 +33,15 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// For a program that keeps times itself (`kernel_tracks`), or for one
-    /// that leaves them to user space, remembering at most `max_sockets`
-    /// (None: as many as there are); keeping owners too with `owners` (the
-    /// program then sends the current task's uid and cgroup).
-    pub fn new(kernel_tracks: bool, max_sockets: Option<u32>, owners: bool) -> Self {
+    /// For the program `plan` loads.
+    pub fn for_plan(plan: &Plan) -> Self {
         Self {
-            times: (!kernel_tracks).then(|| SocketTimes::new(max_sockets)),
-            owners: (owners && !kernel_tracks).then(|| Owners::new(max_sockets)),
-            cgroups: owners.then(|| CgroupPaths::at(cgroup2_mount())),
+            times: plan
+                .reader_keeps_times()
+                .then(|| SocketTimes::new(plan.reader_sockets)),
+            owners: (plan.owners == OwnerKeeper::Reader).then(|| Owners::new(plan.reader_sockets)),
+            cgroups: plan.owners_shown.then(|| CgroupPaths::at(cgroup2_mount())),
         }
-    }
-
-    /// For the program `config` loads.
-    pub fn for_config(config: &Config) -> Self {
-        Self::new(
-            config.kernel_tracks(),
-            config.max_sockets,
-            config.collects_owners(),
-        )
     }
 
     /// Decodes one record; the caller must pass every record, in order.

@@ -8,6 +8,7 @@ use std::path::Path;
 use anyhow::{Context, Result, bail};
 
 use crate::config::AttachMode;
+use crate::plan::HostFacts;
 
 /// The kernel's own BTF, which CO-RE reads unless `--btf` names a file.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -42,11 +43,21 @@ pub fn has_kernel_btf() -> bool {
     Path::new(KERNEL_BTF).exists()
 }
 
-/// CPUs online now: how many can fill the ring buffer at once.
-pub fn online_cpus() -> usize {
+/// What the plan needs to know of this host.
+pub fn facts() -> Result<HostFacts> {
     // SAFETY: sysconf has no preconditions.
-    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
-    usize::try_from(n).unwrap_or(1).max(1)
+    let (online, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_NPROCESSORS_ONLN),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    Ok(HostFacts {
+        tracing_5_11: has_tracing_5_11(),
+        online_cpus: usize::try_from(online).unwrap_or(1).max(1),
+        possible_cpus: libbpf_rs::num_possible_cpus().context("counting the CPUs")?,
+        page_bytes: u32::try_from(page).unwrap_or(4096),
+    })
 }
 
 /// The nice value of a stream run's threads: ahead of ordinary work, so

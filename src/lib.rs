@@ -5,6 +5,10 @@
 //! - [`cli`] parses the command line (defined in `args.rs`) into a
 //!   [`config::Config`], the plain configuration everything else reads;
 //! - [`session`] runs one tracing session in the mode the config asks for;
+//! - [`plan`] decides, once, from the config, the host and the attach mode,
+//!   where times and owners live, what the kernel reads and how the ring
+//!   buffer is sized and wakes the reader: the program's settings and the
+//!   reader's decoder both come from it;
 //! - [`tracer`] is the only privileged code: open, configure, load, attach;
 //!   [`host`] says what the host offers it, and [`ring`] reads its ring
 //!   buffer from the mapping;
@@ -35,6 +39,7 @@ pub mod event;
 pub mod host;
 pub mod metrics;
 pub mod output;
+pub mod plan;
 pub mod ring;
 pub mod session;
 pub mod signals;

@@ -15,6 +15,7 @@ use crate::durations::Decoder;
 use crate::host;
 use crate::metrics::Endpoint;
 use crate::output::{self, Sink};
+use crate::plan::Wake;
 use crate::ring::RingReader;
 use crate::signals;
 use crate::stats::{ReaderCounts, RingPeak, Stats};
@@ -43,7 +44,7 @@ pub fn run(config: &Config) -> Result<()> {
 fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
     // Bound first: a bad address or a port in use fails before tracing.
     let endpoint = config.metrics.map(Endpoint::bind).transpose()?;
-    let tracer = Tracer::start(config, 0)?;
+    let tracer = Tracer::start(config, Wake::EachEvent)?;
     if config.verbose {
         say_attached(&tracer);
     }
@@ -143,11 +144,16 @@ fn stream(config: &Config) -> Result<()> {
     // First, so that every thread the run starts inherits it.
     let priority = host::raise_priority();
     let stdout = io::stdout();
-    let ring_bytes = config.ring_bytes_for(host::online_cpus());
-    let batching = Batching::for_output(stdout.is_terminal(), ring_bytes);
+    let terminal = stdout.is_terminal();
     // Outputs first: one that cannot be reached fails before any tracing.
-    let mut sink = output::build(config, stdout, batching)?;
-    let tracer = Tracer::start(config, batching.wakeup_bytes)?;
+    let mut sink = output::build(config, stdout, Batching::for_output(terminal))?;
+    let wake = if terminal {
+        Wake::EachEvent
+    } else {
+        Wake::Batched
+    };
+    let tracer = Tracer::start(config, wake)?;
+    let ring_bytes = tracer.plan().ring_bytes;
     if config.verbose {
         say_attached(&tracer);
         match priority {
@@ -164,7 +170,7 @@ fn stream(config: &Config) -> Result<()> {
             ),
         }
     }
-    let mut reader = Reader::new(Decoder::for_config(config), config.count);
+    let mut reader = Reader::new(Decoder::for_plan(tracer.plan()), config.count);
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
     sink.start();
 
@@ -212,7 +218,7 @@ fn say_attached(tracer: &Tracer) {
     eprintln!(
         "tcpstates: attached with {}; per-socket times kept {}",
         tracer.mode(),
-        tracer.store().describe()
+        tracer.plan().store.describe()
     );
 }
 

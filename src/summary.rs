@@ -16,11 +16,12 @@ type RawSummary = types::summary;
 // bit pattern valid.
 unsafe impl plain::Plain for RawSummary {}
 
-/// States by number: 0 stands for a number out of range.
-pub const STATES: usize = 16;
+/// States by number: 0 stands for a number out of range (SUMMARY_STATES
+/// in tcpstates.h, through the skeleton).
+pub const STATES: usize = types::summary_dims::SUMMARY_STATES.0 as usize;
 /// Slots of the time in a state: under 1 us, then [2^(i-1), 2^i) us for
-/// slot i, the last 2^32 us (71.6 minutes) and more.
-pub const SLOTS: usize = 34;
+/// slot i, the last 2^32 us (71.6 minutes) and more (SUMMARY_SLOTS).
+pub const SLOTS: usize = types::summary_dims::SUMMARY_SLOTS.0 as usize;
 
 /// The aggregates, summed over CPUs (or the difference of two readings).
 #[derive(Debug, Clone, PartialEq, Eq)]

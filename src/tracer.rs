@@ -12,12 +12,11 @@ use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
-use crate::batching;
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
-use crate::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Mode};
-use crate::event::record;
+use crate::config::{AttachMode, Config};
 use crate::host;
+use crate::plan::{KernelStore, Plan, Wake};
 use crate::ring::RingReader;
 use crate::stats::KernelCounters;
 use crate::summary::Summary;
@@ -46,68 +45,28 @@ macro_rules! programs {
     };
 }
 
-/// Where the kernel keeps each socket's last-transition time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KernelStore {
-    /// Nowhere: the reader keeps them (no port filter).
-    None,
-    /// In the socket's own storage, freed with the socket: no bound.
-    SocketLocal,
-    /// In a preallocated map of this many sockets, keyed by address.
-    Map(u32),
-}
-
-impl KernelStore {
-    /// The store for `config` in `mode`. The socket's own storage needs
-    /// tp_btf on a kernel that allows it (`local_ok`); an explicit
-    /// `--max-sockets` asks for a bound, which only the map has. Summary
-    /// mode keeps every socket's time, and the socket's own storage costs
-    /// an allocation and an RCU-deferred free per socket: the map instead
-    /// (BENCHMARKS.md: a busy storm 4.8% slower against 10.1%).
-    pub fn choose(config: &Config, mode: AttachMode, local_ok: bool) -> Self {
-        let summary = matches!(config.mode, Mode::Summary(_));
-        if !config.kernel_tracks() {
-            KernelStore::None
-        } else if mode == AttachMode::TpBtf && local_ok && config.max_sockets.is_none() && !summary
-        {
-            KernelStore::SocketLocal
-        } else {
-            KernelStore::Map(config.max_sockets.unwrap_or(DEFAULT_MAP_SOCKETS))
-        }
-    }
-
-    /// Where the times are, for -v.
-    pub fn describe(self) -> &'static str {
-        match self {
-            KernelStore::None => "here",
-            KernelStore::SocketLocal => "in the kernel, with each socket",
-            KernelStore::Map(_) => "in the kernel's map",
-        }
-    }
-}
-
 /// A loaded and attached program. Detaches when dropped.
 pub struct Tracer {
     skel: TcpstatesSkel<'static>,
     /// Empty once detached.
     links: Cell<Vec<Link>>,
-    mode: AttachMode,
-    store: KernelStore,
+    plan: Plan,
     view: Arc<KernelView>,
 }
 
 impl Tracer {
     /// Checks privileges and BTF, then loads and attaches with the first
-    /// mode of `config.attach` that works. The kernel wakes the reader once
-    /// `wakeup_bytes` wait in the ring buffer (0: for every event).
-    pub fn start(config: &Config, wakeup_bytes: u32) -> Result<Self> {
+    /// mode of `config.attach` that works, as its [`Plan`] says; the kernel
+    /// wakes the reader as `wake` says.
+    pub fn start(config: &Config, wake: Wake) -> Result<Self> {
         host::check_privileges()?;
         host::check_btf(config.btf.as_deref())?;
         host::check_cgroup_filter(config.filter.cgroup.is_some())?;
         set_libbpf_log(config.verbose);
+        let facts = host::facts()?;
         let mut failures = Vec::new();
         for &mode in &config.attach {
-            match Self::start_mode(config, mode, wakeup_bytes) {
+            match Self::start_mode(config, Plan::new(config, &facts, mode, wake)) {
                 Ok(tracer) => return Ok(tracer),
                 Err(err) => {
                     if config.verbose {
@@ -125,9 +84,9 @@ impl Tracer {
         Err(anyhow!("could not attach: {}{hint}", failures.join("; ")))
     }
 
-    fn start_mode(config: &Config, mode: AttachMode, wakeup_bytes: u32) -> Result<Self> {
-        let store = KernelStore::choose(config, mode, host::has_tracing_5_11());
-        let skel = load(config, mode, store, wakeup_bytes)?;
+    fn start_mode(config: &Config, plan: Plan) -> Result<Self> {
+        let mode = plan.mode;
+        let skel = load(config, &plan)?;
         fill_port_set(&skel.maps.sports, &config.filter.local_ports)?;
         fill_port_set(&skel.maps.dports, &config.filter.remote_ports)?;
         for pid in &config.filter.pids {
@@ -145,8 +104,7 @@ impl Tracer {
         Ok(Tracer {
             skel,
             links: Cell::new(links),
-            mode,
-            store,
+            plan,
             view,
         })
     }
@@ -159,12 +117,13 @@ impl Tracer {
 
     /// The mode that attached.
     pub fn mode(&self) -> AttachMode {
-        self.mode
+        self.plan.mode
     }
 
-    /// Where the kernel keeps each socket's time.
-    pub fn store(&self) -> KernelStore {
-        self.store
+    /// The plan the program was loaded with: the reader's decoder is
+    /// built from it.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
     }
 
     /// A reader of the ring buffer the events come through.
@@ -187,7 +146,7 @@ impl Tracer {
     /// unless the filter `tracks_in_kernel`). Walks the map: for -v, not for
     /// every read of the counters.
     pub fn sockets_tracked(&self) -> Result<u64> {
-        match self.store {
+        match self.plan.store {
             KernelStore::None => Ok(0),
             KernelStore::Map(_) => Ok(self.skel.maps.sockets.keys().count() as u64),
             KernelStore::SocketLocal => {
@@ -290,15 +249,10 @@ fn recursion_misses(prog: BorrowedFd<'_>) -> Result<u64> {
     Ok(info.recursion_misses)
 }
 
-/// Opens, configures and loads the object with only `mode`'s programs
-/// enabled, keeping per-socket times in `store`. Public so tests can check
-/// that a program passes the verifier on a kernel where it cannot attach.
-pub fn load(
-    config: &Config,
-    mode: AttachMode,
-    store: KernelStore,
-    wakeup_bytes: u32,
-) -> Result<TcpstatesSkel<'static>> {
+/// Opens, configures and loads the object as `plan` says, with only its
+/// mode's programs enabled. Public so tests can check that a program passes
+/// the verifier on a kernel where it cannot attach.
+pub fn load(config: &Config, plan: &Plan) -> Result<TcpstatesSkel<'static>> {
     // The skeleton borrows its object storage for as long as it lives. Each
     // attempt gets its own: a failed one leaks this small allocation (its
     // object is closed), which happens at most once per attach mode.
@@ -311,111 +265,36 @@ pub fn load(
             .with_context(|| format!("using BTF file {}", btf.display()))?;
     }
     let mut open = builder.open(storage).context("opening the BPF object")?;
-    configure(&mut open, config, mode, store, wakeup_bytes)?;
+    configure(&mut open, config, plan)?;
     open.load()
-        .with_context(|| format!("loading the {mode} program"))
+        .with_context(|| format!("loading the {} program", plan.mode))
 }
 
-fn configure(
-    open: &mut OpenTcpstatesSkel<'_>,
-    config: &Config,
-    mode: AttachMode,
-    store: KernelStore,
-    wakeup_bytes: u32,
-) -> Result<()> {
-    let filter = &config.filter;
-    let rodata = open
-        .maps
+fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> Result<()> {
+    open.maps
         .rodata_data
         .as_deref_mut()
-        .context("the BPF object has no read-only data section")?;
-    rodata.target_family = match filter.family {
-        None => 0,
-        Some(Family::Ipv4) => libc::AF_INET as u16,
-        Some(Family::Ipv6) => libc::AF_INET6 as u16,
-    };
-    rodata.target_netns = filter.netns.unwrap_or(0);
-    rodata.filter_pid = !filter.pids.is_empty();
-    if let Some(comm) = &filter.comm {
-        rodata.filter_comm = true;
-        for (dst, src) in rodata.target_comm.iter_mut().zip(comm.bytes()) {
-            *dst = src as _;
-        }
-    }
-    rodata.filter_uid = filter.uid.is_some();
-    rodata.target_uid = filter.uid.unwrap_or(0);
-    if let Some(cgroup) = &filter.cgroup {
-        rodata.filter_cgroup = true;
-        rodata.target_cgroup = cgroup.id;
-        rodata.target_cgroup_level = cgroup.level as i32;
-    }
-    rodata.state_mask = filter.states;
-    // 0 means no filter: a threshold of 0 still drops unknown times.
-    rodata.min_delta_ns = filter.min_duration_ns.map_or(0, |ns| ns.max(1));
-    rodata.filter_sport = !filter.local_ports.is_empty();
-    rodata.filter_dport = !filter.remote_ports.is_empty();
-    rodata.track_sockets = store != KernelStore::None;
-    rodata.use_sk_storage = store == KernelStore::SocketLocal;
-    rodata.has_task_btf = host::has_tracing_5_11();
-    // The reader keeps owners from each event's task only when the kernel
-    // keeps no state; otherwise the kernel sends the owner it keeps.
-    rodata.collect_owner = config.collects_owners() && store == KernelStore::None;
-    rodata.keep_owner = config.kernel_keeps_owners();
-    rodata.wakeup_bytes = wakeup_bytes;
-    let cpus = libbpf_rs::num_possible_cpus().context("counting the CPUs")?;
-    let largest = record::largest(
-        rodata.collect_owner,
-        rodata.keep_owner && rodata.track_sockets,
-    );
-    let ring_bytes = config.ring_bytes_for(host::online_cpus());
-    rodata.wakeup_mask = batching::wakeup_mask(ring_bytes, cpus, record::in_ring(largest));
-    rodata.summary_mode = matches!(config.mode, Mode::Summary(_));
-    // Summary mode sends nothing: read only what the filters look at.
-    rodata.lean_reads = rodata.summary_mode && !rodata.keep_owner;
-
-    // Summary mode sends no event: the smallest ring there is.
-    let ring_bytes = if rodata.summary_mode {
-        page_size()
-    } else {
-        ring_bytes
-    };
+        .context("the BPF object has no read-only data section")?
+        .settings = plan.settings(&config.filter);
+    let sizes = plan.map_sizes(&config.filter);
     let maps = &mut open.maps;
-    maps.events
-        .set_max_entries(ring_bytes)
-        .context("sizing the ring buffer")?;
-    // Preallocated, so an unused map gets one entry.
-    let sockets = match store {
-        KernelStore::Map(sockets) => sockets,
-        KernelStore::None | KernelStore::SocketLocal => 1,
-    };
-    maps.sockets
-        .set_max_entries(sockets)
-        .context("sizing the socket map")?;
-    let pids = u32::try_from(filter.pids.len().max(1)).context("too many pids")?;
-    maps.pids
-        .set_max_entries(pids)
-        .context("sizing the pid map")?;
-    // Listeners' owners, for their children, only with the map.
-    if !matches!(store, KernelStore::Map(_)) {
-        maps.listener_owners
-            .set_max_entries(1)
-            .context("sizing the listener owner map")?;
-    }
-    // Only the kprobes use it; preallocated too.
-    if mode != AttachMode::Kprobe {
-        maps.listening
-            .set_max_entries(1)
-            .context("sizing the listener map")?;
-    }
-    for (map, ports) in [
-        (&mut maps.sports, &filter.local_ports),
-        (&mut maps.dports, &filter.remote_ports),
+    for (map, entries, what) in [
+        (&mut maps.events, sizes.events, "the ring buffer"),
+        (&mut maps.sockets, sizes.sockets, "the socket map"),
+        (
+            &mut maps.listener_owners,
+            sizes.listener_owners,
+            "the listener owner map",
+        ),
+        (&mut maps.listening, sizes.listening, "the listener map"),
+        (&mut maps.pids, sizes.pids, "the pid map"),
+        (&mut maps.sports, sizes.sports, "a port map"),
+        (&mut maps.dports, sizes.dports, "a port map"),
     ] {
-        let entries = u32::try_from(ports.len().max(1)).context("too many ports")?;
-        map.set_max_entries(entries).context("sizing a port map")?;
+        map.set_max_entries(entries)
+            .with_context(|| format!("sizing {what}"))?;
     }
-
-    for prog in programs!(mode, &mut open.progs) {
+    for prog in programs!(plan.mode, &mut open.progs) {
         prog.set_autoload(true);
     }
     Ok(())
@@ -431,13 +310,6 @@ fn sum_percpu(map: &dyn MapCore, key: u32) -> Result<u64> {
         .iter()
         .filter_map(|v| v.get(..8)?.try_into().ok().map(u64::from_ne_bytes))
         .sum())
-}
-
-/// The size of a memory page (a ring buffer's smallest size).
-fn page_size() -> u32 {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    u32::try_from(size).unwrap_or(4096)
 }
 
 fn fill_port_set(map: &dyn MapCore, ports: &[u16]) -> Result<()> {
@@ -459,40 +331,5 @@ fn set_libbpf_log(verbose: bool) {
         // modes that were never going to work; the final error says why
         // each one failed.
         libbpf_rs::set_print(None);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Filter;
-
-    #[test]
-    fn the_socket_storage_where_the_kernel_has_it_and_no_bound_is_asked() {
-        let mut config = Config::default();
-        let choose = KernelStore::choose;
-        assert_eq!(choose(&config, AttachMode::TpBtf, true), KernelStore::None);
-        config.filter = Filter {
-            local_ports: vec![80],
-            ..Filter::default()
-        };
-        assert_eq!(
-            choose(&config, AttachMode::TpBtf, true),
-            KernelStore::SocketLocal
-        );
-        let map = KernelStore::Map(DEFAULT_MAP_SOCKETS);
-        assert_eq!(choose(&config, AttachMode::TpBtf, false), map);
-        assert_eq!(choose(&config, AttachMode::Tracepoint, true), map);
-        assert_eq!(choose(&config, AttachMode::Kprobe, true), map);
-        config.max_sockets = Some(9);
-        assert_eq!(
-            choose(&config, AttachMode::TpBtf, true),
-            KernelStore::Map(9)
-        );
-        let summary = Config {
-            mode: Mode::Summary(crate::config::SummaryOutput::default()),
-            ..Config::default()
-        };
-        assert_eq!(choose(&summary, AttachMode::TpBtf, true), map);
     }
 }

@@ -12,8 +12,10 @@ use tcpstates::config::{
     AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Filter, Mode, SummaryOutput,
 };
 use tcpstates::event::{Event, TcpState, TcpState::*};
+use tcpstates::host;
+use tcpstates::plan::{KernelStore, Plan, Wake};
 use tcpstates::summary::{STATES, Summary, slot_range_us};
-use tcpstates::tracer::{self, KernelStore, Tracer};
+use tcpstates::tracer::{self, Tracer};
 use tcpstates_testkit::host::{Tracefs, kernel_has_kprobes, root};
 use tcpstates_testkit::net::{connect, listen, loopback};
 
@@ -530,13 +532,19 @@ fn kprobe_program_loads() {
             ..Filter::default()
         },
     );
+    let facts = host::facts().expect("the host's facts");
     for (config, store) in [
         (Config::default(), KernelStore::None),
         (filtered, KernelStore::Map(DEFAULT_MAP_SOCKETS)),
     ] {
-        tracer::load(&config, AttachMode::Kprobe, store, 0).expect("the kprobe program loads");
+        let plan = Plan::new(&config, &facts, AttachMode::Kprobe, Wake::EachEvent);
+        assert_eq!(plan.store, store);
+        tracer::load(&config, &plan).expect("the kprobe program loads");
     }
-    let result = Tracer::start(&opts(vec![AttachMode::Kprobe], Filter::default()), 0);
+    let result = Tracer::start(
+        &opts(vec![AttachMode::Kprobe], Filter::default()),
+        Wake::EachEvent,
+    );
     if kernel_has_kprobes() {
         assert!(result.is_ok(), "{:#}", result.err().unwrap());
     } else {
@@ -554,7 +562,10 @@ fn kprobe_program_loads() {
 fn works_without_tracefs() {
     let Some(_root) = root() else { return };
     let tracefs = Tracefs::set(false);
-    let forced = Tracer::start(&opts(vec![AttachMode::Tracepoint], Filter::default()), 0);
+    let forced = Tracer::start(
+        &opts(vec![AttachMode::Tracepoint], Filter::default()),
+        Wake::EachEvent,
+    );
     let mut capture = Capture::start(&opts(AttachMode::ALL.to_vec(), Filter::default()));
     assert_eq!(capture.tracer.mode(), AttachMode::TpBtf);
     let o = connection(&mut capture, false, Close::ClientFirst);
@@ -613,7 +624,7 @@ fn kprobe_matches_tracepoint_on_the_same_traffic() {
     let Some(_root) = root() else { return };
     let kprobe_opts = opts(vec![AttachMode::Kprobe], Filter::default());
     if !kernel_has_kprobes() {
-        let err = Tracer::start(&kprobe_opts, 0)
+        let err = Tracer::start(&kprobe_opts, Wake::EachEvent)
             .err()
             .expect("kprobes attached on a kernel without them");
         assert!(format!("{err:#}").contains("no kprobes"), "{err:#}");
@@ -1158,7 +1169,7 @@ fn summary_tracer(filter: Filter) -> Tracer {
         mode: Mode::Summary(SummaryOutput::default()),
         ..opts(test_attach(), filter)
     };
-    Tracer::start(&config, 0).expect("starting a summary tracer")
+    Tracer::start(&config, Wake::EachEvent).expect("starting a summary tracer")
 }
 
 /// Reads `tracer`'s summary until it has counted `total` transitions (or

@@ -10,19 +10,23 @@
 
 #define TASK_COMM_LEN 16
 
-/* Event flags. */
-/* The time the socket entered `oldstate` is not known: the socket existed
- * before tracing started, or the per-socket map had no room for it. */
-#define EVENT_F_DURATION_UNKNOWN 0x1
-/* The per-socket map was full when this socket needed an entry. */
-#define EVENT_F_MAP_FULL 0x2
-/* The owner_* fields hold the socket's owner (kept by the kernel). */
-#define EVENT_F_OWNER_KNOWN 0x4
-/* The owner's cgroup is the --cgroup filter's or below it. */
-#define EVENT_F_OWNER_IN_CGROUP 0x8
-/* Not a transition: the current task accepted the socket (kprobe mode),
- * which makes it the owner. Only skaddr, family and the task are set. */
-#define EVENT_F_ACCEPTED 0x10
+/* Event flags (an enum, so that the skeleton exports them to Rust). */
+enum event_flags {
+	/* The time the socket entered `oldstate` is not known: the socket
+	 * existed before tracing started, or the per-socket map had no room
+	 * for it. */
+	EVENT_F_DURATION_UNKNOWN = 0x1,
+	/* The per-socket map was full when this socket needed an entry. */
+	EVENT_F_MAP_FULL = 0x2,
+	/* The owner_* fields hold the socket's owner (kept by the kernel). */
+	EVENT_F_OWNER_KNOWN = 0x4,
+	/* The owner's cgroup is the --cgroup filter's or below it. */
+	EVENT_F_OWNER_IN_CGROUP = 0x8,
+	/* Not a transition: the current task accepted the socket (kprobe
+	 * mode), which makes it the owner. Only skaddr, family and the task
+	 * are set. */
+	EVENT_F_ACCEPTED = 0x10,
+};
 
 /* Indexes of the in-kernel counters (a per-CPU array). */
 enum counter {
@@ -120,8 +124,10 @@ struct event {
  * counts as 0. Slot 0 holds times under 1 us; slot i (1..SUMMARY_SLOTS-2)
  * times of [2^(i-1), 2^i) us; the last slot 2^32 us (71.6 minutes) and more.
  */
-#define SUMMARY_STATES 16
-#define SUMMARY_SLOTS 34
+enum summary_dims {
+	SUMMARY_STATES = 16,
+	SUMMARY_SLOTS = 34,
+};
 
 struct summary {
 	/* Transitions, by old state and new state. */
@@ -135,6 +141,62 @@ struct summary {
 	__u64 sum_ns[SUMMARY_STATES];
 	/* Transitions whose time in the state left is not known, by state. */
 	__u64 unknown[SUMMARY_STATES];
+};
+
+/*
+ * What user space decides before load (src/plan.rs, from the command line
+ * and the host), read by the program as constants: the verifier drops the
+ * code a setting turns off.
+ */
+struct settings {
+	/* Only transitions that left a state after at least this long (0:
+	 * any); needs track_sockets. */
+	__u64 min_delta_ns;
+	/* --cgroup: the group's id and depth. */
+	__u64 target_cgroup;
+	__s32 target_cgroup_level;
+	/* Only sockets of this network namespace (its inode; 0: any). */
+	__u32 target_netns;
+	/* Only transitions into or out of these states (bit n: state n; 0:
+	 * any). */
+	__u32 state_mask;
+	__u32 target_uid;
+	/*
+	 * 0: wake the reader for every event (a terminal sees each line at
+	 * once). N: only once N bytes wait; the reader also polls on a timer.
+	 * How much waits is looked at only when this CPU's event count &
+	 * wakeup_mask is 0: the query reads positions every CPU writes.
+	 */
+	__u32 wakeup_bytes;
+	__u32 wakeup_mask;
+	/* AF_INET or AF_INET6; 0: both. */
+	__u16 target_family;
+	char target_comm[TASK_COMM_LEN];
+	/* Flags, 0 or 1 (a bool the Rust skeleton could not set plainly).
+	 * Filters: local and remote port sets, owner pids, name, uid,
+	 * cgroup. */
+	__u8 filter_sport;
+	__u8 filter_dport;
+	__u8 filter_pid;
+	__u8 filter_comm;
+	__u8 filter_uid;
+	__u8 filter_cgroup;
+	/* Each event carries the current task's uid and cgroup, from which
+	 * user space keeps the sockets' owners. */
+	__u8 collect_owner;
+	/* The kernel keeps each socket's time of its last transition (a
+	 * filter drops transitions user space would need, or summary mode). */
+	__u8 track_sockets;
+	/* ... in the socket's own storage (tp_btf, 5.11+), not the map. */
+	__u8 use_sk_storage;
+	/* The kernel has bpf_get_current_task_btf (5.11+, its own BTF). */
+	__u8 has_task_btf;
+	/* Aggregate into `summary` instead of sending events. */
+	__u8 summary_mode;
+	/* With track_sockets: keep each socket's owner too. */
+	__u8 keep_owner;
+	/* Summary mode in tp_btf: read only the fields a filter looks at. */
+	__u8 lean_reads;
 };
 
 #endif /* TCPSTATES_H */

@@ -86,7 +86,7 @@ pub fn build(config: &Config, stdout: io::Stdout, batching: Batching) -> Result<
         let out = journal::JournalOut::connect(&path)
             .with_context(|| format!("-Y: no systemd journal listens at {}", path.display()))?;
         // Entries go in batches, as to a pipe: none waits more than a poll.
-        let batching = Batching::for_output(false, 0);
+        let batching = Batching::for_output(false);
         // SAFETY: geteuid has no preconditions and cannot fail.
         let euid = unsafe { libc::geteuid() };
         sinks.push(Box::new(LineSink::new(

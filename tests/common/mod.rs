@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use tcpstates::config::Config;
 use tcpstates::durations::Decoder;
 use tcpstates::event::{Event, TcpState};
+use tcpstates::plan::Wake;
 use tcpstates::tracer::Tracer;
 
 /// An in-process tracer and everything it received.
@@ -22,9 +23,9 @@ impl Capture {
     /// Loads and attaches as `config` says; the kernel wakes the reader
     /// for every event.
     pub fn start(config: &Config) -> Self {
-        let tracer = Tracer::start(config, 0).expect("starting the tracer");
+        let tracer = Tracer::start(config, Wake::EachEvent).expect("starting the tracer");
         Capture {
-            decoder: Decoder::for_config(config),
+            decoder: Decoder::for_plan(tracer.plan()),
             tracer,
             events: Vec::new(),
         }

@@ -125,6 +125,11 @@ pub fn trace(
     fs::create_dir_all(workdir)?;
     let out = workdir.join(format!("{tag}.out"));
     let err = workdir.join(format!("{tag}.err"));
+    // The ground truth first, and quiet on the holders' ports (a socket of
+    // an earlier run can share a port and still be closing) before and
+    // after the tracer attaches: its window and the truth's are the same.
+    let truth = TransitionCounter::for_ports(&ports)?;
+    let before = settled(&truth)?;
     let child = Guarded::new(
         tracer
             .stdout(File::create(&out)?)
@@ -134,28 +139,17 @@ pub fn trace(
             .context("starting the tracer")?,
     );
     wait_attached(&child, &err)?;
-    let truth = TransitionCounter::for_ports(&ports)?;
+    ensure!(
+        truth.count()? == before,
+        "transitions on the holders' ports while the tracer attached: no exact count"
+    );
     holders.burst().context("closing the connections")?;
     // The last ACKs are in flight when the holders say they closed, and
-    // under load some take longer (a retransmission): wait until nothing
-    // has come for 0.3 s.
-    let mut counted = truth.count()?;
-    let settling = Instant::now();
-    loop {
-        sleep(Duration::from_millis(300));
-        let now = truth.count()?;
-        if now == counted {
-            break;
-        }
-        ensure!(
-            settling.elapsed() < Duration::from_secs(30),
-            "transitions still coming 30 s after the burst"
-        );
-        counted = now;
-    }
+    // under load some take longer (a retransmission).
+    let counted = settled(&truth)?;
     let ended = process::interrupt(&child.into_inner());
-    let truth_after = truth.count()?;
-    let truth = counted;
+    let truth_after = truth.count()? - before;
+    let truth = counted - before;
     let stderr = fs::read_to_string(&err)?;
     let mut captured = 0;
     for line in BufReader::new(File::open(&out)?).lines() {
@@ -172,6 +166,24 @@ pub fn trace(
         code: ended.code(),
         cpu_secs: seconds(ended.usage.ru_utime) + seconds(ended.usage.ru_stime),
     })
+}
+
+/// The truth's count once nothing has come for 0.3 s.
+fn settled(truth: &TransitionCounter) -> Result<u64> {
+    let started = Instant::now();
+    let mut counted = truth.count()?;
+    loop {
+        sleep(Duration::from_millis(300));
+        let now = truth.count()?;
+        if now == counted {
+            return Ok(now);
+        }
+        ensure!(
+            started.elapsed() < Duration::from_secs(30),
+            "transitions still coming after 30 s"
+        );
+        counted = now;
+    }
 }
 
 fn seconds(t: libc::timeval) -> f64 {

@@ -1,0 +1,132 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * tp_btf's backup program: how handle_tp_btf_missed knows which transitions
+ * handle_tp_btf handled (the programs themselves are in tcpstates.bpf.c).
+ */
+#ifndef BACKUP_BPF_H
+#define BACKUP_BPF_H
+
+#include "maps.bpf.h"
+
+/* Per CPU: the transitions handle_tp_btf handled last. */
+struct transition_id {
+	__u64 skaddr;
+	__s32 oldstate;
+	__s32 newstate;
+	/* When handle_tp_btf handled it (0: it left it out at once). */
+	__u64 at_ns;
+};
+
+/* The ones not yet taken by the backup, in a few slots: see below why more
+ * than one. */
+#define HANDLED_RING 8
+struct handled {
+	struct transition_id last[HANDLED_RING];
+	/* Where the next record goes first (round robin). */
+	__u32 next;
+	/* The slot of the last record. */
+	__u32 newest;
+	/* handle_tp_btf_missed is running on this CPU: the kernel will skip it
+	 * for a transition that interrupts it, so nothing would take that
+	 * transition's record. */
+	__u32 in_backup;
+};
+
+/* A record older than this was left by a transition whose backup the
+ * kernel skipped in the few instructions around in_backup; the slot is
+ * free again. Both programs of one transition run without preemption, in
+ * far less time. */
+#define HANDLED_STALE_NS 100000000ULL
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct handled);
+} last_handled SEC(".maps");
+
+/*
+ * The kernel does not run a BPF program on a CPU where it is already running:
+ * a softirq that interrupts handle_tp_btf and changes another socket's state
+ * would be lost, counted only as the program's "recursion miss". So tp_btf
+ * mode attaches two programs, in this order, and both run for every
+ * transition. handle_tp_btf handles it and then records which transition it
+ * was. handle_tp_btf_missed, right after it, finds that record and stops
+ * there; when it does not, handle_tp_btf did not run for this transition
+ * (the kernel skipped it: the transition interrupted it, anywhere from its
+ * entry to its exit), and handles it instead.
+ *
+ * A few records, not one: when a softirq interrupts handle_tp_btf_missed
+ * before it reads the record, handle_tp_btf handles the transitions of that
+ * softirq (possibly several) and records them after the first, which must
+ * still be found. So a record goes into a free slot (the backup frees its
+ * record when it takes it), never over one still waiting for its backup
+ * while a free one exists; and no record is left for a transition that
+ * interrupts the backup, which the kernel skips for it. A stale record
+ * filled the slots over time, and overwriting one still waiting made the
+ * backup handle its transition a second time (a duplicate line, seen when
+ * a host closed 36,000 connections at once). A transition is lost only if
+ * it interrupts both programs; user space counts those from the kernel's
+ * miss counter and COUNTER_NESTED.
+ */
+static __always_inline void record_handled(const struct sock *sk, int oldstate,
+					   int newstate, __u64 now)
+{
+	__u32 zero = 0, i, slot;
+	struct handled *h = bpf_map_lookup_elem(&last_handled, &zero);
+	struct transition_id *id;
+
+	if (!h || h->in_backup)
+		return;
+	/* Left out before handle() read the clock: rare (another protocol,
+	 * family or namespace), so the read is paid only then. */
+	if (!now)
+		now = bpf_ktime_get_ns();
+	slot = h->next % HANDLED_RING;
+	for (i = 0; i < HANDLED_RING; i++) {
+		id = &h->last[(h->next + i) % HANDLED_RING];
+		if (!id->skaddr || now - id->at_ns > HANDLED_STALE_NS) {
+			slot = (h->next + i) % HANDLED_RING;
+			break;
+		}
+	}
+	id = &h->last[slot];
+	id->skaddr = (__u64)sk;
+	id->oldstate = oldstate;
+	id->newstate = newstate;
+	id->at_ns = now;
+	h->newest = slot;
+	h->next = slot + 1;
+}
+
+/* Whether `id` is this transition; forgets it if so. */
+static __always_inline bool take_if_same(struct transition_id *id,
+					 const struct sock *sk, int oldstate,
+					 int newstate)
+{
+	if (id->skaddr != (__u64)sk || id->oldstate != oldstate ||
+	    id->newstate != newstate)
+		return false;
+	id->skaddr = 0;
+	return true;
+}
+
+/* Whether handle_tp_btf recorded this transition; forgets it if so. Nearly
+ * always it is the newest record, so that is looked at first. */
+static __always_inline bool take_handled(struct handled *h,
+					 const struct sock *sk, int oldstate,
+					 int newstate)
+{
+	int i;
+
+	if (take_if_same(&h->last[h->newest % HANDLED_RING], sk, oldstate,
+			 newstate))
+		return true;
+	for (i = 0; i < HANDLED_RING; i++) {
+		if (take_if_same(&h->last[i], sk, oldstate, newstate))
+			return true;
+	}
+	return false;
+}
+
+#endif /* BACKUP_BPF_H */

@@ -1,0 +1,85 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * Summary mode: each transition that passes the filters is added to the
+ * per-CPU `summary` (see tcpstates.h for its slots) instead of going
+ * through the ring buffer.
+ */
+#ifndef SUMMARY_BPF_H
+#define SUMMARY_BPF_H
+
+#include "maps.bpf.h"
+
+/* The floor of the base-2 logarithm of v > 0. */
+static __always_inline __u32 log2_u32(__u32 v)
+{
+	__u32 r, shift;
+
+	r = (v > 0xFFFF) << 4;
+	v >>= r;
+	shift = (v > 0xFF) << 3;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0xF) << 2;
+	v >>= shift;
+	r |= shift;
+	shift = (v > 0x3) << 1;
+	v >>= shift;
+	r |= shift;
+	return r | (v >> 1);
+}
+
+/* The summary's slot of a time in nanoseconds (see tcpstates.h). */
+static __always_inline __u32 time_slot(__u64 ns)
+{
+	__u64 us = ns / 1000;
+	__u32 slot;
+
+	if (!us)
+		return 0;
+	slot = (us >> 32 ? log2_u32(us >> 32) + 32 : log2_u32(us)) + 1;
+	return slot < SUMMARY_SLOTS ? slot : SUMMARY_SLOTS - 1;
+}
+
+/* A state's index in the summary: 0 for a number out of range. */
+static __always_inline __u32 summary_state(int state)
+{
+	return state > 0 && state < SUMMARY_STATES ? state : 0;
+}
+
+/*
+ * Summary mode: counts the transition and its time in the state left.
+ * Atomic adds, as in count(): the tp_btf backup program can run in the
+ * middle of the main one on the same CPU.
+ */
+static __always_inline void aggregate(const struct event *e)
+{
+	__u32 zero = 0;
+	/* 64-bit, so that each bound is checked on the register that is used:
+	 * with 32-bit indexes the compiler checks a zero-extended copy, whose
+	 * bound verifiers before 6.12 or so do not carry over. */
+	__u64 old = summary_state(e->oldstate), new = summary_state(e->newstate);
+	__u64 slot;
+	struct summary *s = bpf_map_lookup_elem(&summary, &zero);
+
+	if (!s)
+		return;
+	/* The compiler turns the range checks into forms the verifier cannot
+	 * follow: bound the indexes again where it must keep the bounds. */
+	barrier_var(old);
+	barrier_var(new);
+	old &= SUMMARY_STATES - 1;
+	new &= SUMMARY_STATES - 1;
+	__sync_fetch_and_add(&s->transitions[old][new], 1);
+	if (e->flags & EVENT_F_DURATION_UNKNOWN) {
+		__sync_fetch_and_add(&s->unknown[old], 1);
+		return;
+	}
+	slot = time_slot(e->delta_ns);
+	barrier_var(slot);
+	if (slot > SUMMARY_SLOTS - 1)
+		slot = SUMMARY_SLOTS - 1;
+	__sync_fetch_and_add(&s->slots[old][slot / 2][slot % 2], 1);
+	__sync_fetch_and_add(&s->sum_ns[old], e->delta_ns);
+}
+
+#endif /* SUMMARY_BPF_H */

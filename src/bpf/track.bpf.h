@@ -1,0 +1,206 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * Each socket's time of its last transition and its owner, kept by the
+ * kernel when a filter drops transitions user space would need (or in
+ * summary mode): in the socket's own storage (use_sk_storage) or in the
+ * `sockets` map keyed by the socket's address. src/track.rs applies the
+ * same rules in user space; the owner moments are the table in
+ * is_owner_moment(), which Rust reads through the same definition.
+ */
+#ifndef TRACK_BPF_H
+#define TRACK_BPF_H
+
+#include "maps.bpf.h"
+
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_SYN_RECV 3
+#define TCP_FIN_WAIT1 4
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
+#define TCP_LISTEN 10
+
+/*
+ * Leaving CLOSE, or a passive child leaving the LISTEN it inherited: the
+ * socket is new, so what is kept for it is stale (an earlier socket at its
+ * address ended without a CLOSE this program saw, or this one is reused).
+ */
+static __always_inline bool starts_anew(const struct event *e)
+{
+	return e->oldstate == TCP_CLOSE ||
+	       (e->oldstate == TCP_LISTEN && e->newstate == TCP_SYN_RECV);
+}
+
+/*
+ * Whether the kernel makes this transition only in a system call of the
+ * process holding the socket (connect, listen, close, shutdown), never in
+ * softirq: then the current task is the socket's owner. src/track.rs has
+ * the same list.
+ */
+static __always_inline bool is_owner_moment(int oldstate, int newstate)
+{
+	return (oldstate == TCP_CLOSE &&
+		(newstate == TCP_SYN_SENT || newstate == TCP_LISTEN)) ||
+	       (oldstate == TCP_LISTEN && newstate == TCP_CLOSE) ||
+	       ((oldstate == TCP_ESTABLISHED || oldstate == TCP_SYN_RECV) &&
+		newstate == TCP_FIN_WAIT1) ||
+	       (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK);
+}
+
+/* The current task becomes the owner in `st`. */
+static __always_inline void take_owner(struct sock_state *st)
+{
+	st->owner_pid = bpf_get_current_pid_tgid() >> 32;
+	st->owner_uid = (__u32)bpf_get_current_uid_gid();
+	st->owner_cgroup = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(st->owner_comm, sizeof(st->owner_comm));
+	st->owner_in_cgroup =
+		settings.filter_cgroup &&
+		bpf_get_current_ancestor_cgroup_id(
+			settings.target_cgroup_level) == settings.target_cgroup;
+	st->owner_known = 1;
+}
+
+/* The owner part of `from` into `to`. */
+static __always_inline void copy_owner(struct sock_state *to,
+				       const struct sock_state *from)
+{
+	to->owner_pid = from->owner_pid;
+	to->owner_uid = from->owner_uid;
+	to->owner_cgroup = from->owner_cgroup;
+	__builtin_memcpy(to->owner_comm, from->owner_comm,
+			 sizeof(to->owner_comm));
+	to->owner_in_cgroup = from->owner_in_cgroup;
+	to->owner_known = from->owner_known;
+}
+
+/*
+ * The owner part of a transition, for the state in `st` (the map's, or the
+ * socket's own with `local`): a new socket forgets what it had, except a
+ * passive child, which starts with its listener's (cloned with the socket's
+ * own storage; kept apart by port for the map); an owner moment takes the
+ * current task. Then the owner, if known, goes into the event. Nothing
+ * unless the program keeps owners.
+ */
+static __always_inline void track_owner(struct event *e, struct sock_state *st,
+					bool local)
+{
+	struct listener_key key = { .netns = e->netns, .port = e->sport };
+	bool child = e->oldstate == TCP_LISTEN && e->newstate == TCP_SYN_RECV;
+
+	if (!settings.keep_owner)
+		return;
+	if (child && !local) {
+		struct sock_state *listener =
+			bpf_map_lookup_elem(&listener_owners, &key);
+
+		if (listener)
+			copy_owner(st, listener);
+		else
+			st->owner_known = 0;
+	} else if (!child && starts_anew(e)) {
+		st->owner_known = 0;
+	}
+	if (is_owner_moment(e->oldstate, e->newstate)) {
+		take_owner(st);
+		if (e->newstate == TCP_LISTEN && !local)
+			bpf_map_update_elem(&listener_owners, &key, st,
+					    BPF_ANY);
+	}
+	if (e->oldstate == TCP_LISTEN && e->newstate == TCP_CLOSE && !local)
+		bpf_map_delete_elem(&listener_owners, &key);
+	if (!st->owner_known)
+		return;
+	e->flags |= EVENT_F_OWNER_KNOWN;
+	if (st->owner_in_cgroup)
+		e->flags |= EVENT_F_OWNER_IN_CGROUP;
+	e->owner_pid = st->owner_pid;
+	e->owner_uid = st->owner_uid;
+	e->owner_cgroup = st->owner_cgroup;
+	__builtin_memcpy(e->owner_comm, st->owner_comm, sizeof(e->owner_comm));
+}
+
+/*
+ * The one tracker: sets e's time in its old state from the socket's
+ * previous transition and remembers this one. With the socket's own storage
+ * (`sk` given and use_sk_storage) the state lives until the socket is
+ * freed, and CLOSE only forgets its time; with the map, CLOSE drops the
+ * entry, since the address is reused by the next socket allocated there.
+ */
+static __always_inline void track(struct event *e, struct sock *sk, __u64 now)
+{
+	struct sock_state *st, fresh = {};
+	bool local = settings.use_sk_storage && sk;
+	__u64 key = e->skaddr;
+	bool kept;
+
+	if (local) {
+		st = bpf_sk_storage_get(&sk_states, sk, 0,
+					BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st) {
+			/* The allocation failed: the kernel is short of memory. */
+			count(COUNTER_MAP_FULL);
+			e->flags |= EVENT_F_DURATION_UNKNOWN | EVENT_F_MAP_FULL;
+			return;
+		}
+	} else {
+		st = bpf_map_lookup_elem(&sockets, &key);
+	}
+	kept = st && st->since_ns;
+	if (kept && !starts_anew(e))
+		e->delta_ns = now - st->since_ns;
+	else
+		e->flags |= EVENT_F_DURATION_UNKNOWN;
+	track_owner(e, st ? st : &fresh, local);
+	if (local) {
+		if (e->newstate == TCP_CLOSE && kept)
+			count(COUNTER_LOCAL_STOPPED);
+		else if (e->newstate != TCP_CLOSE && !kept)
+			count(COUNTER_LOCAL_STARTED);
+		st->since_ns = e->newstate == TCP_CLOSE ? 0 : now;
+	} else if (e->newstate == TCP_CLOSE) {
+		if (st)
+			bpf_map_delete_elem(&sockets, &key);
+	} else if (st) {
+		st->since_ns = now;
+	} else {
+		fresh.since_ns = now;
+		if (bpf_map_update_elem(&sockets, &key, &fresh, BPF_ANY)) {
+			count(COUNTER_MAP_FULL);
+			e->flags |= EVENT_F_MAP_FULL;
+		}
+	}
+}
+
+/* Whether the owner's name in `e` is the --comm filter's. */
+static __always_inline bool same_comm(const struct event *e)
+{
+	int i;
+
+	for (i = 0; i < TASK_COMM_LEN; i++) {
+		if (e->owner_comm[i] != settings.target_comm[i])
+			return false;
+		if (!settings.target_comm[i])
+			return true;
+	}
+	return true;
+}
+
+/* Whether the owner filters keep `e`. */
+static __always_inline bool owner_matches(const struct event *e)
+{
+	if (!(e->flags & EVENT_F_OWNER_KNOWN))
+		return false;
+	if (settings.filter_pid && !bpf_map_lookup_elem(&pids, &e->owner_pid))
+		return false;
+	if (settings.filter_uid && e->owner_uid != settings.target_uid)
+		return false;
+	if (settings.filter_comm && !same_comm(e))
+		return false;
+	if (settings.filter_cgroup && !(e->flags & EVENT_F_OWNER_IN_CGROUP))
+		return false;
+	return true;
+}
+
+#endif /* TRACK_BPF_H */

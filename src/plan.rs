@@ -1,0 +1,431 @@
+//! One decision in one place: from the configuration, what the host offers
+//! and the attach mode, where each socket's time and owner live, what the
+//! kernel reads and sends, and how the ring buffer is sized and wakes the
+//! reader. The loader fills the BPF program's settings and sizes its maps
+//! from a [`Plan`] ([`Plan::settings`], [`Plan::map_sizes`]); the reader
+//! builds its decoder from the same plan: the two cannot disagree. Pure:
+//! every decision is a table test below.
+
+use crate::batching;
+use crate::bpf::types;
+use crate::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Filter, Mode};
+use crate::event::record;
+
+/// What the host offers, read once (`host::facts`), passed in so that the
+/// plan stays pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostFacts {
+    /// BTF tracing programs get bpf_get_current_task_btf and socket-local
+    /// storage (Linux 5.11+, with the kernel's own BTF).
+    pub tracing_5_11: bool,
+    /// CPUs online: how many fill the ring buffer at once.
+    pub online_cpus: usize,
+    /// CPUs possible: how many per-CPU counters the program keeps.
+    pub possible_cpus: usize,
+    /// The page size: the smallest ring buffer.
+    pub page_bytes: u32,
+}
+
+/// How soon the reader must see each event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// A wakeup per event (a terminal sees each line at once; the tests).
+    EachEvent,
+    /// Wakeups once a batch waits; the reader also polls on a timer.
+    Batched,
+}
+
+/// Where the kernel keeps each socket's last-transition time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelStore {
+    /// Nowhere: the reader keeps them (no filter needs them in the kernel).
+    None,
+    /// In the socket's own storage, freed with the socket: no bound.
+    SocketLocal,
+    /// In a preallocated map of this many sockets, keyed by address.
+    Map(u32),
+}
+
+impl KernelStore {
+    /// Where the times are, for -v.
+    pub fn describe(self) -> &'static str {
+        match self {
+            KernelStore::None => "here",
+            KernelStore::SocketLocal => "in the kernel, with each socket",
+            KernelStore::Map(_) => "in the kernel's map",
+        }
+    }
+}
+
+/// Who keeps each socket's owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerKeeper {
+    /// Nobody: no output shows owners and no filter needs them.
+    Nobody,
+    /// The reader, from the current task each event carries.
+    Reader,
+    /// The kernel, with the socket's time; events carry the owner.
+    Kernel,
+}
+
+/// Everything a run decides before it loads the program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Plan {
+    /// The attach mode this plan is for.
+    pub mode: AttachMode,
+    /// Summary mode: the kernel aggregates, sends no events.
+    pub summary: bool,
+    /// Where each socket's time lives.
+    pub store: KernelStore,
+    /// Who keeps owners.
+    pub owners: OwnerKeeper,
+    /// An output shows owners (their cgroup paths are looked up).
+    pub owners_shown: bool,
+    /// The reader keeps at most this many sockets' times and owners
+    /// (None: no bound), when it keeps them.
+    pub reader_sockets: Option<u32>,
+    /// The kernel reads only the fields a filter looks at (summary mode
+    /// without owners: nothing is sent).
+    pub lean_reads: bool,
+    /// The task is read through bpf_get_current_task_btf.
+    pub task_btf: bool,
+    /// The ring buffer's size in bytes.
+    pub ring_bytes: u32,
+    /// Wake the reader once this many bytes wait (0: per event).
+    pub wakeup_bytes: u32,
+    /// Look at how much waits every wakeup_mask + 1 events of a CPU.
+    pub wakeup_mask: u32,
+    /// The largest record the program sends, in bytes.
+    pub record_bytes: usize,
+}
+
+/// Sizes of the program's maps: a map a run does not use gets one entry
+/// (preallocated maps take their memory at load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// The ring buffer, bytes.
+    pub events: u32,
+    /// Sockets' times keyed by address.
+    pub sockets: u32,
+    /// Listeners' owners, for their children, with the map.
+    pub listener_owners: u32,
+    /// kprobe mode's listen() in flight.
+    pub listening: u32,
+    /// The pid filter.
+    pub pids: u32,
+    /// The port filters.
+    pub sports: u32,
+    /// The port filters.
+    pub dports: u32,
+}
+
+impl Plan {
+    /// The plan for `config` in `mode` on `host`, delivering as `wake` says.
+    pub fn new(config: &Config, host: &HostFacts, mode: AttachMode, wake: Wake) -> Self {
+        let summary = matches!(config.mode, Mode::Summary(_));
+        // A filter that drops transitions the reader would need (a client's
+        // local port is 0 at CLOSE -> SYN_SENT), or summary mode, whose
+        // times never leave the kernel.
+        let kernel_tracks = config.filter.tracks_in_kernel() || summary;
+        let owners_shown = config.collects_owners();
+        let store = if !kernel_tracks {
+            KernelStore::None
+        } else if mode == AttachMode::TpBtf
+            && host.tracing_5_11
+            && config.max_sockets.is_none()
+            && !summary
+        {
+            // Summary mode keeps every socket's time, and the socket's own
+            // storage costs an allocation and an RCU-deferred free per
+            // socket: the map instead (BENCHMARKS.md: a busy storm 4.8%
+            // slower against 10.1%). An explicit bound asks for the map.
+            KernelStore::SocketLocal
+        } else {
+            KernelStore::Map(config.max_sockets.unwrap_or(DEFAULT_MAP_SOCKETS))
+        };
+        let owners = if store != KernelStore::None
+            && (config.filter.by_owner() || (!summary && owners_shown))
+        {
+            OwnerKeeper::Kernel
+        } else if store == KernelStore::None && owners_shown {
+            OwnerKeeper::Reader
+        } else {
+            OwnerKeeper::Nobody
+        };
+        let record_bytes =
+            record::largest(owners == OwnerKeeper::Reader, owners == OwnerKeeper::Kernel);
+        let ring_bytes = if summary {
+            host.page_bytes
+        } else {
+            config.ring_bytes_for(host.online_cpus)
+        };
+        let wakeup_bytes = match wake {
+            Wake::Batched if !summary => batching::wakeup_bytes(ring_bytes),
+            _ => 0,
+        };
+        Plan {
+            mode,
+            summary,
+            store,
+            owners,
+            owners_shown,
+            reader_sockets: config.max_sockets,
+            lean_reads: summary && owners == OwnerKeeper::Nobody,
+            task_btf: host.tracing_5_11,
+            ring_bytes,
+            wakeup_bytes,
+            wakeup_mask: batching::wakeup_mask(
+                ring_bytes,
+                host.possible_cpus,
+                record::in_ring(record_bytes),
+            ),
+            record_bytes,
+        }
+    }
+
+    /// The BPF program's settings (`struct settings` in tcpstates.h).
+    pub fn settings(&self, filter: &Filter) -> types::settings {
+        let mut s = types::settings {
+            target_family: match filter.family {
+                None => 0,
+                Some(Family::Ipv4) => libc::AF_INET as u16,
+                Some(Family::Ipv6) => libc::AF_INET6 as u16,
+            },
+            target_netns: filter.netns.unwrap_or(0),
+            state_mask: filter.states,
+            // 0 means no filter: a threshold of 0 still drops unknown times.
+            min_delta_ns: filter.min_duration_ns.map_or(0, |ns| ns.max(1)),
+            filter_sport: u8::from(!filter.local_ports.is_empty()),
+            filter_dport: u8::from(!filter.remote_ports.is_empty()),
+            filter_pid: u8::from(!filter.pids.is_empty()),
+            filter_comm: u8::from(filter.comm.is_some()),
+            filter_uid: u8::from(filter.uid.is_some()),
+            target_uid: filter.uid.unwrap_or(0),
+            filter_cgroup: u8::from(filter.cgroup.is_some()),
+            target_cgroup: filter.cgroup.as_ref().map_or(0, |c| c.id),
+            target_cgroup_level: filter.cgroup.as_ref().map_or(0, |c| c.level as i32),
+            collect_owner: u8::from(self.owners == OwnerKeeper::Reader),
+            track_sockets: u8::from(self.store != KernelStore::None),
+            use_sk_storage: u8::from(self.store == KernelStore::SocketLocal),
+            has_task_btf: u8::from(self.task_btf),
+            summary_mode: u8::from(self.summary),
+            keep_owner: u8::from(self.owners == OwnerKeeper::Kernel),
+            lean_reads: u8::from(self.lean_reads),
+            wakeup_bytes: self.wakeup_bytes,
+            wakeup_mask: self.wakeup_mask,
+            ..Default::default()
+        };
+        if let Some(comm) = &filter.comm {
+            for (dst, src) in s.target_comm.iter_mut().zip(comm.bytes()) {
+                *dst = src as _;
+            }
+        }
+        s
+    }
+
+    /// The maps' sizes for this plan and `filter`.
+    pub fn map_sizes(&self, filter: &Filter) -> MapSizes {
+        let at_least_one = |n: usize| u32::try_from(n.max(1)).unwrap_or(u32::MAX);
+        let map = match self.store {
+            KernelStore::Map(sockets) => Some(sockets),
+            KernelStore::None | KernelStore::SocketLocal => None,
+        };
+        MapSizes {
+            events: self.ring_bytes,
+            sockets: map.unwrap_or(1),
+            listener_owners: if map.is_some() { 4096 } else { 1 },
+            listening: if self.mode == AttachMode::Kprobe {
+                1024
+            } else {
+                1
+            },
+            pids: at_least_one(filter.pids.len()),
+            sports: at_least_one(filter.local_ports.len()),
+            dports: at_least_one(filter.remote_ports.len()),
+        }
+    }
+
+    /// Whether the reader keeps each socket's time (the kernel does not).
+    pub fn reader_keeps_times(&self) -> bool {
+        self.store == KernelStore::None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{CgroupFilter, SummaryOutput};
+
+    const HOST: HostFacts = HostFacts {
+        tracing_5_11: true,
+        online_cpus: 2,
+        possible_cpus: 2,
+        page_bytes: 4096,
+    };
+    const OLD_HOST: HostFacts = HostFacts {
+        tracing_5_11: false,
+        ..HOST
+    };
+
+    fn config(args: &[&str]) -> Config {
+        match crate::cli::parse(std::iter::once("tcpstates").chain(args.iter().copied())) {
+            crate::cli::Parsed::Run(config) => *config,
+            crate::cli::Parsed::Exit { message, .. } => panic!("{args:?} rejected: {message}"),
+        }
+    }
+
+    fn plan(args: &[&str], host: &HostFacts, mode: AttachMode) -> Plan {
+        Plan::new(&config(args), host, mode, Wake::Batched)
+    }
+
+    /// Where times and owners live, by options, host and mode: the table.
+    #[test]
+    fn where_times_and_owners_live() {
+        use AttachMode::*;
+        use KernelStore as S;
+        use OwnerKeeper as O;
+        let map = S::Map(DEFAULT_MAP_SOCKETS);
+        let rows: [(&[&str], &HostFacts, AttachMode, KernelStore, OwnerKeeper); 13] = [
+            (&[], &HOST, TpBtf, S::None, O::Nobody),
+            (&["-x"], &HOST, TpBtf, S::None, O::Reader),
+            (&["-j"], &HOST, Kprobe, S::None, O::Reader),
+            (&["-L", "80"], &HOST, TpBtf, S::SocketLocal, O::Nobody),
+            (&["-L", "80"], &OLD_HOST, TpBtf, map, O::Nobody),
+            (&["-L", "80"], &HOST, Tracepoint, map, O::Nobody),
+            (&["-L", "80", "-x"], &HOST, TpBtf, S::SocketLocal, O::Kernel),
+            (
+                &["-L", "80", "--max-sockets", "9"],
+                &HOST,
+                TpBtf,
+                S::Map(9),
+                O::Nobody,
+            ),
+            (&["-c", "nginx"], &HOST, Kprobe, map, O::Kernel),
+            (
+                &["--state", "LISTEN"],
+                &HOST,
+                TpBtf,
+                S::SocketLocal,
+                O::Nobody,
+            ),
+            (&["-S"], &HOST, TpBtf, map, O::Nobody),
+            (
+                &["--metrics", "9977", "-L", "443"],
+                &HOST,
+                Kprobe,
+                map,
+                O::Nobody,
+            ),
+            (&["-S", "-u", "0"], &HOST, TpBtf, map, O::Kernel),
+        ];
+        for (args, host, mode, store, owners) in rows {
+            let p = plan(args, host, mode);
+            assert_eq!((p.store, p.owners), (store, owners), "{args:?} {mode}");
+            assert_eq!(p.reader_keeps_times(), store == S::None);
+        }
+    }
+
+    /// The ring, its wakeups and the records, by options and host.
+    #[test]
+    fn the_ring_and_its_records() {
+        let p = plan(&[], &HOST, AttachMode::TpBtf);
+        assert_eq!((p.ring_bytes, p.wakeup_bytes), (8 << 20, 256 << 10));
+        assert_eq!(p.record_bytes, record::BASE);
+        assert_eq!(
+            plan(&["-j"], &HOST, AttachMode::TpBtf).record_bytes,
+            record::TASK
+        );
+        assert_eq!(
+            plan(&["-x", "-L", "1"], &HOST, AttachMode::TpBtf).record_bytes,
+            record::OWNER
+        );
+        let each = Plan::new(&config(&[]), &HOST, AttachMode::TpBtf, Wake::EachEvent);
+        assert_eq!(each.wakeup_bytes, 0);
+        let big = HostFacts {
+            online_cpus: 64,
+            ..HOST
+        };
+        assert_eq!(plan(&[], &big, AttachMode::TpBtf).ring_bytes, 64 << 20);
+        assert_eq!(
+            plan(&["--ring-buffer", "64K"], &big, AttachMode::TpBtf).ring_bytes,
+            64 << 10
+        );
+        // Summary mode sends no event: the smallest ring, no wakeups, lean
+        // reads unless owners are kept.
+        let s = plan(&["-S"], &HOST, AttachMode::TpBtf);
+        assert_eq!(
+            (s.ring_bytes, s.wakeup_bytes, s.lean_reads),
+            (4096, 0, true)
+        );
+        assert!(!plan(&["-S", "-u", "0"], &HOST, AttachMode::TpBtf).lean_reads);
+        assert!(!plan(&["-L", "1"], &HOST, AttachMode::TpBtf).lean_reads);
+    }
+
+    /// The program's settings: each filter and each decision lands in its
+    /// field.
+    #[test]
+    fn settings_from_the_plan_and_the_filters() {
+        let c = config(&["-6", "-L", "80", "-u", "7", "--min-ms", "0", "-c", "curl"]);
+        let p = Plan::new(&c, &OLD_HOST, AttachMode::Kprobe, Wake::Batched);
+        let s = p.settings(&c.filter);
+        assert_eq!(s.target_family, libc::AF_INET6 as u16);
+        let on = |flag: u8| flag == 1;
+        assert!(on(s.filter_sport) && !on(s.filter_dport) && on(s.filter_uid) && on(s.filter_comm));
+        assert_eq!(s.target_uid, 7);
+        assert_eq!(s.min_delta_ns, 1, "0 ms still drops unknown times");
+        assert_eq!(
+            &s.target_comm[..5],
+            &[b'c', b'u', b'r', b'l', 0].map(|b| b as _)
+        );
+        assert!(on(s.track_sockets) && !on(s.use_sk_storage) && on(s.keep_owner));
+        assert!(!on(s.collect_owner) && !on(s.has_task_btf) && !on(s.summary_mode));
+        assert_eq!(
+            (s.wakeup_bytes, s.wakeup_mask),
+            (p.wakeup_bytes, p.wakeup_mask)
+        );
+
+        let plain = config(&["-x"]);
+        let s = plan(&["-x"], &HOST, AttachMode::TpBtf).settings(&plain.filter);
+        assert!(on(s.collect_owner) && !on(s.track_sockets) && !on(s.keep_owner));
+        assert!(on(s.has_task_btf));
+        assert_eq!((s.target_family, s.state_mask, s.min_delta_ns), (0, 0, 0));
+
+        let mut cgroup = Config::default();
+        cgroup.filter.cgroup = Some(CgroupFilter {
+            path: "/a/b".into(),
+            id: 42,
+            level: 2,
+        });
+        cgroup.mode = Mode::Summary(SummaryOutput::default());
+        let p = Plan::new(&cgroup, &HOST, AttachMode::TpBtf, Wake::Batched);
+        let s = p.settings(&cgroup.filter);
+        assert!(on(s.filter_cgroup) && on(s.summary_mode) && on(s.keep_owner));
+        assert_eq!((s.target_cgroup, s.target_cgroup_level), (42, 2));
+    }
+
+    /// Maps a run does not use get one entry.
+    #[test]
+    fn unused_maps_take_one_entry() {
+        let c = config(&[]);
+        let sizes = plan(&[], &HOST, AttachMode::TpBtf).map_sizes(&c.filter);
+        assert_eq!(
+            sizes,
+            MapSizes {
+                events: 8 << 20,
+                sockets: 1,
+                listener_owners: 1,
+                listening: 1,
+                pids: 1,
+                sports: 1,
+                dports: 1,
+            }
+        );
+        let c = config(&["-L", "80,443", "-p", "1,2,3"]);
+        let sizes = Plan::new(&c, &HOST, AttachMode::Kprobe, Wake::Batched).map_sizes(&c.filter);
+        assert_eq!(
+            (sizes.sockets, sizes.listener_owners, sizes.listening),
+            (DEFAULT_MAP_SOCKETS, 4096, 1024)
+        );
+        assert_eq!((sizes.pids, sizes.sports, sizes.dports), (3, 2, 1));
+    }
+}
