@@ -55,10 +55,10 @@ pub mod record {
 const AF_INET: u16 = libc::AF_INET as u16;
 const AF_INET6: u16 = libc::AF_INET6 as u16;
 // The event flags of tcpstates.h, through the skeleton.
-const FLAG_DURATION_UNKNOWN: u32 = types::event_flags::EVENT_F_DURATION_UNKNOWN.0 as u32;
-const FLAG_MAP_FULL: u32 = types::event_flags::EVENT_F_MAP_FULL.0 as u32;
-const FLAG_OWNER_KNOWN: u32 = types::event_flags::EVENT_F_OWNER_KNOWN.0 as u32;
-const FLAG_ACCEPTED: u32 = types::event_flags::EVENT_F_ACCEPTED.0 as u32;
+const FLAG_DURATION_UNKNOWN: u32 = types::event_flags::EVENT_F_DURATION_UNKNOWN.0;
+const FLAG_MAP_FULL: u32 = types::event_flags::EVENT_F_MAP_FULL.0;
+const FLAG_OWNER_KNOWN: u32 = types::event_flags::EVENT_F_OWNER_KNOWN.0;
+const FLAG_ACCEPTED: u32 = types::event_flags::EVENT_F_ACCEPTED.0;
 
 /// A TCP state, as numbered in the kernel's `include/net/tcp_states.h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
