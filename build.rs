@@ -20,6 +20,9 @@ mod args;
 #[allow(dead_code)]
 #[path = "src/config.rs"]
 mod config;
+#[allow(dead_code)]
+#[path = "src/state.rs"]
+mod state;
 
 /// The name the packages install the binary under: libbpf-tools owns
 /// /usr/sbin/tcpstates and bpfcc-tools /usr/sbin/tcpstates-bpfcc.
@@ -64,6 +67,7 @@ fn main() {
 
     println!("cargo:rerun-if-changed=src/args.rs");
     println!("cargo:rerun-if-changed=src/config.rs");
+    println!("cargo:rerun-if-changed=src/state.rs");
     println!("cargo:rerun-if-changed={BPF_DIR}");
     println!("cargo:rerun-if-changed=vmlinux");
 }

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::config::{AttachMode, ReportFormat, STATE_NAMES};
+use crate::config::{AttachMode, ReportFormat};
+use crate::state::TcpState;
 
 /// The EXAMPLES and COLUMNS block after the options in `--help`.
 pub const EXAMPLES: &str = "\
@@ -245,13 +246,9 @@ fn parse_states(text: &str) -> Result<u32, String> {
         if item.is_empty() {
             return Err(format!("empty item in state list '{text}'"));
         }
-        let upper = item.to_ascii_uppercase();
-        let name = upper.strip_prefix("TCP_").unwrap_or(&upper);
-        let number = STATE_NAMES
-            .iter()
-            .position(|known| *known == name)
-            .ok_or_else(|| format!("'{item}' is not a TCP state ({})", STATE_NAMES.join(", ")))?;
-        mask |= 1 << (number + 1);
+        let state = TcpState::by_name(item)
+            .ok_or_else(|| format!("'{item}' is not a TCP state ({})", TcpState::names()))?;
+        mask |= 1 << state.number();
     }
     Ok(mask)
 }

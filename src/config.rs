@@ -174,23 +174,6 @@ pub enum Family {
     Ipv6,
 }
 
-/// The kernel's names of the TCP states without `TCP_`, state 1 first.
-pub const STATE_NAMES: [&str; 13] = [
-    "ESTABLISHED",
-    "SYN_SENT",
-    "SYN_RECV",
-    "FIN_WAIT1",
-    "FIN_WAIT2",
-    "TIME_WAIT",
-    "CLOSE",
-    "CLOSE_WAIT",
-    "LAST_ACK",
-    "LISTEN",
-    "CLOSING",
-    "NEW_SYN_RECV",
-    "BOUND_INACTIVE",
-];
-
 /// What the kernel side keeps; everything else never reaches user space.
 /// Every filter given must match.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -237,7 +220,7 @@ impl Filter {
     /// SYN_SENT; a kept transition's time starts at one the state filter
     /// dropped), or needs the time itself. Without one, user space sees
     /// every transition of the sockets kept and keeps the times itself
-    /// (src/durations.rs), which costs the traced host much less.
+    /// (src/track/), which costs the traced host much less.
     pub fn tracks_in_kernel(&self) -> bool {
         !self.local_ports.is_empty()
             || !self.remote_ports.is_empty()

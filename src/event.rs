@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::bpf::types;
-use crate::config::STATE_NAMES;
+pub use crate::state::TcpState;
 
 /// `struct event` as the skeleton generated it from `src/bpf/tcpstates.h`.
 pub(crate) type RawEvent = types::event;
@@ -59,88 +59,6 @@ const FLAG_DURATION_UNKNOWN: u32 = types::event_flags::EVENT_F_DURATION_UNKNOWN.
 const FLAG_MAP_FULL: u32 = types::event_flags::EVENT_F_MAP_FULL.0;
 const FLAG_OWNER_KNOWN: u32 = types::event_flags::EVENT_F_OWNER_KNOWN.0;
 const FLAG_ACCEPTED: u32 = types::event_flags::EVENT_F_ACCEPTED.0;
-
-/// A TCP state, as numbered in the kernel's `include/net/tcp_states.h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(missing_docs)] // the kernel's TCP_* names
-pub enum TcpState {
-    Established,
-    SynSent,
-    SynRecv,
-    FinWait1,
-    FinWait2,
-    TimeWait,
-    Close,
-    CloseWait,
-    LastAck,
-    Listen,
-    Closing,
-    NewSynRecv,
-    BoundInactive,
-    /// A number this tool does not know: printed as the number.
-    Unknown(i32),
-}
-
-impl TcpState {
-    /// The state the kernel numbers `n`.
-    pub fn from_raw(n: i32) -> Self {
-        use TcpState::*;
-        match n {
-            1 => Established,
-            2 => SynSent,
-            3 => SynRecv,
-            4 => FinWait1,
-            5 => FinWait2,
-            6 => TimeWait,
-            7 => Close,
-            8 => CloseWait,
-            9 => LastAck,
-            10 => Listen,
-            11 => Closing,
-            12 => NewSynRecv,
-            13 => BoundInactive,
-            n => Unknown(n),
-        }
-    }
-
-    /// The kernel's name without the `TCP_` prefix, or `None` for an unknown number.
-    pub fn name(self) -> Option<&'static str> {
-        STATE_NAMES
-            .get(self.number().checked_sub(1)? as usize)
-            .copied()
-    }
-
-    /// The kernel's number for the state.
-    pub fn number(self) -> i32 {
-        use TcpState::*;
-        match self {
-            Established => 1,
-            SynSent => 2,
-            SynRecv => 3,
-            FinWait1 => 4,
-            FinWait2 => 5,
-            TimeWait => 6,
-            Close => 7,
-            CloseWait => 8,
-            LastAck => 9,
-            Listen => 10,
-            Closing => 11,
-            NewSynRecv => 12,
-            BoundInactive => 13,
-            Unknown(n) => n,
-        }
-    }
-}
-
-impl fmt::Display for TcpState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.name(), self) {
-            (Some(name), _) => f.pad(name),
-            (None, TcpState::Unknown(n)) => f.pad(&n.to_string()),
-            (None, _) => unreachable!("every known state has a name"),
-        }
-    }
-}
 
 /// One TCP state transition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,24 +354,6 @@ pub(crate) mod tests {
         let mut bytes = vec![0u8];
         bytes.extend(bytes_of(&raw_v4()));
         assert_eq!(Event::decode(&bytes[1..]).unwrap().lport, 48792);
-    }
-
-    #[test]
-    fn numbers_round_trip() {
-        for n in -2..20 {
-            assert_eq!(TcpState::from_raw(n).number(), n);
-        }
-    }
-
-    #[test]
-    fn state_names() {
-        assert_eq!(TcpState::from_raw(1).to_string(), "ESTABLISHED");
-        assert_eq!(TcpState::from_raw(12).to_string(), "NEW_SYN_RECV");
-        assert_eq!(TcpState::from_raw(13).to_string(), "BOUND_INACTIVE");
-        assert_eq!(TcpState::from_raw(0).to_string(), "0");
-        assert_eq!(TcpState::from_raw(99).to_string(), "99");
-        assert_eq!(TcpState::from_raw(-5), TcpState::Unknown(-5));
-        assert_eq!(format!("{:<6}|", TcpState::Unknown(42)), "42    |");
     }
 
     #[test]

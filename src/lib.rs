@@ -13,16 +13,17 @@
 //!   [`host`] says what the host offers it, and [`ring`] reads its ring
 //!   buffer from the mapping;
 //! - [`event`] decodes the kernel's records into typed [`event::Event`]s,
-//!   and [`durations`] keeps each socket's time in its state, and its
-//!   owner, when the kernel does not; [`cgroup`] names owners' cgroups;
+//!   [`state`] is the one table of TCP states and their text, and
+//!   [`track`] keeps each socket's time in its state, and its owner, when
+//!   the kernel does not; [`cgroup`] names owners' cgroups;
 //! - [`output`] holds the outputs behind one [`output::Sink`] trait (the
 //!   table, CSV, JSON and journal formatters are pure, unit-tested without
 //!   root), with
 //!   [`clock`] for every time conversion and [`batching`] for how events
 //!   are batched on their way out;
 //! - in summary mode the kernel aggregates instead: [`summary`] reads and
-//!   prints its histograms and transition counts, [`metrics`] serves them
-//!   to Prometheus;
+//!   renders its histograms and transition counts (printed by
+//!   [`output::summary`]), [`metrics`] serves them to Prometheus;
 //! - [`stats`] holds the run's counters and their reports; [`signals`]
 //!   ends a run cleanly.
 
@@ -34,7 +35,6 @@ pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod config;
-pub mod durations;
 pub mod event;
 pub mod host;
 pub mod metrics;
@@ -43,9 +43,11 @@ pub mod plan;
 pub mod ring;
 pub mod session;
 pub mod signals;
+pub mod state;
 pub mod stats;
 pub mod summary;
 pub mod tracer;
+pub mod track;
 
 /// The skeleton libbpf-cargo generates from `src/bpf/tcpstates.bpf.c`.
 mod bpf {

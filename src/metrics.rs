@@ -27,7 +27,8 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use crate::config::{AttachMode, STATE_NAMES};
+use crate::config::AttachMode;
+use crate::state::TcpState;
 use crate::summary::{SLOTS, STATES, Summary, slot_range_us, state_name};
 use crate::tracer::KernelView;
 
@@ -329,7 +330,8 @@ impl Counts {
 /// The states with a histogram: every named one (so that each series
 /// exists from the first scrape), and any other number that occurred.
 fn histogram_states(s: &Summary) -> impl Iterator<Item = usize> + '_ {
-    (0..STATES).filter(move |&state| (1..=STATE_NAMES.len()).contains(&state) || s.left(state) > 0)
+    (0..STATES)
+        .filter(move |&state| (1..=TcpState::NAMED.len()).contains(&state) || s.left(state) > 0)
 }
 
 /// A slot's `le`: the end of its range, in seconds (the slots hold whole

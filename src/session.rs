@@ -2,25 +2,24 @@
 //! asks for, report what was lost. With the privileged core, the only code
 //! that touches the tracer.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, IsTerminal};
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use crate::batching::Batching;
-use crate::clock::{Utc, WallClock};
 use crate::config::{Config, Mode, ReportFormat, SummaryOutput};
-use crate::durations::Decoder;
 use crate::host;
 use crate::metrics::Endpoint;
+use crate::output::summary::SummaryPrinter;
 use crate::output::{self, Sink};
 use crate::plan::Wake;
 use crate::ring::RingReader;
 use crate::signals;
 use crate::stats::{ReaderCounts, RingPeak, Stats};
-use crate::summary::Summary;
 use crate::tracer::Tracer;
+use crate::track::Decoder;
 
 /// How long one poll waits: also the longest a line written into a pipe or
 /// file waits in the buffer, and how quickly a signal is noticed.
@@ -58,7 +57,7 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
         None => eprintln!("Tracing tcpstates ... Hit Ctrl-C to end"),
     }
 
-    let mut printer = SummaryPrinter::new(output);
+    let mut printer = SummaryPrinter::new(output, io::stdout());
     let started = Instant::now();
     let deadline = config.duration.map(|d| started + d);
     let mut next_print = output.interval.map(|every| started + every);
@@ -88,55 +87,6 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
     };
     report_at_exit(config, &stats);
     Ok(())
-}
-
-/// Prints what the kernel counted since the last print.
-struct SummaryPrinter {
-    output: SummaryOutput,
-    shown: Summary,
-    since: Instant,
-}
-
-impl SummaryPrinter {
-    fn new(output: SummaryOutput) -> Self {
-        Self {
-            output,
-            shown: Summary::default(),
-            since: Instant::now(),
-        }
-    }
-
-    /// Prints `now` less what was printed before; an error once standard
-    /// output is gone.
-    fn print(&mut self, now: &Summary) -> io::Result<()> {
-        if !self.output.print {
-            return Ok(());
-        }
-        let delta = now.since(&self.shown);
-        let unix_ns = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as i128);
-        let mut text = String::new();
-        if self.output.json {
-            let seconds = self.since.elapsed().as_secs_f64();
-            delta.write_json(&mut text, Utc::at_unix_ns(unix_ns), seconds);
-        } else {
-            if self.output.clock {
-                let wall = WallClock::at_unix((unix_ns / 1_000_000_000) as i64);
-                text.push_str(&format!(
-                    "{:02}:{:02}:{:02}\n",
-                    wall.hour, wall.minute, wall.second
-                ));
-            }
-            delta.write_text(&mut text);
-            text.push('\n');
-        }
-        self.shown = now.clone();
-        self.since = Instant::now();
-        let mut stdout = io::stdout().lock();
-        stdout.write_all(text.as_bytes())?;
-        stdout.flush()
-    }
 }
 
 /// Every transition, through the ring buffer, to the outputs.

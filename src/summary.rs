@@ -50,10 +50,7 @@ impl Default for Summary {
 
 /// A state's name, or its number when the kernel's is out of our list.
 pub fn state_name(state: usize) -> String {
-    match TcpState::from_raw(state as i32).name() {
-        Some(name) => name.to_owned(),
-        None => state.to_string(),
-    }
+    TcpState::from_raw(state as i32).to_string()
 }
 
 /// The times slot `slot` holds, in whole microseconds: from, and to
@@ -257,10 +254,7 @@ impl Summary {
 
 /// A state for JSON: its name as a string, or its number.
 fn json_state(state: usize) -> String {
-    match TcpState::from_raw(state as i32).name() {
-        Some(name) => format!("\"{name}\""),
-        None => state.to_string(),
-    }
+    TcpState::from_raw(state as i32).text().json()
 }
 
 /// The log2 histogram of `slots` in the classic layout of BCC's and

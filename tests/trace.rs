@@ -771,7 +771,7 @@ fn client_closes_first_to(listener: std::net::TcpListener, hold: Duration) {
 fn state_filter_keeps_transitions_into_or_out_of_its_states() {
     let Some(_root) = root() else { return };
     let close_wait = 1 << 8;
-    assert_eq!(CloseWait.name(), Some("CLOSE_WAIT"));
+    assert_eq!(CloseWait.to_string(), "CLOSE_WAIT");
     let mut capture = Capture::start(&opts(
         test_attach(),
         Filter {

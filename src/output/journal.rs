@@ -17,7 +17,7 @@ use std::path::Path;
 use super::LineFormat;
 use super::number::{push_hex, push_ip, push_u64};
 use crate::clock::EventClock;
-use crate::event::{Event, TcpState};
+use crate::event::Event;
 
 /// Where journald listens for native messages.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -79,9 +79,9 @@ pub fn write_entry(out: &mut Vec<u8>, ev: &Event, unix_ns: i128, object_comm: bo
     message.push(b' ');
     push_u64(&mut message, ev.rport.into());
     message.push(b' ');
-    push_state(&mut message, ev.old);
+    ev.old.text().write(&mut message);
     message.extend_from_slice(" → ".as_bytes());
-    push_state(&mut message, ev.new);
+    ev.new.text().write(&mut message);
     field(out, "MESSAGE", &message);
     field(out, "PRIORITY", b"5");
     field(out, "SYSLOG_IDENTIFIER", b"tcpstates");
@@ -98,10 +98,10 @@ pub fn write_entry(out: &mut Vec<u8>, ev: &Event, unix_ns: i128, object_comm: bo
     field(out, &format!("OBJECT_{ip}_DESTINATION_ADDRESS"), &addr);
     number(out, "OBJECT_TCP_DESTINATION_PORT", ev.rport.into());
     let mut state = Vec::with_capacity(16);
-    push_state(&mut state, ev.old);
+    ev.old.text().write(&mut state);
     field(out, "OBJECT_TCP_OLD_STATE", &state);
     state.clear();
-    push_state(&mut state, ev.new);
+    ev.new.text().write(&mut state);
     field(out, "OBJECT_TCP_NEW_STATE", &state);
     if let Some(ns) = ev.duration_ns {
         // BCC writes whole microseconds.
@@ -130,10 +130,6 @@ pub fn write_entry(out: &mut Vec<u8>, ev: &Event, unix_ns: i128, object_comm: bo
     if let Some(path) = &ev.cgroup {
         field(out, "TCPSTATES_CGROUP", path.as_bytes());
     }
-}
-
-fn push_state(out: &mut Vec<u8>, state: TcpState) {
-    out.extend_from_slice(state.to_string().as_bytes());
 }
 
 fn number(out: &mut Vec<u8>, name: &str, value: u64) {

@@ -10,7 +10,7 @@
 use super::LineFormat;
 use super::number::{push_hex, push_ip, push_micros, push_two_digits, push_u64};
 use crate::clock::{EventClock, Utc};
-use crate::event::{Event, TcpState};
+use crate::event::Event;
 
 /// Formats events as JSON lines.
 #[derive(Debug, Clone, Default)]
@@ -60,9 +60,9 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event, time: Utc) {
     out.extend_from_slice(b"\",\"rport\":");
     push_u64(out, ev.rport.into());
     out.extend_from_slice(b",\"oldstate\":");
-    push_state(out, ev.old);
+    ev.old.text().write_json(out);
     out.extend_from_slice(b",\"newstate\":");
-    push_state(out, ev.new);
+    ev.new.text().write_json(out);
     out.extend_from_slice(b",\"ms\":");
     match ev.duration_ns {
         Some(ns) => push_micros(out, ns, 3),
@@ -106,25 +106,6 @@ pub fn push_iso8601(out: &mut Vec<u8>, t: Utc) {
     out.push(b'Z');
 }
 
-/// A state's name as a string, or a number this tool does not know as a
-/// number.
-fn push_state(out: &mut Vec<u8>, state: TcpState) {
-    match (state.name(), state) {
-        (Some(name), _) => {
-            out.push(b'"');
-            out.extend_from_slice(name.as_bytes());
-            out.push(b'"');
-        }
-        (None, TcpState::Unknown(n)) => {
-            if n < 0 {
-                out.push(b'-');
-            }
-            push_u64(out, u64::from(n.unsigned_abs()));
-        }
-        (None, _) => unreachable!("every known state has a name"),
-    }
-}
-
 /// A JSON string of `bytes` (RFC 8259): quotes, backslashes and control
 /// characters escaped; bytes that are not UTF-8 replaced with U+FFFD, as a
 /// JSON text must be UTF-8.
@@ -161,6 +142,7 @@ fn push_escaped(out: &mut Vec<u8>, text: &str) {
 mod tests {
     use super::*;
     use crate::event::tests::raw_v4;
+    use crate::state::TcpState;
 
     const T: Utc = Utc {
         year: 2026,

@@ -7,6 +7,7 @@ pub mod journal;
 pub mod json;
 mod lines;
 pub mod number;
+pub mod summary;
 pub mod table;
 pub mod writer;
 

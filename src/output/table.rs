@@ -4,13 +4,11 @@
 //! form is tested without root. The header and the rows come from one list
 //! of columns.
 
-use std::io::Write;
-
 use super::LineFormat;
 use super::number::{push_hex, push_ip, push_micros, push_spaces, push_two_digits, push_u64};
 use crate::clock::{EventClock, WallClock};
 use crate::config::TimeColumns;
-use crate::event::{Event, TcpState};
+use crate::event::Event;
 
 /// Printed in a column whose value is not known (MS, the owner's).
 pub const UNKNOWN: &str = "-";
@@ -166,9 +164,9 @@ impl Formatter {
             Field::Lport => push_u64(out, ev.lport.into()),
             Field::Raddr => push_ip(out, ev.raddr),
             Field::Rport => push_u64(out, ev.rport.into()),
-            Field::Old => push_state(out, ev.old),
+            Field::Old => ev.old.text().write(out),
             Field::Arrow => out.extend_from_slice(b"->"),
-            Field::New => push_state(out, ev.new),
+            Field::New => ev.new.text().write(out),
             Field::Ms => match ev.duration_ns {
                 Some(ns) => push_micros(out, ns, 3),
                 None => out.extend_from_slice(UNKNOWN.as_bytes()),
@@ -265,16 +263,6 @@ fn push_name(out: &mut Vec<u8>, name: &[u8]) {
         out.extend_from_slice(name);
     } else {
         out.extend_from_slice(String::from_utf8_lossy(name).as_bytes());
-    }
-}
-
-fn push_state(out: &mut Vec<u8>, state: TcpState) {
-    match (state.name(), state) {
-        (Some(name), _) => out.extend_from_slice(name.as_bytes()),
-        (None, TcpState::Unknown(n)) => {
-            let _ = write!(out, "{n}");
-        }
-        (None, _) => unreachable!("every known state has a name"),
     }
 }
 

@@ -7,10 +7,10 @@ use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
 use tcpstates::config::Config;
-use tcpstates::durations::Decoder;
 use tcpstates::event::{Event, TcpState};
 use tcpstates::plan::Wake;
 use tcpstates::tracer::Tracer;
+use tcpstates::track::Decoder;
 
 /// An in-process tracer and everything it received.
 pub struct Capture {

@@ -1,0 +1,255 @@
+//! Each socket's owner, kept by the reader from the events' current task
+//! (the kernel's rules in `src/bpf/track.bpf.h`).
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+
+use super::times::{AddressHasher, remove_and_shrink};
+use crate::event::{Event, Owner, TcpState};
+
+/// Whether the kernel changes a socket from `old` to `new` only in a system
+/// call of the process that holds it (connect, listen, close, shutdown),
+/// never in softirq: then the task on the CPU is the socket's owner.
+pub fn is_owner_moment(old: TcpState, new: TcpState) -> bool {
+    use TcpState::*;
+    matches!(
+        (old, new),
+        (Close, SynSent)
+            | (Close, Listen)
+            | (Listen, Close)
+            | (Established, FinWait1)
+            | (SynRecv, FinWait1)
+            | (CloseWait, LastAck)
+    )
+}
+
+/// Each socket's owner (see [`Owner`]), kept apart from the times so that
+/// runs that do not show owners pay nothing for them. The same rules as
+/// [`SocketTimes`]: a new socket (leaving CLOSE, or a passive child leaving
+/// LISTEN) starts from what it is given, a socket entering CLOSE is
+/// forgotten.
+
+#[derive(Debug)]
+pub struct Owners {
+    by_socket: HashMap<u64, Owner, BuildHasherDefault<AddressHasher>>,
+    /// Listening sockets' owners by (netns, port), for their children:
+    /// (the listener's address, its owner).
+    listeners: HashMap<(u32, u16), (u64, Owner)>,
+    limit: usize,
+}
+
+impl Owners {
+    /// Remembers at most `limit` sockets' owners (None: as many as there are).
+    pub fn new(limit: Option<u32>) -> Self {
+        Self {
+            by_socket: HashMap::default(),
+            listeners: HashMap::new(),
+            limit: limit.map_or(usize::MAX, |n| n as usize),
+        }
+    }
+
+    /// Records `ev` and returns its socket's owner after it, when known.
+    pub fn observe(&mut self, ev: &Event) -> Option<Owner> {
+        let is_new = ev.old == TcpState::Close
+            || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv);
+        let update = self.update(ev);
+        if ev.new == TcpState::Close {
+            let before = remove_and_shrink(&mut self.by_socket, ev.skaddr).filter(|_| !is_new);
+            return update.or(before);
+        }
+        match update {
+            Some(owner)
+                if self.by_socket.len() < self.limit || self.by_socket.contains_key(&ev.skaddr) =>
+            {
+                self.by_socket.insert(ev.skaddr, owner);
+                Some(owner)
+            }
+            Some(owner) => Some(owner),
+            None if is_new => {
+                remove_and_shrink(&mut self.by_socket, ev.skaddr);
+                None
+            }
+            None => self.by_socket.get(&ev.skaddr).copied(),
+        }
+    }
+
+    /// The owner `ev` gives its socket, if any: the task on the CPU at an
+    /// owner moment; for a passive child leaving LISTEN, its listener's.
+    /// Keeps the listeners up to date.
+    fn update(&mut self, ev: &Event) -> Option<Owner> {
+        let key = (ev.netns, ev.lport);
+        match (ev.old, ev.new) {
+            (TcpState::Listen, TcpState::SynRecv) => {
+                self.listeners.get(&key).map(|&(_, owner)| owner)
+            }
+            (old, new) if is_owner_moment(old, new) => {
+                let owner = ev.current_as_owner();
+                if new == TcpState::Listen {
+                    // With SO_REUSEPORT the last listener of a port wins.
+                    self.listeners.insert(key, (ev.skaddr, owner));
+                } else if old == TcpState::Listen
+                    && self
+                        .listeners
+                        .get(&key)
+                        .is_some_and(|&(sk, _)| sk == ev.skaddr)
+                {
+                    self.listeners.remove(&key);
+                }
+                Some(owner)
+            }
+            _ => None,
+        }
+    }
+
+    /// The task on the CPU of `ev` accepted its socket: it is the owner now.
+    pub fn accepted(&mut self, ev: &Event) {
+        if self.by_socket.len() < self.limit || self.by_socket.contains_key(&ev.skaddr) {
+            self.by_socket.insert(ev.skaddr, ev.current_as_owner());
+        }
+    }
+
+    /// Sockets whose owner is remembered now.
+    pub fn len(&self) -> usize {
+        self.by_socket.len()
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.by_socket.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TcpState::*;
+
+    const SK: u64 = 0xffff_8881_0000_1000;
+
+    fn owner(pid: u32) -> Owner {
+        Owner {
+            pid,
+            uid: 1000 + pid,
+            cgroup_id: 7,
+            comm: *b"proc\0\0\0\0\0\0\0\0\0\0\0\0",
+        }
+    }
+
+    #[test]
+    fn owner_moments_are_system_calls() {
+        assert!(is_owner_moment(Close, SynSent));
+        assert!(is_owner_moment(Close, Listen));
+        assert!(is_owner_moment(Listen, Close));
+        assert!(is_owner_moment(Established, FinWait1));
+        assert!(is_owner_moment(CloseWait, LastAck));
+        // Softirq's: a peer's packet or a timer.
+        assert!(!is_owner_moment(SynSent, Established));
+        assert!(!is_owner_moment(Established, CloseWait));
+        assert!(!is_owner_moment(FinWait2, Close));
+        assert!(!is_owner_moment(Listen, SynRecv));
+        // Either: a refused connect, an RST, or close() of such a socket.
+        assert!(!is_owner_moment(SynSent, Close));
+        assert!(!is_owner_moment(Established, Close));
+    }
+
+    fn event(skaddr: u64, old: TcpState, new: TcpState, pid: u32, lport: u16) -> Event {
+        let mut ev = Event::from_raw(&crate::event::tests::raw_v4()).unwrap();
+        (ev.skaddr, ev.old, ev.new, ev.pid, ev.lport) = (skaddr, old, new, pid, lport);
+        (ev.uid, ev.cgroup_id) = (1000 + pid, 7);
+        ev.comm = owner(pid).comm;
+        ev
+    }
+
+    #[test]
+    fn an_owner_is_kept_through_softirq_transitions_and_replaced_by_another() {
+        let mut o = Owners::new(None);
+        assert_eq!(o.observe(&event(SK, Close, SynSent, 1, 0)), Some(owner(1)));
+        // Softirq, on whatever task: the owner stays.
+        assert_eq!(
+            o.observe(&event(SK, SynSent, Established, 0, 5)),
+            Some(owner(1))
+        );
+        assert_eq!(
+            o.observe(&event(SK, Established, FinWait1, 2, 5)),
+            Some(owner(2))
+        );
+        assert_eq!(o.observe(&event(SK, FinWait2, Close, 0, 5)), Some(owner(2)));
+        assert!(o.is_empty(), "a closed socket is forgotten");
+        // A socket first seen mid-life has none until an owner moment.
+        assert_eq!(o.observe(&event(SK, Established, CloseWait, 0, 5)), None);
+        assert_eq!(
+            o.observe(&event(SK, CloseWait, LastAck, 3, 5)),
+            Some(owner(3))
+        );
+        // A new socket at a reused address starts with its own.
+        o.observe(&event(SK + 64, Close, SynSent, 4, 0));
+        assert_eq!(
+            o.observe(&event(SK + 64, Close, SynSent, 0, 0)),
+            Some(owner(0))
+        );
+        assert_eq!(o.len(), 2);
+    }
+
+    #[test]
+    fn a_passive_child_takes_its_listeners_owner_then_its_closers() {
+        let mut o = Owners::new(None);
+        assert_eq!(
+            o.observe(&event(SK, Close, Listen, 10, 80)),
+            Some(owner(10))
+        );
+        // The child's SYN_RECV runs in softirq, on whatever task: pid 0.
+        let child = event(SK + 64, Listen, SynRecv, 0, 80);
+        assert_eq!(o.observe(&child), Some(owner(10)));
+        assert_eq!(o.observe(&event(SK + 128, Listen, SynRecv, 0, 81)), None);
+        assert_eq!(
+            o.observe(&event(SK + 64, SynRecv, Established, 0, 80)),
+            Some(owner(10))
+        );
+        // The process that accepted it closes it.
+        assert_eq!(
+            o.observe(&event(SK + 64, Established, FinWait1, 20, 80)),
+            Some(owner(20))
+        );
+        // The listener closes: later children's owner is not known.
+        assert_eq!(
+            o.observe(&event(SK, Listen, Close, 10, 80)),
+            Some(owner(10))
+        );
+        assert_eq!(o.observe(&event(SK + 192, Listen, SynRecv, 0, 80)), None);
+    }
+
+    #[test]
+    fn an_accept_makes_the_acceptor_the_owner() {
+        let mut o = Owners::new(None);
+        o.observe(&event(SK, Close, Listen, 10, 80));
+        assert_eq!(
+            o.observe(&event(SK + 64, Listen, SynRecv, 0, 80)),
+            Some(owner(10))
+        );
+        let mut accept = event(SK + 64, Established, Established, 20, 80);
+        accept.accepted = true;
+        o.accepted(&accept);
+        assert_eq!(
+            o.observe(&event(SK + 64, Established, CloseWait, 0, 80)),
+            Some(owner(20))
+        );
+    }
+
+    #[test]
+    fn owners_memory_shrinks_when_sockets_close() {
+        let mut o = Owners::new(None);
+        for i in 0..100_000u64 {
+            o.observe(&event(SK + i * 64, Close, SynSent, 1, 0));
+        }
+        let grown = o.by_socket.capacity();
+        for i in 0..100_000u64 {
+            o.observe(&event(SK + i * 64, SynSent, Close, 0, 5));
+        }
+        assert!(o.is_empty());
+        assert!(
+            o.by_socket.capacity() * 10 < grown,
+            "{} of {grown}",
+            o.by_socket.capacity()
+        );
+    }
+}
