@@ -3,8 +3,8 @@
 //! (target/<profile>/assets/), so that they never drift from `--help`.
 
 use std::env;
-use std::fs::{self, File};
-use std::io;
+use std::fs;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, exit};
 
@@ -73,23 +73,70 @@ fn main() {
 }
 
 /// tcpstates-rs.8 and bash, zsh and fish completions, for the packaged name.
+/// The manual's sections come from the definitions `--help` prints: the
+/// options, and args.rs's examples, columns (FIELDS), exit status, files and
+/// see-also.
 fn generate_docs(assets: &Path) -> io::Result<()> {
-    let examples = args::EXAMPLES.replace("    tcpstates ", &format!("    {PACKAGED_NAME} "));
     let mut cmd = args::Args::command()
         .name(PACKAGED_NAME)
         .bin_name(PACKAGED_NAME)
-        .version(env!("CARGO_PKG_VERSION"))
-        .after_help(examples);
+        .version(env!("CARGO_PKG_VERSION"));
     fs::create_dir_all(assets.join("completions"))?;
-    let mut man = File::create(assets.join(format!("{PACKAGED_NAME}.8")))?;
-    clap_mangen::Man::new(cmd.clone())
+    let man = clap_mangen::Man::new(cmd.clone())
         .section("8")
-        .manual("System Administration")
-        .render(&mut man)?;
+        .manual("System Administration");
+    let mut page = Vec::new();
+    man.render_title(&mut page)?;
+    man.render_name_section(&mut page)?;
+    man.render_synopsis_section(&mut page)?;
+    man.render_description_section(&mut page)?;
+    man.render_options_section(&mut page)?;
+    roff_section(&mut page, "FIELDS", args::COLUMNS)?;
+    let examples: Vec<(String, &str)> = args::EXAMPLES
+        .iter()
+        .map(|(line, what)| {
+            (
+                format!("{PACKAGED_NAME} {line}").trim_end().to_owned(),
+                *what,
+            )
+        })
+        .collect();
+    let examples: Vec<(&str, &str)> = examples.iter().map(|(l, w)| (l.as_str(), *w)).collect();
+    roff_section(&mut page, "EXAMPLES", &examples)?;
+    roff_section(&mut page, "EXIT STATUS", args::EXIT_STATUS)?;
+    roff_section(&mut page, "FILES", args::FILES)?;
+    writeln!(page, ".SH \"SEE ALSO\"\n{}", roff_text(args::SEE_ALSO))?;
+    man.render_version_section(&mut page)?;
+    fs::write(assets.join(format!("{PACKAGED_NAME}.8")), page)?;
     for shell in [Shell::Bash, Shell::Zsh, Shell::Fish] {
         clap_complete::generate_to(shell, &mut cmd, PACKAGED_NAME, assets.join("completions"))?;
     }
     Ok(())
+}
+
+/// A manual section of tagged paragraphs: each term in bold, then its text.
+fn roff_section(page: &mut Vec<u8>, title: &str, items: &[(&str, &str)]) -> io::Result<()> {
+    writeln!(page, ".SH \"{title}\"")?;
+    for (term, text) in items {
+        writeln!(
+            page,
+            ".TP\n\\fB{}\\fR\n{}",
+            roff_text(term),
+            roff_text(text)
+        )?;
+    }
+    Ok(())
+}
+
+/// Text safe in roff: backslashes and hyphens escaped, no line starting
+/// with a control character.
+fn roff_text(text: &str) -> String {
+    let escaped = text.replace('\\', "\\e").replace('-', "\\-");
+    if escaped.starts_with(['.', '\'']) {
+        format!("\\&{escaped}")
+    } else {
+        escaped
+    }
 }
 
 /// libbpf-sys builds libbpf from source and the BPF C needs clang: say which

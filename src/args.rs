@@ -11,44 +11,176 @@ use clap::{ArgAction, Parser, ValueEnum};
 use crate::config::{AttachMode, ReportFormat};
 use crate::state::TcpState;
 
-/// The EXAMPLES and COLUMNS block after the options in `--help`.
-pub const EXAMPLES: &str = "\
-EXAMPLES:
-    tcpstates                  # trace all TCP state changes
-    tcpstates -T               # add an HH:MM:SS column
-    tcpstates -t               # add a seconds-since-first-event column
-    tcpstates -w               # wide columns, fits IPv6 addresses
-    tcpstates -s               # comma-separated values
-    tcpstates -x               # the socket's owner, netns and cgroup too
-    tcpstates -j | jq .        # JSON lines
-    tcpstates -Y               # also log each transition to the systemd journal
-    tcpstates -L 80,443        # only sockets with local port 80 or 443
-    tcpstates -D 5432          # only sockets with remote port 5432
-    tcpstates -6               # IPv6 sockets only
-    tcpstates -x -c nginx      # only sockets owned by processes named nginx
-    tcpstates -p 1234,5678     # only sockets owned by these processes
-    tcpstates --cgroup /system.slice/docker.service   # one service, and below
-    tcpstates --state CLOSE_WAIT       # only sockets entering or leaving CLOSE_WAIT
-    tcpstates --min-ms 200 -L 443      # only states held 200 ms or more, port 443
-    tcpstates --netns /run/netns/blue  # only one network namespace
-    tcpstates --count 100 --duration 60  # at most 100 lines, at most a minute
-    tcpstates --attach tracepoint -v   # force an attach point, say what happened
-    tcpstates -S                       # in-kernel summary: histograms at Ctrl-C
-    tcpstates -S 10 -T                 # a summary every 10 seconds, stamped
-    tcpstates --metrics 9977           # serve the summary to Prometheus on 127.0.0.1:9977
+/// The examples `--help` and the manual show: a command line (after the
+/// program's name) and what it does.
+pub const EXAMPLES: &[(&str, &str)] = &[
+    ("", "trace all TCP state changes"),
+    ("-T", "add an HH:MM:SS column"),
+    ("-t", "add a seconds-since-first-event column"),
+    ("-w", "wide columns, fits IPv6 addresses"),
+    ("-s", "comma-separated values"),
+    ("-x", "the socket's owner, netns and cgroup too"),
+    ("-j | jq .", "JSON lines"),
+    ("-Y", "also log each transition to the systemd journal"),
+    ("-L 80,443", "only sockets with local port 80 or 443"),
+    ("-D 5432", "only sockets with remote port 5432"),
+    ("-6", "IPv6 sockets only"),
+    ("-x -c nginx", "only sockets owned by processes named nginx"),
+    ("-p 1234,5678", "only sockets owned by these processes"),
+    (
+        "--cgroup /system.slice/docker.service",
+        "one service, and below",
+    ),
+    (
+        "--state CLOSE_WAIT",
+        "only sockets entering or leaving CLOSE_WAIT",
+    ),
+    (
+        "--min-ms 200 -L 443",
+        "only states held 200 ms or more, port 443",
+    ),
+    ("--netns /run/netns/blue", "only one network namespace"),
+    (
+        "--count 100 --duration 60",
+        "at most 100 lines, at most a minute",
+    ),
+    (
+        "--attach tracepoint -v",
+        "force an attach point, say what happened",
+    ),
+    (
+        "-v --report kv",
+        "counters for scripts, the ring's high-water mark",
+    ),
+    ("-S", "in-kernel summary: histograms at Ctrl-C"),
+    ("-S 10 -T", "a summary every 10 seconds, stamped"),
+    (
+        "--metrics 9977",
+        "serve the summary to Prometheus on 127.0.0.1:9977",
+    ),
+];
 
-COLUMNS:
-    C-PID and C-COMM are the task on the CPU when the state changed (\"current\"),
-    not necessarily the socket's owner: many transitions run in softirq context.
-    MS is the time the socket spent in OLDSTATE; '-' means it is not known (the
-    socket is new, or predates the trace).";
+/// The columns of the table and CSV: `--help`'s COLUMNS, the manual's
+/// FIELDS.
+pub const COLUMNS: &[(&str, &str)] = &[
+    ("TIME", "-T: the local time of the transition, HH:MM:SS"),
+    ("TIME(s)", "-t: seconds since the first transition printed"),
+    (
+        "SKADDR",
+        "the socket's kernel address: one socket while it lives",
+    ),
+    (
+        "C-PID, C-COMM",
+        "the task on the CPU when the state changed (\"current\"), not necessarily the \
+         socket's owner: many transitions run in softirq context",
+    ),
+    (
+        "O-PID, O-COMM, UID",
+        "-x: the socket's owner, the process that last changed its state in a system call",
+    ),
+    ("IP", "-w, -s: 4 or 6"),
+    (
+        "LADDR, LPORT",
+        "the local address and port (port 0 at CLOSE -> SYN_SENT, before the kernel picks it)",
+    ),
+    ("RADDR, RPORT", "the remote address and port"),
+    (
+        "OLDSTATE -> NEWSTATE",
+        "the state left and the state entered, the kernel's names without TCP_",
+    ),
+    (
+        "MS",
+        "the time spent in OLDSTATE, in milliseconds; '-' when it is not known (the socket \
+         is new, or predates the trace)",
+    ),
+    (
+        "NETNS, CGROUP",
+        "-x: the socket's network namespace inode, its owner's cgroup v2 path",
+    ),
+];
+
+/// The exit codes: `--help`'s and the manual's EXIT STATUS.
+pub const EXIT_STATUS: &[(&str, &str)] = &[
+    (
+        "0",
+        "the run ended as asked: Ctrl-C, SIGTERM, --count, --duration, or a reader that \
+         closed standard output; help and version",
+    ),
+    (
+        "1",
+        "it could not trace: privileges missing, no BTF, nothing attached, a --metrics \
+         address that cannot be bound, no journal for -Y",
+    ),
+    ("2", "bad arguments: one line on standard error says which"),
+];
+
+/// The manual's FILES (build.rs renders them; `--help` does not).
+#[allow(dead_code)]
+pub const FILES: &[(&str, &str)] = &[
+    (
+        "/sys/kernel/btf/vmlinux",
+        "the kernel's BTF, which CO-RE needs (else --btf FILE)",
+    ),
+    (
+        "/sys/kernel/tracing",
+        "tracefs: the classic tracepoint's attach mode needs it mounted",
+    ),
+    ("/run/systemd/journal/socket", "where -Y sends its entries"),
+    (
+        "/etc/default/tcpstates-rs, /etc/sysconfig/tcpstates-rs",
+        "the metrics service's options (the .deb's, the .rpm's)",
+    ),
+    (
+        "tcpstates-rs.service",
+        "the metrics service's systemd unit, disabled when installed",
+    ),
+];
+
+/// The manual's SEE ALSO (build.rs renders it; `--help` does not).
+#[allow(dead_code)]
+pub const SEE_ALSO: &str =
+    "tcpstates(8), tcpstates-bpfcc(8), ss(8), journalctl(1), systemd.exec(5)";
+
+/// The EXAMPLES, COLUMNS and EXIT STATUS blocks after the options in
+/// `--help`, naming the program `name`.
+pub fn after_help(name: &str) -> String {
+    let mut text = String::from("EXAMPLES:\n");
+    for (args, what) in EXAMPLES {
+        let command = format!("{name} {args}");
+        text.push_str(&format!("    {:<30} # {what}\n", command.trim_end()));
+    }
+    for (title, items) in [("COLUMNS", COLUMNS), ("EXIT STATUS", EXIT_STATUS)] {
+        text.push_str(&format!("\n{title}:\n"));
+        for (term, what) in items {
+            text.push_str(&format!("    {term}\n"));
+            wrap(&mut text, what, 8, 88);
+        }
+    }
+    text.trim_end().to_owned()
+}
+
+/// Appends `words`, indented by `indent`, in lines of at most `width`.
+fn wrap(out: &mut String, words: &str, indent: usize, width: usize) {
+    let mut line = String::new();
+    for word in words.split_whitespace() {
+        if !line.is_empty() && indent + line.len() + 1 + word.len() > width {
+            out.push_str(&format!("{:indent$}{line}\n", ""));
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&format!("{:indent$}{line}\n", ""));
+}
 
 /// The most sockets `--max-sockets` takes.
 pub const MAX_SOCKETS: u32 = 1 << 24;
 
 /// Trace TCP socket state changes, with the time spent in the state left.
 #[derive(Debug, Parser)]
-#[command(name = "tcpstates", about, after_help = EXAMPLES, max_term_width = 100)]
+#[command(name = "tcpstates", about, max_term_width = 100)]
 pub struct Args {
     /// Include an HH:MM:SS column
     #[arg(short = 'T', long)]

@@ -53,6 +53,7 @@ where
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "tcpstates".to_owned());
     let parsed = Args::command()
+        .after_help(crate::args::after_help(&invoked))
         .display_name(invoked)
         .version(version())
         .try_get_matches_from(args)
@@ -465,8 +466,10 @@ mod tests {
         for flag in ["-h", "--help"] {
             match parse(["tcpstates", flag]) {
                 Parsed::Exit { code: 0, message } => {
-                    assert!(message.contains("EXAMPLES:"), "{message}");
-                    assert!(message.contains("--localport"), "{message}");
+                    for block in ["EXAMPLES:", "COLUMNS:", "EXIT STATUS:", "--localport"] {
+                        assert!(message.contains(block), "{message}");
+                    }
+                    assert!(message.contains("\n    tcpstates -L 80,443 "), "{message}");
                 }
                 other => panic!("{flag}: {other:?}"),
             }
