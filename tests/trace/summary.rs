@@ -1,0 +1,144 @@
+//! Summary mode: exact counts of one connection's transitions, and its times in the right slots.
+
+use super::*;
+
+/// A summary-mode tracer (nothing printed) that keeps only `filter`.
+fn summary_tracer(filter: Filter) -> Tracer {
+    let config = Config {
+        mode: Mode::Summary(SummaryOutput::default()),
+        ..opts(test_attach(), filter)
+    };
+    Tracer::start(&config, Wake::EachEvent).expect("starting a summary tracer")
+}
+
+/// Reads `tracer`'s summary until it has counted `total` transitions (or
+/// fails after 5 s), then once more a little later: nothing else may come.
+fn summary_of(tracer: &Tracer, total: u64) -> Summary {
+    let read = || tracer.view().summary().expect("reading the summary");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while read().total() < total {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "waited for {total} transitions: {:?}",
+            read().transitions
+        );
+        sleep(Duration::from_millis(20));
+    }
+    sleep(Duration::from_millis(100));
+    read()
+}
+
+/// A client socket's transitions when it closes first, and whether the
+/// time in the state left is known.
+const CLIENT_CLOSING_FIRST: [(TcpState, TcpState, bool); 5] = [
+    (Close, SynSent, false),
+    (SynSent, Established, true),
+    (Established, FinWait1, true),
+    (FinWait1, FinWait2, true),
+    (FinWait2, Close, true),
+];
+
+/// The counts a summary must hold: one of each transition listed, the
+/// time in the state left known except for those marked unknown.
+fn assert_counts(summary: &Summary, expected: &[(TcpState, TcpState, bool)], side: &str) {
+    let mut transitions = [[0u64; STATES]; STATES];
+    let mut unknown = [0u64; STATES];
+    for &(old, new, known) in expected {
+        transitions[old.number() as usize][new.number() as usize] += 1;
+        if !known {
+            unknown[old.number() as usize] += 1;
+        }
+    }
+    assert_eq!(summary.transitions, transitions, "{side}: transitions");
+    assert_eq!(summary.unknown, unknown, "{side}: unknown times");
+    for state in 0..STATES {
+        assert_eq!(
+            summary.timed(state),
+            summary.left(state) - summary.unknown[state],
+            "{side}: every transition out of {state} has a time or is unknown"
+        );
+    }
+}
+
+/// Summary mode, in the attach mode under test: two tracers, one keeping
+/// the listener's port as local port (the server's sockets), the other as
+/// remote port (the client's), count exactly one connection's transitions,
+/// and its time in ESTABLISHED lands in the slot that holds it.
+fn summary_counts_one_connection(v6: bool) {
+    let (listener, port) = listen(v6);
+    let servers = summary_tracer(Filter {
+        local_ports: vec![port],
+        ..Filter::default()
+    });
+    let clients = summary_tracer(Filter {
+        remote_ports: vec![port],
+        ..Filter::default()
+    });
+    client_closes_first_to(listener, HOLD);
+
+    let client_side = summary_of(&clients, 5);
+    assert_counts(&client_side, &CLIENT_CLOSING_FIRST, "client");
+    let server_side = summary_of(&servers, 6);
+    assert_counts(
+        &server_side,
+        &[
+            // The listener predates the tracer: its time is not known.
+            (Listen, Close, false),
+            (Listen, SynRecv, false),
+            (SynRecv, Established, true),
+            (Established, CloseWait, true),
+            (CloseWait, LastAck, true),
+            (LastAck, Close, true),
+        ],
+        "server",
+    );
+    // The client held the connection HOLD before closing it.
+    let established = Established.number() as usize;
+    let slot = client_side.slots[established]
+        .iter()
+        .position(|&n| n == 1)
+        .expect("one time in ESTABLISHED");
+    let (from, to) = slot_range_us(slot);
+    let held_us = client_side.sum_ns[established] / 1000;
+    assert!(
+        held_us >= HOLD.as_micros() as u64 && held_us < 10_000_000,
+        "{held_us} us in ESTABLISHED"
+    );
+    assert!(from <= held_us && to.is_none_or(|to| held_us <= to));
+}
+
+#[test]
+fn ipv4_summary_counts_one_connection() {
+    let Some(_root) = root() else { return };
+    summary_counts_one_connection(false);
+}
+
+#[test]
+fn ipv6_summary_counts_one_connection() {
+    let Some(_root) = root() else { return };
+    summary_counts_one_connection(true);
+}
+
+/// Summary mode with an owner filter, in the attach mode under test: this
+/// process owns the connection's client socket (it called connect() and
+/// close()), so a filter on its pid counts the client's five transitions,
+/// and a filter on another pid none.
+#[test]
+fn summary_owner_filter_keeps_the_owners_sockets() {
+    let Some(_root) = root() else { return };
+    let (listener, port) = listen(false);
+    let owner_filter = |pid: u32| Filter {
+        remote_ports: vec![port],
+        pids: vec![pid],
+        ..Filter::default()
+    };
+    let mine = summary_tracer(owner_filter(std::process::id()));
+    let init = summary_tracer(owner_filter(1));
+    client_closes_first_to(listener, Duration::ZERO);
+    assert_counts(
+        &summary_of(&mine, 5),
+        &CLIENT_CLOSING_FIRST,
+        "owned by this process",
+    );
+    assert_eq!(summary_of(&init, 0).total(), 0, "owned by init");
+}
