@@ -2,7 +2,8 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::mem::offset_of;
+use std::net::{IpAddr, Ipv4Addr};
 
 use crate::bpf::types;
 pub use crate::state::TcpState;
@@ -154,69 +155,58 @@ impl fmt::Display for DecodeError {
 impl std::error::Error for DecodeError {}
 
 impl Event {
-    /// Decodes one ring buffer record, read in place when it is whole and
-    /// aligned (as the ring buffer's records are), else from a copy into a
-    /// zeroed `struct event` (a record without the owner fields, say).
+    /// Decodes one ring buffer record, reading each field where `struct
+    /// event` has it (the skeleton's layout): in place, whatever the
+    /// record's alignment, with no copy of the whole record. A field past
+    /// the end of a shorter record (one without the owner fields) reads as
+    /// zero.
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         if bytes.len() < record::BASE {
             return Err(DecodeError::Short(bytes.len()));
         }
-        if let Ok(raw) = plain::from_bytes::<RawEvent>(bytes) {
-            return Self::from_raw(raw);
-        }
-        let mut raw = RawEvent::default();
-        let len = bytes.len().min(RAW_EVENT_SIZE);
-        // SAFETY: RawEvent is Plain (see above): any bytes written into it
-        // make a valid value.
-        let into = unsafe { plain::as_mut_bytes(&mut raw) };
-        into[..len].copy_from_slice(&bytes[..len]);
-        Self::from_raw(&raw)
-    }
-
-    pub(crate) fn from_raw(raw: &RawEvent) -> Result<Self, DecodeError> {
-        let (laddr, raddr) = match raw.family {
-            AF_INET => (ipv4(&raw.saddr), ipv4(&raw.daddr)),
-            AF_INET6 => (
-                IpAddr::V6(Ipv6Addr::from(raw.saddr)),
-                IpAddr::V6(Ipv6Addr::from(raw.daddr)),
-            ),
+        let r = Fields(bytes);
+        let family = r.u16(offset_of!(RawEvent, family));
+        let saddr: [u8; 16] = r.array(offset_of!(RawEvent, saddr));
+        let daddr: [u8; 16] = r.array(offset_of!(RawEvent, daddr));
+        let (laddr, raddr) = match family {
+            AF_INET => (ipv4(&saddr), ipv4(&daddr)),
+            AF_INET6 => (IpAddr::V6(saddr.into()), IpAddr::V6(daddr.into())),
             other => return Err(DecodeError::Family(other)),
         };
-        let mut comm = [0u8; 16];
-        for (dst, src) in comm.iter_mut().zip(raw.comm) {
-            *dst = src as u8;
-        }
+        let flags = r.u32(offset_of!(RawEvent, flags));
         Ok(Event {
-            skaddr: raw.skaddr,
-            ts_ns: raw.ts_ns,
-            duration_ns: (raw.flags & FLAG_DURATION_UNKNOWN == 0).then_some(raw.delta_ns),
-            pid: raw.pid,
-            comm,
-            netns: raw.netns,
+            skaddr: r.u64(offset_of!(RawEvent, skaddr)),
+            ts_ns: r.u64(offset_of!(RawEvent, ts_ns)),
+            duration_ns: (flags & FLAG_DURATION_UNKNOWN == 0)
+                .then(|| r.u64(offset_of!(RawEvent, delta_ns))),
+            pid: r.u32(offset_of!(RawEvent, pid)),
+            comm: r.array(offset_of!(RawEvent, comm)),
+            netns: r.u32(offset_of!(RawEvent, netns)),
             laddr,
-            lport: raw.sport,
+            lport: r.u16(offset_of!(RawEvent, sport)),
             raddr,
-            rport: raw.dport,
-            old: TcpState::from_raw(raw.oldstate),
-            new: TcpState::from_raw(raw.newstate),
-            map_full: raw.flags & FLAG_MAP_FULL != 0,
-            uid: raw.uid,
-            cgroup_id: raw.cgroup_id,
-            owner: (raw.flags & FLAG_OWNER_KNOWN != 0).then(|| {
-                let mut comm = [0u8; 16];
-                for (dst, src) in comm.iter_mut().zip(raw.owner_comm) {
-                    *dst = src as u8;
-                }
-                Owner {
-                    pid: raw.owner_pid,
-                    uid: raw.owner_uid,
-                    cgroup_id: raw.owner_cgroup,
-                    comm,
-                }
+            rport: r.u16(offset_of!(RawEvent, dport)),
+            old: TcpState::from_raw(r.u32(offset_of!(RawEvent, oldstate)) as i32),
+            new: TcpState::from_raw(r.u32(offset_of!(RawEvent, newstate)) as i32),
+            map_full: flags & FLAG_MAP_FULL != 0,
+            uid: r.u32(offset_of!(RawEvent, uid)),
+            cgroup_id: r.u64(offset_of!(RawEvent, cgroup_id)),
+            owner: (flags & FLAG_OWNER_KNOWN != 0).then(|| Owner {
+                pid: r.u32(offset_of!(RawEvent, owner_pid)),
+                uid: r.u32(offset_of!(RawEvent, owner_uid)),
+                cgroup_id: r.u64(offset_of!(RawEvent, owner_cgroup)),
+                comm: r.array(offset_of!(RawEvent, owner_comm)),
             }),
             cgroup: None,
-            accepted: raw.flags & FLAG_ACCEPTED != 0,
+            accepted: flags & FLAG_ACCEPTED != 0,
         })
+    }
+
+    /// The event of a whole `struct event` (tests).
+    #[cfg(test)]
+    pub(crate) fn from_raw(raw: &RawEvent) -> Result<Self, DecodeError> {
+        // SAFETY: RawEvent is Plain (see above): reading its bytes is sound.
+        Self::decode(unsafe { plain::as_bytes(raw) })
     }
 
     /// The task on the CPU as an owner: what a process-context transition
@@ -252,6 +242,31 @@ impl Event {
     }
 }
 
+/// A record's bytes, read a field at a time; what lies past the end reads
+/// as zeroes.
+struct Fields<'a>(&'a [u8]);
+
+impl Fields<'_> {
+    fn array<const N: usize>(&self, at: usize) -> [u8; N] {
+        self.0
+            .get(at..at + N)
+            .and_then(|b| b.try_into().ok())
+            .unwrap_or([0; N])
+    }
+
+    fn u64(&self, at: usize) -> u64 {
+        u64::from_ne_bytes(self.array(at))
+    }
+
+    fn u32(&self, at: usize) -> u32 {
+        u32::from_ne_bytes(self.array(at))
+    }
+
+    fn u16(&self, at: usize) -> u16 {
+        u16::from_ne_bytes(self.array(at))
+    }
+}
+
 fn ipv4(bytes: &[u8; 16]) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))
 }
@@ -259,6 +274,7 @@ fn ipv4(bytes: &[u8; 16]) -> IpAddr {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use std::net::Ipv6Addr;
 
     /// A raw IPv4 event for tests.
     pub(crate) fn raw_v4() -> RawEvent {

@@ -57,6 +57,7 @@ pub fn facts() -> Result<HostFacts> {
         online_cpus: usize::try_from(online).unwrap_or(1).max(1),
         possible_cpus: libbpf_rs::num_possible_cpus().context("counting the CPUs")?,
         page_bytes: u32::try_from(page).unwrap_or(4096),
+        percpu_lookup: kernel_release().is_some_and(|version| version >= (5, 19)),
     })
 }
 

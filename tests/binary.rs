@@ -3,17 +3,18 @@
 //! tcpstates on the same traffic.
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::mpsc::{self, Receiver};
-use std::thread::{self, sleep};
+use std::process::{ChildStdout, Command, Output, Stdio};
+
+use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use tcpstates_testkit::host::{Tracefs, root};
 use tcpstates_testkit::net::{connect, listen, read_to_eof};
 use tcpstates_testkit::process;
 use tcpstates_testkit::rows::{Row, last_counters};
+use tcpstates_testkit::tracer::{Stopped, TracerProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 const LIBBPF_TOOLS: &str = "/usr/sbin/tcpstates";
@@ -122,95 +123,15 @@ fn without_privileges_says_so_and_exits_1() {
     assert!(out.stdout.is_empty());
 }
 
-/// A running tracer process whose stdout lines arrive on a channel.
-struct Tracing {
-    child: Child,
-    lines: Receiver<String>,
-    seen: Vec<String>,
-    /// All of stderr, read as it comes (with -v, libbpf's log is larger
-    /// than a pipe holds: unread, it would stop the tracer).
-    stderr: thread::JoinHandle<String>,
-}
-
-impl Tracing {
-    /// Starts `program args` and waits for its header: then it is attached.
-    fn start(program: &str, args: &[&str], header_prefix: &str) -> Self {
-        let mut child = Command::new(program)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
-        let lines = spawn_reader(child.stdout.take().unwrap());
-        let mut err = child.stderr.take().unwrap();
-        let stderr = thread::spawn(move || {
-            let mut text = String::new();
-            let _ = err.read_to_string(&mut text);
-            text
-        });
-        let mut tracing = Tracing {
-            child,
-            lines,
-            seen: Vec::new(),
-            stderr,
-        };
-        let Some(header) = tracing.next_line(Duration::from_secs(15)) else {
-            let _ = tracing.child.kill();
-            let _ = tracing.child.wait();
-            let err = tracing.stderr.join().unwrap_or_default();
-            panic!("{program} printed no header: {err}")
-        };
-        assert!(header.starts_with(header_prefix), "{program}: {header}");
-        tracing
-    }
-
-    fn next_line(&mut self, timeout: Duration) -> Option<String> {
-        let line = self.lines.recv_timeout(timeout).ok()?;
-        self.seen.push(line.clone());
-        Some(line)
-    }
-
-    /// Waits until a line satisfies `pred`, failing after `timeout`.
-    fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while !self.seen.iter().any(|l| pred(l)) {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if self.next_line(left).is_none() {
-                panic!(
-                    "no line {what} within {timeout:?}; got:\n{}",
-                    self.seen.join("\n")
-                );
-            }
-        }
-    }
-
-    fn signal(&self, signal: libc::c_int) {
-        process::signal(&self.child, signal);
-    }
-
-    /// Sends `signal`, waits for exit, and returns (exit code, all stdout
-    /// lines after the header, stderr).
-    fn stop(mut self, signal: libc::c_int) -> (Option<i32>, Vec<String>, String) {
-        let ended = process::stop(&self.child, signal);
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(5)) {
-            self.seen.push(line);
-        }
-        let stderr = self.stderr.join().expect("the stderr reader");
-        (ended.code(), self.seen, stderr)
-    }
-}
-
-fn spawn_reader(stdout: ChildStdout) -> Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    rx
+/// Ours with `args`, attached, its header (starting with `header`) read.
+fn tracing(args: &[&str], header: &str) -> TracerProcess {
+    let mut tracer = TracerProcess::start(Command::new(BIN).args(args));
+    let first = tracer.next_line(Duration::from_secs(15));
+    assert!(
+        first.as_deref().is_some_and(|l| l.starts_with(header)),
+        "no header {header:?}: {first:?}"
+    );
+    tracer
 }
 
 /// A row of the table; every line after the header must be one.
@@ -229,7 +150,7 @@ fn rows_for_port(lines: &[String], port: u16, wide: bool) -> Vec<Row> {
 #[test]
 fn traces_a_connection_end_to_end() {
     let Some(_root) = root() else { return };
-    let mut tracer = Tracing::start(BIN, &["-4"], HEADER);
+    let mut tracer = tracing(&["-4"], HEADER);
     let conn = connect(false);
     let (port, client_port) = (conn.port, conn.client_port);
     drop(conn.client);
@@ -239,7 +160,12 @@ fn traces_a_connection_end_to_end() {
     tracer.wait_for("for the listener's close", Duration::from_secs(2), |l| {
         l.contains(&format!(" {port} ")) && l.contains("LISTEN      -> CLOSE")
     });
-    let (code, lines, stderr) = tracer.stop(libc::SIGINT);
+    let Stopped {
+        code,
+        lines,
+        stderr,
+        ..
+    } = tracer.stop(libc::SIGINT);
     assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stderr, "Tracing tcpstates ... Hit Ctrl-C to end\n");
     assert_eq!(lines[0], HEADER);
@@ -280,8 +206,7 @@ fn traces_a_connection_end_to_end() {
 #[test]
 fn time_columns_and_csv() {
     let Some(_root) = root() else { return };
-    let mut tracer = Tracing::start(
-        BIN,
+    let mut tracer = tracing(
         &["-T", "-t", "-s", "-6"],
         "TIME,TIME(s),SKADDR,C-PID,C-COMM,IP,",
     );
@@ -290,7 +215,7 @@ fn time_columns_and_csv() {
     tracer.wait_for("for the listener", Duration::from_secs(2), |l| {
         l.contains(",LISTEN,CLOSE,")
     });
-    let (code, lines, _) = tracer.stop(libc::SIGTERM);
+    let Stopped { code, lines, .. } = tracer.stop(libc::SIGTERM);
     assert_eq!(code, Some(0), "SIGTERM ends the run cleanly");
     let row = lines
         .iter()
@@ -308,39 +233,32 @@ fn time_columns_and_csv() {
 }
 
 /// The binary with default options into a pipe, once its header is out.
-fn start_into_a_pipe() -> (Child, BufReader<ChildStdout>) {
-    let mut child = Command::new(BIN)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+fn start_into_a_pipe() -> (TracerProcess, BufReader<ChildStdout>) {
+    let mut tracer = TracerProcess::start_keeping_stdout(Command::new(BIN).stdout(Stdio::piped()));
+    let mut stdout = BufReader::new(tracer.take_stdout().expect("a pipe"));
     let mut header = String::new();
     stdout.read_line(&mut header).unwrap();
     assert_eq!(header.trim_end(), HEADER);
-    (child, stdout)
+    (tracer, stdout)
 }
 
 #[test]
 fn closed_stdout_ends_quietly() {
     let Some(_root) = root() else { return };
-    let (mut child, stdout) = start_into_a_pipe();
+    let (mut tracer, stdout) = start_into_a_pipe();
     drop(stdout);
     let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
+    while !tracer.exited() {
         // Traffic makes it write, and the write finds the pipe closed.
         drop(listen(false));
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
         assert!(
             Instant::now() < deadline,
             "still running after its stdout closed"
         );
         sleep(Duration::from_millis(50));
-    };
-    let stderr = process::stderr_of(&mut child);
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    }
+    let Stopped { code, stderr, .. } = tracer.wait();
+    assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stderr, "Tracing tcpstates ... Hit Ctrl-C to end\n");
 }
 
@@ -356,8 +274,11 @@ fn reports_everything_libbpf_tools_reports() {
     // libbpf-tools attaches the classic tracepoint, which needs tracefs.
     let tracefs = Tracefs::set(true);
     // Line-buffered, so its header shows when it is attached.
-    let theirs = Tracing::start("stdbuf", &["-oL", LIBBPF_TOOLS, "-w"], "SKADDR");
-    let ours = Tracing::start(BIN, &["-w"], "SKADDR");
+    let theirs = TracerProcess::start_with_header(
+        Command::new("stdbuf").args(["-oL", LIBBPF_TOOLS, "-w"]),
+        "SKADDR",
+    );
+    let ours = tracing(&["-w"], "SKADDR");
 
     let mut ports = Vec::new();
     for (v6, server_first) in [(false, false), (true, true), (false, true), (true, false)] {
@@ -378,8 +299,18 @@ fn reports_everything_libbpf_tools_reports() {
     ports.push(refused_port);
     sleep(Duration::from_millis(300));
 
-    let (their_code, their_lines, their_err) = theirs.stop(libc::SIGINT);
-    let (our_code, our_lines, our_err) = ours.stop(libc::SIGINT);
+    let Stopped {
+        code: their_code,
+        lines: their_lines,
+        stderr: their_err,
+        ..
+    } = theirs.stop(libc::SIGINT);
+    let Stopped {
+        code: our_code,
+        lines: our_lines,
+        stderr: our_err,
+        ..
+    } = ours.stop(libc::SIGINT);
     drop(tracefs);
     assert_eq!(their_code, Some(0), "{their_err}");
     assert_eq!(our_code, Some(0), "{our_err}");
@@ -420,13 +351,18 @@ fn reports_everything_libbpf_tools_reports() {
 
 /// Runs `args` with -v (counters as key=value pairs) around `traffic` and
 /// returns (printed lines, stderr).
-fn run_verbose(args: &[&str], traffic: impl FnOnce(&Tracing)) -> (Vec<String>, String) {
+fn run_verbose(args: &[&str], traffic: impl FnOnce(&TracerProcess)) -> (Vec<String>, String) {
     let mut all = vec!["-v", "--report", "kv"];
     all.extend_from_slice(args);
-    let tracer = Tracing::start(BIN, &all, "SKADDR");
+    let tracer = tracing(&all, "SKADDR");
     traffic(&tracer);
     sleep(Duration::from_millis(300));
-    let (code, lines, stderr) = tracer.stop(libc::SIGINT);
+    let Stopped {
+        code,
+        lines,
+        stderr,
+        ..
+    } = tracer.stop(libc::SIGINT);
     assert_eq!(code, Some(0), "{stderr}");
     (lines, stderr)
 }
@@ -533,10 +469,15 @@ fn full_ring_buffer_is_counted_and_reported() {
 #[test]
 fn verbose_counters_are_a_sentence_by_default() {
     let Some(_root) = root() else { return };
-    let tracer = Tracing::start(BIN, &["-v", "-4"], "SKADDR");
+    let tracer = tracing(&["-v", "-4"], "SKADDR");
     drop(listen(false));
     sleep(Duration::from_millis(300));
-    let (code, lines, stderr) = tracer.stop(libc::SIGINT);
+    let Stopped {
+        code,
+        lines,
+        stderr,
+        ..
+    } = tracer.stop(libc::SIGINT);
     assert_eq!(code, Some(0), "{stderr}");
     let printed = lines.len() - 1;
     let sentence = stderr
@@ -561,22 +502,19 @@ fn verbose_counters_are_a_sentence_by_default() {
 #[test]
 fn a_pipe_whose_reader_left_ends_the_run_without_traffic() {
     let Some(_root) = root() else { return };
-    let (mut child, stdout) = start_into_a_pipe();
+    let (mut tracer, stdout) = start_into_a_pipe();
     let left = Instant::now();
     drop(stdout);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if left.elapsed() > Duration::from_secs(1) {
-            let _ = child.kill();
-            panic!("still running 1 s after its reader left");
-        }
+    while !tracer.exited() {
+        assert!(
+            left.elapsed() < Duration::from_secs(1),
+            "still running 1 s after its reader left"
+        );
         sleep(Duration::from_millis(10));
-    };
+    }
     let took = left.elapsed();
-    let stderr = process::stderr_of(&mut child);
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    let Stopped { code, stderr, .. } = tracer.wait();
+    assert_eq!(code, Some(0), "{stderr}");
     assert_eq!(stderr, "Tracing tcpstates ... Hit Ctrl-C to end\n");
     eprintln!("ended {took:?} after the reader left");
 }
@@ -586,24 +524,22 @@ fn a_pipe_whose_reader_left_ends_the_run_without_traffic() {
 #[test]
 fn run_limits_end_the_run() {
     let Some(_root) = root() else { return };
-    let tracer = Tracing::start(BIN, &["--count", "3", "-4", "-v", "--report", "kv"], HEADER);
+    let mut tracer = tracing(&["--count", "3", "-4", "-v", "--report", "kv"], HEADER);
     let conn = connect(false);
     drop((conn.client, conn.server, conn.listener));
-    let mut tracer = tracer;
     let deadline = Instant::now() + Duration::from_secs(5);
-    let status = loop {
-        if let Some(status) = tracer.child.try_wait().unwrap() {
-            break status;
-        }
+    while !tracer.exited() {
         assert!(Instant::now() < deadline, "--count 3 did not end the run");
         sleep(Duration::from_millis(20));
-    };
-    assert_eq!(status.code(), Some(0));
-    while let Ok(line) = tracer.lines.recv_timeout(Duration::from_secs(2)) {
-        tracer.seen.push(line);
     }
-    assert_eq!(tracer.seen.len(), 1 + 3, "{:?}", tracer.seen);
-    let stderr = tracer.stderr.join().unwrap();
+    let Stopped {
+        code,
+        lines,
+        stderr,
+        ..
+    } = tracer.wait();
+    assert_eq!(code, Some(0));
+    assert_eq!(lines.len(), 1 + 3, "{lines:?}");
     assert_eq!(
         last_counters(&stderr).expect("counters at exit")["printed"],
         3,

@@ -43,6 +43,12 @@ fn burst_is_captured_whole(args: &[&str], tag: &str) {
     let outcome = burst::trace(holders, Command::new(BIN).args(args), &workdir, tag)
         .expect("tracing the burst");
     outcome.check_whole(&shape).unwrap();
+    if outcome.duplicates > 0 {
+        eprintln!(
+            "{tag}: {} transitions printed twice (a known rare fault, not a loss)",
+            outcome.duplicates
+        );
+    }
     let _ = std::fs::remove_dir_all(&workdir);
 }
 

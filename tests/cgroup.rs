@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tcpstates_testkit::host::root;
 use tcpstates_testkit::net::read_to_eof;
-use tcpstates_testkit::process;
+use tcpstates_testkit::tracer::TracerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 const PORT: &str = "TCPSTATES_TEST_CGROUP_PORT";
@@ -71,13 +71,12 @@ fn cgroup_filter_keeps_the_group_and_below() {
         .unwrap();
     std::fs::write(inner.join("cgroup.procs"), peer.id().to_string()).unwrap();
 
-    let mut tracer = Command::new(BIN)
-        .args(["-j", "-4", "--cgroup", &format!("/{outer}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    process::wait_attached(&mut tracer);
+    let tracer = TracerProcess::start(Command::new(BIN).args([
+        "-j",
+        "-4",
+        "--cgroup",
+        &format!("/{outer}"),
+    ]));
 
     writeln!(peer.stdin.take().unwrap(), "go").unwrap();
     let (server, _) = listener.accept().unwrap();
@@ -85,15 +84,14 @@ fn cgroup_filter_keeps_the_group_and_below() {
     drop((server, listener));
     assert!(peer.wait().unwrap().success());
     sleep(Duration::from_millis(300));
-    process::signal(&tracer, libc::SIGINT);
-    let out = tracer.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    let out = tracer.stop(libc::SIGINT);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
     let _ = std::fs::remove_dir(&inner);
     let _ = std::fs::remove_dir(mount.join(&outer));
 
-    let objects: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
+    let objects: Vec<Value> = out
+        .lines
+        .iter()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     // Everything kept is owned from inside the group.

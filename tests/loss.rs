@@ -3,19 +3,18 @@
 //! equality, not a rate: a timed check belongs to the benchmark.
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tcpstates_testkit::burst::BusyCpus;
 use tcpstates_testkit::groundtruth::TransitionCounter;
 use tcpstates_testkit::host::root;
 use tcpstates_testkit::net::loopback;
-use tcpstates_testkit::process;
 use tcpstates_testkit::rows::Row;
 use tcpstates_testkit::storm::{self, Ending, Storm};
+use tcpstates_testkit::tracer::{Stopped, TracerProcess, read_all};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 
@@ -34,44 +33,15 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str], output: Out
     let dir = std::env::temp_dir().join(format!("tcpstates-loss-{}-{port}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
     let out_path = dir.join("out");
-    let err_path = dir.join("err");
     let stdout = match output {
         Output::File => Stdio::from(File::create(&out_path).unwrap()),
         Output::StalledPipe => Stdio::piped(),
     };
-    let mut child = process::Guarded::new(
-        Command::new(BIN)
-            .args(extra)
-            .stdout(stdout)
-            .stderr(File::create(&err_path).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    // Attached once the header is out. What comes through a pipe is read
-    // (and kept in the file) only after the storm.
-    let pipe = child.stdout.take().map(|stdout| {
-        let mut pipe = BufReader::new(stdout);
-        let mut header = String::new();
-        pipe.read_line(&mut header).unwrap();
-        assert!(
-            header.starts_with("SKADDR"),
-            "no header: {}",
-            fs::read_to_string(&err_path).unwrap()
-        );
-        (pipe, header)
-    });
-    if pipe.is_none() {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while fs::read_to_string(&out_path).unwrap().is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "no header: {}",
-                fs::read_to_string(&err_path).unwrap()
-            );
-            sleep(Duration::from_millis(10));
-        }
-    }
+    let mut tracer =
+        TracerProcess::start_keeping_stdout(Command::new(BIN).args(extra).stdout(stdout));
+    // What comes through a pipe is read (and kept in the file) only after
+    // the storm.
+    let pipe = tracer.take_stdout();
 
     let truth = TransitionCounter::start(port).expect("ground-truth counter");
     let storm = Storm {
@@ -83,15 +53,13 @@ fn storm_is_captured_whole(v6: bool, ending: Ending, extra: &[&str], output: Out
     // The last server-side closes may still be in flight.
     sleep(Duration::from_millis(300));
     let expected = truth.count().unwrap();
-    process::signal(&child, libc::SIGINT);
+    tracer.signal(libc::SIGINT);
     // The pipe is read only now: the tracer writes what it kept meanwhile.
-    if let Some((mut pipe, mut text)) = pipe {
-        pipe.read_to_string(&mut text).unwrap();
-        fs::write(&out_path, &text).unwrap();
+    if let Some(pipe) = pipe {
+        fs::write(&out_path, read_all(pipe)).unwrap();
     }
-    let status = child.wait().unwrap();
-    let stderr = fs::read_to_string(&err_path).unwrap();
-    assert!(status.success(), "{stderr}");
+    let Stopped { code, stderr, .. } = tracer.wait();
+    assert_eq!(code, Some(0), "{stderr}");
 
     let text = fs::read_to_string(&out_path).unwrap();
     let captured = text
@@ -180,13 +148,13 @@ fn storm_is_captured_whole_with_every_cpu_busy() {
 }
 
 /// A summary-mode tracer (`-S -j`, with `args`), attached.
-fn summary_tracer(args: &[&str]) -> process::Guarded {
-    process::start_attached(Command::new(BIN).args(["-S", "-j"]).args(args)).0
+fn summary_tracer(args: &[&str]) -> TracerProcess {
+    TracerProcess::start(Command::new(BIN).args(["-S", "-j"]).args(args))
 }
 
 /// Stops a summary tracer and returns its one JSON summary.
-fn final_summary(child: process::Guarded) -> serde_json::Value {
-    let out = process::interrupt_and_read(child);
+fn final_summary(child: TracerProcess) -> serde_json::Value {
+    let out = child.interrupt_and_read();
     assert_eq!(out.lines().count(), 1, "{out}");
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
 }

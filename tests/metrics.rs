@@ -14,14 +14,15 @@ use serde_json::Value;
 use tcpstates_testkit::groundtruth::TransitionCounter;
 use tcpstates_testkit::host::root;
 use tcpstates_testkit::net::{listen, loopback, read_to_eof};
-use tcpstates_testkit::process::{self, Guarded};
+use tcpstates_testkit::process;
 use tcpstates_testkit::storm::{self, Ending, Storm};
+use tcpstates_testkit::tracer::TracerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 
-/// A tracer started with `args`, attached; and its metrics address.
-fn tracer(args: &[&str]) -> (Guarded, Option<SocketAddr>) {
-    process::start_attached(Command::new(BIN).args(args))
+/// A tracer started with `args`, attached.
+fn tracer(args: &[&str]) -> TracerProcess {
+    TracerProcess::start(Command::new(BIN).args(args))
 }
 
 /// One HTTP/1.1 GET of `path` at `addr`, the connection closed after it;
@@ -165,8 +166,10 @@ fn prometheus_scrapes_real_traffic_and_answers_promql() {
     let Some(_root) = root() else { return };
     let (listener, port) = listen(false);
     // The clients' sockets only: remote port `port`.
-    let (mut tracer, addr) = tracer(&["--metrics", "127.0.0.1:0", "-D", &port.to_string()]);
-    let addr = addr.expect("the tracer names its metrics address");
+    let tracer = tracer(&["--metrics", "127.0.0.1:0", "-D", &port.to_string()]);
+    let addr = tracer
+        .metrics
+        .expect("the tracer names its metrics address");
 
     // promtool lints the classic text format; OpenMetrics when asked for.
     let (status, text) = get(addr, "/metrics", "text/plain").unwrap();
@@ -247,9 +250,8 @@ fn prometheus_scrapes_real_traffic_and_answers_promql() {
     );
     drop(prometheus);
 
-    process::signal(&tracer, libc::SIGINT);
-    let stderr = process::stderr_of(&mut tracer);
-    assert!(tracer.wait().unwrap().success(), "{stderr}");
+    let stopped = tracer.stop(libc::SIGINT);
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
 }
 
 /// Opens `n` connections to `addr` and writes `send` on each, never reading.
@@ -274,8 +276,8 @@ fn peak_rss_kib(pid: u32) -> u64 {
 }
 
 /// Stops a `-S -j` tracer; its one JSON summary's transition count.
-fn summary_total(child: Guarded) -> u64 {
-    let out = process::interrupt_and_read(child);
+fn summary_total(child: TracerProcess) -> u64 {
+    let out = child.interrupt_and_read();
     let summary: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     summary["transitions"]
         .as_array()
@@ -290,11 +292,12 @@ fn a_hostile_scraper_cannot_hurt_the_tracer() {
     let Some(_root) = root() else { return };
     let (listener, port) = listen(false);
     let port = port.to_string();
-    let (servers, addr) = tracer(&["-S", "-j", "--metrics", "127.0.0.1:0", "-L", &port]);
+    let servers = tracer(&["-S", "-j", "--metrics", "127.0.0.1:0", "-L", &port]);
+    let addr = servers.metrics;
     let addr = addr.expect("the tracer names its metrics address");
-    let (clients, _) = tracer(&["-S", "-j", "-D", &port]);
+    let clients = tracer(&["-S", "-j", "-D", &port]);
     let truth = TransitionCounter::start(port.parse().unwrap()).expect("ground-truth counter");
-    let before = peak_rss_kib(servers.id());
+    let before = peak_rss_kib(servers.pid());
 
     // Hundreds of idle connections, garbage, requests cut in half, and
     // clients that ask for many scrapes and never read them.
@@ -341,7 +344,7 @@ fn a_hostile_scraper_cannot_hurt_the_tracer() {
         expected >= 2000 * 10 * 99 / 100,
         "{expected}: the storm did not run"
     );
-    let peak = peak_rss_kib(servers.id());
+    let peak = peak_rss_kib(servers.pid());
     drop(held);
     let counted = summary_total(servers) + summary_total(clients);
     assert_eq!(counted, expected);

@@ -3,20 +3,20 @@
 //! them, every field of every record checked against what the test did.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
+
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver};
+
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tcpstates_testkit::host::root;
 use tcpstates_testkit::net::read_to_eof;
-use tcpstates_testkit::process;
+use tcpstates_testkit::tracer::TracerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 /// A task name with a quote, a newline, a backslash and a byte that is not
@@ -57,42 +57,16 @@ fn hostile_connection() -> (u16, u16) {
     .unwrap()
 }
 
-/// The tracer, started with `args`, attached once it says so on stderr.
-struct Tracer {
-    child: Child,
-    stdout: Receiver<String>,
+/// Ours with `args`, attached.
+fn tracer(args: &[&str]) -> TracerProcess {
+    TracerProcess::start(Command::new(BIN).args(args))
 }
 
-impl Tracer {
-    fn start(args: &[&str]) -> Tracer {
-        let mut child = Command::new(BIN)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, stdout) = mpsc::channel();
-        let out = child.stdout.take().unwrap();
-        thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        process::wait_attached(&mut child);
-        Tracer { child, stdout }
-    }
-
-    /// Stops it as Ctrl-C would: (stdout lines, stderr).
-    fn stop(mut self) -> (Vec<String>, String) {
-        process::signal(&self.child, libc::SIGINT);
-        let status = self.child.wait().unwrap();
-        let stderr = process::stderr_of(&mut self.child);
-        assert_eq!(status.code(), Some(0), "{stderr}");
-        let lines = self.stdout.iter().collect();
-        (lines, stderr)
-    }
+/// Stops it as Ctrl-C would, which must end it with 0: its stdout lines.
+fn stop(tracer: TracerProcess) -> Vec<String> {
+    let stopped = tracer.stop(libc::SIGINT);
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+    stopped.lines
 }
 
 /// This process's cgroup v2 path, where cgroup2 is mounted.
@@ -177,10 +151,10 @@ fn side(old: &str, new: &str, lport: u64, port: u16) -> &'static str {
 fn json_lines_carry_every_field_of_real_traffic() {
     let Some(_root) = root() else { return };
     let start = micros_now();
-    let tracer = Tracer::start(&["-j", "-4"]);
+    let tracer = tracer(&["-j", "-4"]);
     let (port, client_port) = hostile_connection();
     sleep(Duration::from_millis(300));
-    let (lines, _) = tracer.stop();
+    let lines = stop(tracer);
     let end = micros_now();
 
     let me = u64::from(std::process::id());
@@ -379,10 +353,10 @@ fn journal_entries_carry_bcc_fields_and_ours() {
     let Some(_root) = root() else { return };
     let _journald = Journald::get();
     let start = micros_now();
-    let tracer = Tracer::start(&["-Y", "-4"]);
+    let tracer = tracer(&["-Y", "-4"]);
     let (port, client_port) = hostile_connection();
     sleep(Duration::from_millis(300));
-    let (lines, _) = tracer.stop();
+    let lines = stop(tracer);
     let end = micros_now();
     // The table still goes to stdout, as BCC's -Y does.
     assert!(lines[0].starts_with("SKADDR "), "{}", lines[0]);

@@ -3,23 +3,22 @@
 //! summary mode; with either capability dropped it stops with a one-line
 //! message that names the one missing.
 
-use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
 use tcpstates_testkit::host::root;
 use tcpstates_testkit::net::{connect, read_to_eof};
-use tcpstates_testkit::process::{self, Guarded, PublicCopy, as_nobody_with};
+use tcpstates_testkit::process::{PublicCopy, as_nobody_with};
+use tcpstates_testkit::tracer::TracerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 /// The tracer as nobody with CAP_BPF and CAP_PERFMON, attached.
-fn unprivileged(copy: &PublicCopy, args: &[&str]) -> Guarded {
-    let (child, _) =
-        process::start_attached(as_nobody_with(&["bpf", "perfmon"], &copy.bin).args(args));
+fn unprivileged(copy: &PublicCopy, args: &[&str]) -> TracerProcess {
+    let child = TracerProcess::start(as_nobody_with(&["bpf", "perfmon"], &copy.bin).args(args));
     // It runs as nobody, with those two capabilities and no others.
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.pid())).unwrap();
     let field = |name: &str| {
         status
             .lines()
@@ -47,22 +46,20 @@ fn event_mode_as_nobody_with_two_capabilities() {
     let copy = PublicCopy::of(BIN, "tcpstates").unwrap();
     let mut tracer = unprivileged(&copy, &["-w"]);
     let port = one_connection(true).to_string();
-    let lines = BufReader::new(tracer.stdout.take().unwrap()).lines();
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut seen = Vec::new();
-    for line in lines {
-        let line = line.unwrap();
+    while seen.len() < 10 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Some(line) = tracer.next_line(left) else {
+            break;
+        };
+        // Client and server, five transitions each.
         if line.split_whitespace().any(|col| col == port) {
             seen.push(line);
         }
-        // Client and server, five transitions each.
-        if seen.len() == 10 || Instant::now() > deadline {
-            break;
-        }
     }
-    process::signal(&tracer, libc::SIGINT);
-    let stderr = process::stderr_of(&mut tracer);
-    assert!(tracer.wait().unwrap().success(), "{stderr}");
+    let stopped = tracer.stop(libc::SIGINT);
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
     assert_eq!(seen.len(), 10, "{seen:#?}");
 }
 
@@ -76,7 +73,7 @@ fn summary_mode_as_nobody_with_two_capabilities() {
     let tracer = unprivileged(&copy, &["-S", "-j", "-4"]);
     one_connection(false);
     std::thread::sleep(Duration::from_millis(100));
-    let out = process::interrupt_and_read(tracer);
+    let out = tracer.interrupt_and_read();
     let summary: serde_json::Value = serde_json::from_str(&out).unwrap();
     let count = |old: &str, new: &str| {
         summary["transitions"]

@@ -8,12 +8,12 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::process::{Command, Stdio};
 use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tcpstates_testkit::hold::{Holders, holder_main};
 use tcpstates_testkit::host::root;
-use tcpstates_testkit::process;
 use tcpstates_testkit::rows::{Row, last_counters};
+use tcpstates_testkit::tracer::{Stopped, TracerProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 /// Set for the copies of this test binary that hold connections.
@@ -56,36 +56,24 @@ fn every_duration_known(filter_on_ports: bool) {
         std::process::id()
     ));
     fs::create_dir_all(&dir).unwrap();
-    let (out_path, err_path) = (dir.join("out"), dir.join("err"));
+    let out_path = dir.join("out");
     let mut args = vec!["-4".to_owned(), "-v".into(), "--report".into(), "kv".into()];
     if filter_on_ports {
         args.extend(["-L".into(), list.join(",")]);
     }
-    let mut child = Command::new(BIN)
-        .args(&args)
-        .stdout(File::create(&out_path).unwrap())
-        .stderr(File::create(&err_path).unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while fs::read_to_string(&out_path).unwrap().is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "{}",
-            fs::read_to_string(&err_path).unwrap()
-        );
-        sleep(Duration::from_millis(10));
-    }
+    let tracer = TracerProcess::start_keeping_stdout(
+        Command::new(BIN)
+            .args(&args)
+            .stdout(File::create(&out_path).unwrap()),
+    );
 
     holders.open().expect("opening the connections");
     // All open at once: the stores hold every one of them now.
     sleep(Duration::from_millis(300));
     holders.close().expect("closing the connections");
     sleep(Duration::from_millis(500));
-    process::signal(&child, libc::SIGINT);
-    let status = child.wait().unwrap();
-    let stderr = fs::read_to_string(&err_path).unwrap();
-    assert_eq!(status.code(), Some(0), "{stderr}");
+    let Stopped { code, stderr, .. } = tracer.stop(libc::SIGINT);
+    assert_eq!(code, Some(0), "{stderr}");
 
     let counters = last_counters(&stderr).unwrap_or_else(|| panic!("no counters: {stderr}"));
     assert_eq!(counters["no_room"], 0, "{stderr}");

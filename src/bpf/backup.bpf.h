@@ -19,7 +19,7 @@ struct transition_id {
 
 /* The ones not yet taken by the backup, in a few slots: see below why more
  * than one. */
-#define HANDLED_RING 8
+#define HANDLED_RING 32
 struct handled {
 	struct transition_id last[HANDLED_RING];
 	/* Where the next record goes first (round robin). */
@@ -34,9 +34,12 @@ struct handled {
 
 /* A record older than this was left by a transition whose backup the
  * kernel skipped in the few instructions around in_backup; the slot is
- * free again. Both programs of one transition run without preemption, in
- * far less time. */
-#define HANDLED_STALE_NS 100000000ULL
+ * free again. Both programs of one transition run far closer together,
+ * even when the task is preempted between them. */
+#define HANDLED_STALE_NS 1000000000ULL
+
+/* At most this many CPUs' records are searched for a task that moved. */
+#define HANDLED_CPUS_MAX 64
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -113,17 +116,40 @@ static __always_inline bool take_if_same(struct transition_id *id,
 
 /* Whether handle_tp_btf recorded this transition; forgets it if so. Nearly
  * always it is the newest record, so that is looked at first. */
+static __always_inline bool take_any(struct handled *h, const struct sock *sk,
+				     int oldstate, int newstate)
+{
+	int i;
+
+	for (i = 0; i < HANDLED_RING; i++) {
+		if (take_if_same(&h->last[i], sk, oldstate, newstate))
+			return true;
+	}
+	return false;
+}
+
 static __always_inline bool take_handled(struct handled *h,
 					 const struct sock *sk, int oldstate,
 					 int newstate)
 {
-	int i;
+	__u32 zero = 0, cpu;
+	struct handled *other;
 
 	if (take_if_same(&h->last[h->newest % HANDLED_RING], sk, oldstate,
-			 newstate))
+			 newstate) ||
+	    take_any(h, sk, oldstate, newstate))
 		return true;
-	for (i = 0; i < HANDLED_RING; i++) {
-		if (take_if_same(&h->last[i], sk, oldstate, newstate))
+	/*
+	 * Tracepoint probes can run preemptibly (Linux 6.x): the task may have
+	 * moved to another CPU between the two programs, its record left on
+	 * the CPU handle_tp_btf ran on (seen as a duplicate line 2 ms later
+	 * with every CPU busy). Reading another CPU's value needs 5.19.
+	 */
+	if (!settings.has_percpu_lookup)
+		return false;
+	for (cpu = 0; cpu < settings.cpus && cpu < HANDLED_CPUS_MAX; cpu++) {
+		other = bpf_map_lookup_percpu_elem(&last_handled, &zero, cpu);
+		if (other && other != h && take_any(other, sk, oldstate, newstate))
 			return true;
 	}
 	return false;

@@ -169,6 +169,8 @@ struct settings {
 	 */
 	__u32 wakeup_bytes;
 	__u32 wakeup_mask;
+	/* CPUs possible: tp_btf's backup searches their records. */
+	__u32 cpus;
 	/* AF_INET or AF_INET6; 0: both. */
 	__u16 target_family;
 	char target_comm[TASK_COMM_LEN];
@@ -197,6 +199,8 @@ struct settings {
 	__u8 keep_owner;
 	/* Summary mode in tp_btf: read only the fields a filter looks at. */
 	__u8 lean_reads;
+	/* The kernel has bpf_map_lookup_percpu_elem (5.19+). */
+	__u8 has_percpu_lookup;
 };
 
 #endif /* TCPSTATES_H */

@@ -125,23 +125,28 @@ pub fn burst(args: &Args) -> Result<()> {
                 })
                 .unwrap_or_default();
             eprintln!(
-                "run {} {}: truth {} (after {}), captured {}, lost {}{peak}, cpu {:.3} s",
+                "run {} {}: truth {} (after {}), captured {}, duplicates {}, lost {}{peak}, cpu {:.3} s",
                 run + 1,
                 setup.name,
                 outcome.truth,
                 outcome.truth_after,
                 outcome.captured,
+                outcome.duplicates,
                 lost(setup, &outcome),
                 outcome.cpu_secs
             );
-            let _ = std::fs::remove_file(&outcome.output);
+            if outcome.captured == outcome.truth {
+                let _ = std::fs::remove_file(&outcome.output);
+            } else {
+                eprintln!("  output kept in {}", outcome.output.display());
+            }
             results[i].push(outcome);
         }
     }
     println!(
-        "| setup | runs with a loss | lost (all runs) | rows = ground truth | fullest ring (max of runs) | tracer CPU per burst |"
+        "| setup | runs with a loss | lost (all runs) | rows = ground truth | lines printed twice | fullest ring (max of runs) | tracer CPU per burst |"
     );
-    println!("| --- | --- | --- | --- | --- | --- |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (setup, runs) in setups.iter().zip(&results) {
         let losses: Vec<u64> = runs.iter().map(|o| lost(setup, o)).collect();
         let lossy = losses.iter().filter(|&&n| n > 0).count();
@@ -167,8 +172,9 @@ pub fn burst(args: &Args) -> Result<()> {
             format!("{pct}% ({events} events)")
         });
         let cpu = median(runs.iter().map(|o| o.cpu_secs * 1e3));
+        let twice: u64 = runs.iter().map(|o| o.duplicates).sum();
         println!(
-            "| {} | {lossy} of {} | {lost} of {truth} | {exact} | {peak} | {cpu:.0} ms |",
+            "| {} | {lossy} of {} | {lost} of {truth} | {exact} | {twice} | {peak} | {cpu:.0} ms |",
             setup.name,
             runs.len()
         );

@@ -30,12 +30,39 @@ impl TransitionCounter {
     /// Counts every TCP transition whose local or remote port is one of
     /// `ports`.
     pub fn for_ports(ports: &[u16]) -> Result<Self> {
+        Self::load(ports, None)
+    }
+
+    /// Counts each (socket, old state, new state) of those once, for up to
+    /// `most` of them: exact where no socket makes the same transition
+    /// twice (a burst of closes).
+    pub fn distinct_for_ports(ports: &[u16], most: u32) -> Result<Self> {
+        Self::load(ports, Some(most))
+    }
+
+    fn load(ports: &[u16], distinct: Option<u32>) -> Result<Self> {
         // The skeleton borrows its storage for as long as it lives.
         let storage: &'static mut MaybeUninit<OpenObject> =
             Box::leak(Box::new(MaybeUninit::uninit()));
         let mut open = GroundtruthSkelBuilder::default()
             .open(storage)
             .context("opening the ground-truth counter")?;
+        open.maps
+            .rodata_data
+            .as_deref_mut()
+            .context("the counter has no read-only data")?
+            .cpus = libbpf_rs::num_possible_cpus().context("counting the CPUs")? as u32;
+        if let Some(most) = distinct {
+            open.maps
+                .rodata_data
+                .as_deref_mut()
+                .context("the counter has no read-only data")?
+                .distinct = true;
+            open.maps
+                .counted
+                .set_max_entries(most)
+                .context("sizing the counter's set")?;
+        }
         let entries = u32::try_from(ports.len().max(1)).context("too many ports")?;
         open.maps
             .ports

@@ -8,7 +8,9 @@
 //! - [`net`] makes single loopback connections and closes them as a test
 //!   asks;
 //! - [`host`] holds the root requirement, tracefs and kprobe state;
-//! - [`process`] stops a tracer as Ctrl-C would;
+//! - [`tracer`] runs a tracer binary: guarded, attached, its lines and
+//!   stderr read, stopped with a signal;
+//! - [`process`] stops, reaps and guards child processes;
 //! - [`hold`] holds many connections open from child processes;
 //! - [`burst`] closes them all at once under a tracer, and keeps every CPU
 //!   busy when asked.
@@ -23,3 +25,4 @@ pub mod net;
 pub mod process;
 pub mod rows;
 pub mod storm;
+pub mod tracer;

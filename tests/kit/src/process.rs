@@ -1,6 +1,6 @@
-//! Stopping a tracer process as Ctrl-C would.
+//! Child processes: stopped as Ctrl-C would, reaped with their resource
+//! usage, guarded so that a failed test leaves none behind, run as nobody.
 
-use std::io::Read;
 use std::process::Child;
 
 /// How a stopped tracer ended.
@@ -27,6 +27,11 @@ pub fn interrupt(child: &Child) -> Ended {
 /// Sends `sig` to `child` and reaps it (do not wait on `child` after).
 pub fn stop(child: &Child, sig: libc::c_int) -> Ended {
     signal(child, sig);
+    reap(child)
+}
+
+/// Waits for `child` to exit and reaps it (do not wait on `child` after).
+pub fn reap(child: &Child) -> Ended {
     let pid = child.id() as libc::pid_t;
     // SAFETY: wait4 writes only the status and rusage we own (all-zero
     // bytes are a valid rusage); the pid is our child's, not reaped before.
@@ -43,43 +48,6 @@ pub fn signal(child: &Child, signal: libc::c_int) {
     // SAFETY: kill has no memory preconditions; the pid is our child's.
     let rc = unsafe { libc::kill(child.id() as libc::pid_t, signal) };
     assert_eq!(rc, 0, "kill({}, {signal})", child.id());
-}
-
-/// All that `child` wrote to its piped stderr (it has exited, or is about
-/// to: this reads to the end).
-pub fn stderr_of(child: &mut Child) -> String {
-    let mut text = String::new();
-    if let Some(mut err) = child.stderr.take() {
-        let _ = err.read_to_string(&mut text);
-    }
-    text
-}
-
-/// The line a tracer prints on stderr once attached.
-pub const ATTACHED: &str = "Tracing tcpstates ... Hit Ctrl-C to end";
-
-/// Waits until the tracer `child` says on its piped stderr that it is
-/// attached, and fails on any other first line. Reads byte by byte, so
-/// what follows stays in the pipe for whoever reads stderr later. Returns
-/// the address of the metrics endpoint, if the tracer serves one.
-pub fn wait_attached(child: &mut Child) -> Option<std::net::SocketAddr> {
-    let err = child.stderr.as_mut().expect("stderr is piped");
-    let mut line = Vec::new();
-    let mut byte = [0u8];
-    while err.read(&mut byte).expect("reading stderr") == 1 && byte[0] != b'\n' {
-        line.push(byte[0]);
-    }
-    let line = String::from_utf8_lossy(&line);
-    let serving = line
-        .strip_prefix("Tracing tcpstates ... metrics at http://")
-        .and_then(|rest| rest.strip_suffix("/metrics; Ctrl-C to end"));
-    match serving {
-        Some(addr) => Some(addr.parse().expect("the metrics address")),
-        None => {
-            assert_eq!(line, ATTACHED, "the tracer said {line:?}");
-            None
-        }
-    }
 }
 
 /// A copy of a binary in a folder of its own that any user may enter and
@@ -169,42 +137,4 @@ impl Drop for Guarded {
             let _ = child.wait();
         }
     }
-}
-
-/// Ends a tracer with SIGINT, as Ctrl-C would, and returns all it wrote on
-/// its piped stdout; fails unless it exited 0 and reported nothing lost or
-/// missed on its piped stderr.
-pub fn interrupt_and_read(child: Guarded) -> String {
-    let mut child = child.into_inner();
-    signal(&child, libc::SIGINT);
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout.read_to_string(&mut out).expect("reading stdout");
-    }
-    let stderr = stderr_of(&mut child);
-    assert!(child.wait().expect("waiting").success(), "{stderr}");
-    assert!(
-        !stderr.contains("lost") && !stderr.contains("missed"),
-        "{stderr}"
-    );
-    out
-}
-
-/// Starts `command` (a tracer) with its standard streams piped (stdin
-/// closed), guarded, and waits until it says it is attached; also the
-/// address of its metrics endpoint, if it serves one.
-pub fn start_attached(
-    command: &mut std::process::Command,
-) -> (Guarded, Option<std::net::SocketAddr>) {
-    use std::process::Stdio;
-    let mut child = Guarded::new(
-        command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting the tracer"),
-    );
-    let addr = wait_attached(&mut child);
-    (child, addr)
 }

@@ -111,6 +111,50 @@ pub fn any_ports(line: &str) -> Option<(u16, u16)> {
         .or_else(|| csv_ports(line))
 }
 
+/// What identifies a row's transition in any event output: the socket's
+/// address and the two states, as printed. None for a line that is not a
+/// row.
+pub fn transition_key(line: &str) -> Option<(String, String, String)> {
+    let is_skaddr = |t: &str| t.len() == 16 && t.bytes().all(|b| b.is_ascii_hexdigit());
+    if line.starts_with('{') {
+        let text = |key: &str| -> Option<String> {
+            let at = line.find(key)? + key.len();
+            let rest = &line[at..];
+            let end = rest.find([',', '}'])?;
+            Some(rest[..end].trim_matches('"').to_owned())
+        };
+        return Some((
+            text("\"skaddr\":")?,
+            text("\"oldstate\":")?,
+            text("\"newstate\":")?,
+        ));
+    }
+    if line.contains("->") {
+        let t: Vec<&str> = line.split_whitespace().collect();
+        let arrow = t.iter().position(|&c| c == "->")?;
+        let skaddr = t.iter().find(|c| is_skaddr(c))?;
+        return Some((
+            (*skaddr).to_owned(),
+            t.get(arrow.checked_sub(1)?)?.to_string(),
+            t.get(arrow + 1)?.to_string(),
+        ));
+    }
+    let t: Vec<&str> = line.split(',').collect();
+    let skaddr = t.iter().find(|c| is_skaddr(c))?;
+    let is_state = |f: &str| {
+        !f.is_empty()
+            && f.bytes()
+                .all(|b| b.is_ascii_uppercase() || b == b'_' || b.is_ascii_digit())
+            && f.bytes().any(|b| b.is_ascii_uppercase())
+    };
+    let old = (0..t.len().saturating_sub(1)).find(|&i| is_state(t[i]) && is_state(t[i + 1]))?;
+    Some((
+        (*skaddr).to_owned(),
+        t[old].to_owned(),
+        t[old + 1].to_owned(),
+    ))
+}
+
 /// The counters of a `tcpstates: key=value ...` line (`--report kv`), or
 /// None for another line.
 pub fn counters(line: &str) -> Option<HashMap<String, u64>> {
@@ -132,6 +176,26 @@ pub fn last_counters(stderr: &str) -> Option<HashMap<String, u64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn transitions_are_keyed_alike_in_every_output() {
+        let key = Some((
+            "ffff8881043b9280".to_owned(),
+            "SYN_SENT".to_owned(),
+            "ESTABLISHED".to_owned(),
+        ));
+        let table = "ffff8881043b9280 9376    python3    127.0.0.1       48792 10.1.2.3        80    SYN_SENT    -> ESTABLISHED 0.271";
+        let timed = "12:00:01 ffff8881043b9280 9376 python3 127.0.0.1 48792 10.1.2.3 80 SYN_SENT -> ESTABLISHED 0.271";
+        let csv = "ffff8881043b9280,9376,python3,4,127.0.0.1,48792,10.1.2.3,80,SYN_SENT,ESTABLISHED,0.271";
+        let json = r#"{"time":"2026-01-01T00:00:00Z","skaddr":"ffff8881043b9280","pid":1,"comm":"x","oldstate":"SYN_SENT","newstate":"ESTABLISHED","ms":0.271}"#;
+        for line in [table, timed, csv, json] {
+            assert_eq!(transition_key(line), key, "{line}");
+        }
+        assert_eq!(
+            transition_key("SKADDR C-PID C-COMM LADDR LPORT RADDR RPORT OLDSTATE -> NEWSTATE MS"),
+            None
+        );
+    }
 
     #[test]
     fn csv_rows_give_their_ports() {

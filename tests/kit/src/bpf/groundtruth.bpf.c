@@ -36,8 +36,8 @@ struct transition_id {
 	__u64 at_ns;
 };
 
-#define SEEN_RING 8
-#define SEEN_STALE_NS 100000000ULL
+#define SEEN_RING 32
+#define SEEN_STALE_NS 1000000000ULL
 struct seen {
 	struct transition_id last[SEEN_RING];
 	__u32 next;
@@ -61,18 +61,52 @@ static __always_inline void add(__u32 slot)
 		__sync_fetch_and_add(n, 1);
 }
 
-static __always_inline void count(const struct sock *sk)
+/*
+ * With `distinct` (set before load), each (socket, old, new) is counted
+ * once, however many times the two programs below see it: right where no
+ * socket makes the same transition twice (a burst of closes, where no
+ * socket is created), a count that a handling of one transition by both
+ * programs (which happens, rarely, for reasons not found) cannot inflate.
+ */
+const volatile bool distinct = false;
+
+struct transition_key {
+	__u64 skaddr;
+	__s32 oldstate;
+	__s32 newstate;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, struct transition_key);
+	__type(value, __u8);
+} counted SEC(".maps");
+
+static __always_inline void count(const struct sock *sk, int oldstate,
+				  int newstate)
 {
 	const struct inet_sock *inet = (const struct inet_sock *)sk;
+	struct transition_key key = {
+		.skaddr = (__u64)sk,
+		.oldstate = oldstate,
+		.newstate = newstate,
+	};
 	__u16 sport, dport;
+	__u8 one = 1;
 
 	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != 6 /* TCP */)
 		return;
 	sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
 	dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	if (bpf_map_lookup_elem(&ports, &sport) ||
-	    bpf_map_lookup_elem(&ports, &dport))
-		add(0);
+	if (!bpf_map_lookup_elem(&ports, &sport) &&
+	    !bpf_map_lookup_elem(&ports, &dport))
+		return;
+	if (distinct &&
+	    bpf_map_update_elem(&counted, &key, &one, BPF_NOEXIST))
+		return;
+	add(0);
 }
 
 /*
@@ -91,7 +125,7 @@ int BPF_PROG(count_transition, const struct sock *sk, const int oldstate,
 	struct seen *s;
 	__u64 now;
 
-	count(sk);
+	count(sk, oldstate, newstate);
 	s = bpf_map_lookup_elem(&last_seen, &zero);
 	/* The kernel skips count_nested for a transition that interrupts it:
 	 * no record, nothing would take it. */
@@ -115,28 +149,53 @@ int BPF_PROG(count_transition, const struct sock *sk, const int oldstate,
 	return 0;
 }
 
-SEC("tp_btf/inet_sock_set_state")
-int BPF_PROG(count_nested, const struct sock *sk, const int oldstate,
-	     const int newstate)
+/* Whether `s` holds this transition's record; takes it if so. */
+static __always_inline bool take(struct seen *s, const struct sock *sk,
+				 int oldstate, int newstate)
 {
-	__u32 zero = 0;
-	struct seen *s = bpf_map_lookup_elem(&last_seen, &zero);
 	int i;
 
-	if (!s)
-		return 0;
-	s->in_backup = 1;
 	for (i = 0; i < SEEN_RING; i++) {
 		if (s->last[i].skaddr == (__u64)sk &&
 		    s->last[i].oldstate == oldstate &&
 		    s->last[i].newstate == newstate) {
 			s->last[i].skaddr = 0;
-			s->in_backup = 0;
-			return 0;
+			return true;
 		}
 	}
-	add(1);
-	count(sk);
+	return false;
+}
+
+/* CPUs whose records count_nested also looks at: set before load. */
+const volatile __u32 cpus = 1;
+#define MAX_CPUS 64
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(count_nested, const struct sock *sk, const int oldstate,
+	     const int newstate)
+{
+	__u32 zero = 0, cpu;
+	struct seen *s = bpf_map_lookup_elem(&last_seen, &zero), *other;
+	bool taken;
+
+	if (!s)
+		return 0;
+	s->in_backup = 1;
+	taken = take(s, sk, oldstate, newstate);
+	/*
+	 * Not on this CPU: the task may have moved to another CPU between the
+	 * two programs (tracepoint probes can run preemptibly), leaving the
+	 * record on the CPU count_transition ran on.
+	 */
+	for (cpu = 0; !taken && cpu < cpus && cpu < MAX_CPUS; cpu++) {
+		other = bpf_map_lookup_percpu_elem(&last_seen, &zero, cpu);
+		if (other && other != s)
+			taken = take(other, sk, oldstate, newstate);
+	}
+	if (!taken) {
+		add(1);
+		count(sk, oldstate, newstate);
+	}
 	s->in_backup = 0;
 	return 0;
 }
