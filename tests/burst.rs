@@ -4,40 +4,24 @@
 //! rows must equal the in-kernel ground truth's count, with no loss
 //! reported. Exact equality, not a rate.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use tcpstates_testkit::burst::{self, Burst, BusyCpus};
-use tcpstates_testkit::hold::holder_main;
+use tcpstates_testkit::hold::{holder_test_main, test_holder};
 use tcpstates_testkit::host::root;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
-/// Set for the copies of this test binary that hold connections.
-const HOLD: &str = "TCPSTATES_TEST_BURST_HOLDER";
-
 /// Not a test: what the holder processes of the tests below run (this
 /// binary again, asked for this one function).
 #[test]
 #[ignore = "a helper process of the burst tests, started by them"]
 fn holder() {
-    let connections = std::env::var(HOLD)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .expect("started by a burst test");
-    holder_main(connections).expect("holding connections");
+    holder_test_main();
 }
 
 fn burst_is_captured_whole(args: &[&str], tag: &str) {
-    let me = std::env::current_exe().expect("this test binary");
     let shape = Burst::HOST_RESTART;
-    let holders = burst::open(&shape, |connections| {
-        let mut command = Command::new(&me);
-        command
-            .args(["--exact", "holder", "--ignored", "--nocapture", "-q"])
-            .env(HOLD, connections.to_string())
-            .stderr(Stdio::inherit());
-        command
-    })
-    .expect("holding the connections");
+    let holders = burst::open(&shape, test_holder).expect("holding the connections");
     let workdir =
         std::env::temp_dir().join(format!("tcpstates-burst-{}-{tag}", std::process::id()));
     let outcome = burst::trace(holders, Command::new(BIN).args(args), &workdir, tag)

@@ -6,18 +6,16 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::thread::sleep;
 use std::time::Duration;
 
-use tcpstates_testkit::hold::{Holders, holder_main};
+use tcpstates_testkit::hold::{Holders, holder_test_main, test_holder};
 use tcpstates_testkit::host::root;
 use tcpstates_testkit::rows::{Row, last_counters};
 use tcpstates_testkit::tracer::{Stopped, TracerProcess};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
-/// Set for the copies of this test binary that hold connections.
-const HOLD: &str = "TCPSTATES_TEST_HOLD_CONNECTIONS";
 /// Over 65,536 (the old default bound), in whole connections.
 const SOCKETS: usize = 70_000;
 
@@ -26,24 +24,11 @@ const SOCKETS: usize = 70_000;
 #[test]
 #[ignore = "a helper process of the scale tests, started by them"]
 fn holder() {
-    let connections = std::env::var(HOLD)
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .expect("started by a scale test");
-    holder_main(connections).expect("holding connections");
+    holder_test_main();
 }
 
 fn holders() -> Holders {
-    let me = std::env::current_exe().expect("this test binary");
-    Holders::start(SOCKETS, |connections| {
-        let mut command = Command::new(&me);
-        command
-            .args(["--exact", "holder", "--ignored", "--nocapture", "-q"])
-            .env(HOLD, connections.to_string())
-            .stderr(Stdio::inherit());
-        command
-    })
-    .expect("starting the holders")
+    Holders::start(SOCKETS, test_holder).expect("starting the holders")
 }
 
 /// Traces while the holders open and then close their connections.

@@ -80,6 +80,30 @@ fn expect(line: Option<io::Result<String>>, word: &str) -> Result<()> {
     }
 }
 
+/// Set for the copies of a test binary that hold connections: how many.
+const HOLDER_ENV: &str = "TCPSTATES_TEST_HOLDER_CONNECTIONS";
+
+/// What a test binary's ignored `holder` test runs: [`holder_main`] with
+/// the connections its parent asked for (see [`test_holder`]).
+pub fn holder_test_main() {
+    let connections = std::env::var(HOLDER_ENV)
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .expect("started by a test that holds connections");
+    holder_main(connections).expect("holding connections");
+}
+
+/// A holder command for [`Holders::start`]: this test binary again, asked
+/// for its ignored `holder` test (which calls [`holder_test_main`]).
+pub fn test_holder(connections: usize) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("this test binary"));
+    command
+        .args(["--exact", "holder", "--ignored", "--nocapture", "-q"])
+        .env(HOLDER_ENV, connections.to_string())
+        .stderr(Stdio::inherit());
+    command
+}
+
 /// The parent's side: holder processes and the ports they listen on.
 pub struct Holders {
     holders: Vec<Holder>,
