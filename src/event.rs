@@ -13,7 +13,9 @@ pub(crate) type RawEvent = types::event;
 
 // SAFETY: `RawEvent` is a `#[repr(C)]` struct of integers and integer arrays
 // (generated from a header that only has fixed-width fields and explicit
-// padding): every bit pattern is a valid value.
+// padding): every bit pattern is a valid value. Only the tests view one as
+// bytes; records are decoded field by field ([`Event::decode`]).
+#[cfg(test)]
 unsafe impl plain::Plain for RawEvent {}
 
 /// Size in bytes of the whole `struct event`: a record that carries the

@@ -52,12 +52,14 @@ pub fn facts() -> Result<HostFacts> {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
+    let release = kernel_release();
+    let at_least = |version| release.is_some_and(|r| r >= version);
     Ok(HostFacts {
-        tracing_5_11: has_tracing_5_11(),
+        tracing_5_11: has_kernel_btf() && at_least((5, 11)),
         online_cpus: usize::try_from(online).unwrap_or(1).max(1),
         possible_cpus: libbpf_rs::num_possible_cpus().context("counting the CPUs")?,
         page_bytes: u32::try_from(page).unwrap_or(4096),
-        percpu_lookup: kernel_release().is_some_and(|version| version >= (5, 19)),
+        percpu_lookup: at_least((5, 19)),
     })
 }
 
@@ -79,14 +81,6 @@ pub fn raise_priority() -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
-}
-
-/// Whether the kernel gives BTF tracing programs what came in 5.11:
-/// bpf_get_current_task_btf, and socket-local storage (bpf_sk_storage_get).
-/// Only with its own BTF: the helpers type their results with it, and a
-/// kernel described by a --btf file has none to give.
-pub fn has_tracing_5_11() -> bool {
-    has_kernel_btf() && kernel_release().is_some_and(|version| version >= (5, 11))
 }
 
 /// Says so when `--cgroup` asks more of the kernel than it has: tracing
