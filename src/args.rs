@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Parser, ValueEnum};
 
-use crate::config::{AttachMode, ReportFormat};
+use crate::config::{AttachMode, LabelBy, ReportFormat};
 use crate::state::TcpState;
 
 /// The examples `--help` and the manual show: a command line (after the
@@ -29,7 +29,13 @@ pub const EXAMPLES: &[(&str, &str)] = &[
     ("-p 1234,5678", "only sockets owned by these processes"),
     (
         "--cgroup /system.slice/docker.service",
-        "one service, and below",
+        "one cgroup, and below",
+    ),
+    ("-x --unit nginx", "one systemd unit (nginx.service)"),
+    ("-x --container web", "one container, by name or id"),
+    (
+        "--metrics 9977 --label-by container",
+        "metrics by container",
     ),
     (
         "--state CLOSE_WAIT",
@@ -93,10 +99,14 @@ pub const COLUMNS: &[(&str, &str)] = &[
         "the time spent in OLDSTATE, in milliseconds; '-' when it is not known (the socket \
          is new, or predates the trace)",
     ),
+    ("NETNS", "-x: the socket's network namespace inode"),
     (
-        "NETNS, CGROUP",
-        "-x: the socket's network namespace inode, its owner's cgroup v2 path",
+        "UNIT/CONTAINER",
+        "-x: who the owner belongs to: its pod (NAMESPACE/POD/CONTAINER), else its container \
+         (RUNTIME:NAME, or the id's first 12 digits), else its user unit (user@UID:UNIT), else \
+         its systemd unit; '-' when none is known",
     ),
+    ("CGROUP", "-x: the owner's cgroup v2 path"),
 ];
 
 /// The exit codes: `--help`'s and the manual's EXIT STATUS.
@@ -175,6 +185,12 @@ fn wrap(out: &mut String, words: &str, indent: usize, width: usize) {
     out.push_str(&format!("{:indent$}{line}\n", ""));
 }
 
+/// The most values `--max-labels` takes.
+pub const MAX_LABELS: u16 = 500;
+
+/// `--max-labels` when not given.
+pub const DEFAULT_MAX_LABELS: u16 = 20;
+
 /// The most sockets `--max-sockets` takes.
 pub const MAX_SOCKETS: u32 = 1 << 24;
 
@@ -221,6 +237,19 @@ pub struct Args {
           conflicts_with_all = ["csv", "timestamp", "wide", "extended", "journal", "count"])]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// Summary and metrics: count by the owner's unit or container, as a label
+    #[arg(long, value_enum, value_name = "WHAT")]
+    pub label_by: Option<LabelBy>,
+
+    /// With --label-by: at most N values; the rest count under `other` [default: 20]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_LABELS as i64))]
+    pub max_labels: Option<u16>,
+
+    /// Where the container runtimes' state and the kubelet's logs are read (the host's / as
+    /// mounted in the tracer's container)
+    #[arg(long, value_name = "DIR", default_value = "/", value_parser = parse_dir)]
+    pub host_root: PathBuf,
+
     /// Comma-separated list of local ports to trace
     #[arg(short = 'L', long = "localport", value_name = "PORTS", value_parser = parse_ports,
           action = ArgAction::Append, allow_hyphen_values = true)]
@@ -247,6 +276,16 @@ pub struct Args {
     /// Only sockets whose owner is in this cgroup v2 group or below (its path under the mount)
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<String>,
+
+    /// Only sockets whose owner is in this systemd unit or below (a name without a suffix is
+    /// a service)
+    #[arg(long, value_name = "NAME", value_parser = parse_unit)]
+    pub unit: Option<String>,
+
+    /// Only sockets whose owner is in this container: its name, or a prefix of its id (3
+    /// digits or more)
+    #[arg(long, value_name = "ID|NAME", value_parser = parse_container)]
+    pub container: Option<String>,
 
     /// Only transitions into or out of these states (names, any case): --state CLOSE_WAIT
     #[arg(long = "state", value_name = "STATES", value_parser = parse_states,
@@ -438,6 +477,33 @@ fn parse_comm(text: &str) -> Result<String, String> {
         ))
     } else {
         Ok(text.to_owned())
+    }
+}
+
+fn parse_unit(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains(['/', ' ']) {
+        Err(format!(
+            "'{text}' is not a unit name (nginx, nginx.service, user-1000.slice)"
+        ))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn parse_container(text: &str) -> Result<String, String> {
+    if text.is_empty() || text.contains(char::is_whitespace) {
+        Err(format!("'{text}' is not a container name or id"))
+    } else {
+        Ok(text.to_owned())
+    }
+}
+
+fn parse_dir(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    if path.is_dir() {
+        Ok(path)
+    } else {
+        Err(format!("no such directory: {text}"))
     }
 }
 

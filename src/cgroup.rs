@@ -22,6 +22,9 @@ pub struct CgroupPaths {
     /// an owner.
     last: Option<(u64, Arc<str>)>,
     last_scan: Option<Instant>,
+    /// The largest id the last walk found: ids are handed out in increasing
+    /// order, so a larger one is a group made since, worth a walk at once.
+    newest: u64,
 }
 
 impl CgroupPaths {
@@ -37,11 +40,13 @@ impl CgroupPaths {
             paths: HashMap::new(),
             last: None,
             last_scan: None,
+            newest: 0,
         }
     }
 
     /// The path of cgroup `id`, walking the hierarchy again when it is not
-    /// known (a group made since), at most once a second.
+    /// known: at once for a group made since the last walk, otherwise (a
+    /// group gone) at most once a second.
     pub fn path(&mut self, id: u64) -> Option<Arc<str>> {
         if let Some((last, path)) = &self.last {
             if *last == id {
@@ -58,12 +63,13 @@ impl CgroupPaths {
             return Some(Arc::clone(path));
         }
         let root = self.root.clone()?;
-        if self.last_scan.is_some_and(|t| t.elapsed() < RESCAN_EVERY) {
+        if !self.may_walk(id) {
             return None;
         }
         self.last_scan = Some(Instant::now());
         self.paths.clear();
         scan(&root, &root, &mut self.paths);
+        self.newest = self.paths.keys().copied().max().unwrap_or(0);
         self.paths.get(&id).cloned()
     }
 }
@@ -71,6 +77,13 @@ impl CgroupPaths {
 impl Default for CgroupPaths {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+impl CgroupPaths {
+    /// Whether an unknown `id` is worth a walk now.
+    fn may_walk(&self, id: u64) -> bool {
+        id > self.newest || self.last_scan.is_none_or(|t| t.elapsed() >= RESCAN_EVERY)
     }
 }
 
@@ -121,9 +134,15 @@ mod tests {
         let mut paths = CgroupPaths::at(Some(root.clone()));
         assert_eq!(paths.path(id("a/b")).as_deref(), Some("/a/b"));
         assert_eq!(paths.path(id("")).as_deref(), Some("/"));
-        // Unknown, and no second walk within the second.
+        // A group made since (a larger id: cgroup ids grow) is walked for
+        // at once; one gone, at most once a second.
+        let newest = [id(""), id("a"), id("a/b")].into_iter().max().unwrap();
+        assert_eq!(paths.newest, newest);
+        assert!(paths.may_walk(newest + 1));
+        assert!(!paths.may_walk(newest - 1));
         fs::create_dir_all(root.join("c")).unwrap();
-        assert_eq!(paths.path(id("c")), None);
+        paths.last_scan = None;
+        assert_eq!(paths.path(id("c")).as_deref(), Some("/c"));
         assert_eq!(CgroupPaths::at(None).path(1), None);
         fs::remove_dir_all(&root).unwrap();
     }

@@ -10,7 +10,7 @@ use clap::{CommandFactory, FromArgMatches};
 use crate::args::{Args, Ports};
 use crate::cgroup;
 use crate::config::{
-    AttachMode, CgroupFilter, Config, Family, Filter, Format, Mode, SummaryOutput, TimeColumns,
+    AttachMode, Config, Family, Filter, Format, Labels, Mode, SummaryOutput, TimeColumns,
 };
 
 /// The outcome of parsing: run, or print something and exit.
@@ -138,6 +138,22 @@ impl Args {
             }
         };
         let cgroup = self.cgroup.as_deref().map(cgroup_filter).transpose()?;
+        if self.max_labels.is_some() && self.label_by.is_none() {
+            return Err("--max-labels needs --label-by".into());
+        }
+        if self.label_by.is_some() && self.summary.is_none() && self.metrics.is_none() {
+            return Err("--label-by needs -S or --metrics (it labels the summary's counts)".into());
+        }
+        for (asked, option) in [
+            (self.unit.is_some(), "--unit"),
+            (self.container.is_some(), "--container"),
+        ] {
+            if asked && cgroup::cgroup2_mount().is_none() {
+                return Err(format!(
+                    "{option} needs cgroup v2, and this host has no cgroup2 mount"
+                ));
+            }
+        }
         let mut pids: Vec<u32> = self.pids.into_iter().flatten().collect();
         pids.sort_unstable();
         pids.dedup();
@@ -165,6 +181,8 @@ impl Args {
                 comm: self.comm,
                 uid: self.uid,
                 cgroup,
+                unit: self.unit.as_deref().map(crate::identity::unit_name),
+                container: self.container,
             },
             attach,
             btf: self.btf,
@@ -176,12 +194,17 @@ impl Args {
             verbose: self.verbose,
             report: self.report,
             metrics: self.metrics,
+            labels: self.label_by.map(|by| Labels {
+                by,
+                max: self.max_labels.unwrap_or(crate::args::DEFAULT_MAX_LABELS),
+            }),
+            host_root: self.host_root,
         })
     }
 }
 
-/// `--cgroup PATH`: the group's id and depth under the cgroup2 mount.
-fn cgroup_filter(path: &str) -> Result<CgroupFilter, String> {
+/// `--cgroup PATH`: the group's path under the cgroup2 mount, checked.
+fn cgroup_filter(path: &str) -> Result<String, String> {
     let mount = cgroup::cgroup2_mount()
         .ok_or("--cgroup needs cgroup v2, and this host has no cgroup2 mount")?;
     let relative = path
@@ -194,12 +217,7 @@ fn cgroup_filter(path: &str) -> Result<CgroupFilter, String> {
     if !meta.is_dir() {
         return Err(format!("--cgroup {path}: {} is not a group", dir.display()));
     }
-    let level = relative.split('/').filter(|c| !c.is_empty()).count() as u32;
-    Ok(CgroupFilter {
-        path: format!("/{relative}"),
-        id: std::os::unix::fs::MetadataExt::ino(&meta),
-        level,
-    })
+    Ok(format!("/{relative}"))
 }
 #[cfg(test)]
 mod tests {
@@ -358,9 +376,7 @@ mod tests {
         assert!(c.filter.by_owner() && c.filter.tracks_in_kernel());
         if let Some(mount) = cgroup::cgroup2_mount() {
             let root = config(&["--cgroup", "/"]).filter.cgroup.unwrap();
-            assert_eq!((root.path.as_str(), root.level), ("/", 0));
-            let meta = std::fs::metadata(&mount).unwrap();
-            assert_eq!(root.id, std::os::unix::fs::MetadataExt::ino(&meta));
+            assert_eq!(root, "/");
             let full = config(&["--cgroup", &mount.to_string_lossy()])
                 .filter
                 .cgroup
@@ -370,6 +386,28 @@ mod tests {
         } else {
             assert!(rejected(&["--cgroup", "/"]).contains("needs cgroup v2"));
         }
+        let c = config(&["--unit", "nginx", "--container", "web"]);
+        assert_eq!(c.filter.unit.as_deref(), Some("nginx.service"));
+        assert_eq!(c.filter.container.as_deref(), Some("web"));
+        assert!(c.filter.by_group() && c.filter.by_owner());
+        assert_eq!(
+            config(&["--unit", "a.scope"]).filter.unit.as_deref(),
+            Some("a.scope")
+        );
+        assert!(rejected(&["--unit", "system.slice/a"]).contains("is not a unit name"));
+        assert!(rejected(&["--container", ""]).contains("is not a container name"));
+        let c = config(&["-S", "--label-by", "container", "--max-labels", "5"]);
+        assert_eq!(
+            c.labels,
+            Some(Labels {
+                by: crate::config::LabelBy::Container,
+                max: 5
+            })
+        );
+        assert!(rejected(&["--label-by", "unit"]).contains("--label-by needs -S or --metrics"));
+        assert!(rejected(&["-S", "--max-labels", "3"]).contains("--label-by"));
+        assert!(rejected(&["-S", "--label-by", "unit", "--max-labels", "0"]).contains("0"));
+        assert!(rejected(&["--host-root", "/no/such/dir"]).contains("no such directory"));
         assert!(rejected(&["-p", "0"]).contains("'0' is not a process id"));
         assert!(rejected(&["-p", "-4"]).contains("'-4' is not a process id"));
         assert!(rejected(&["-c", "a-name-far-too-long"]).contains("longer than a task name"));

@@ -46,6 +46,41 @@ pub struct Config {
     /// `--metrics`: serve the in-kernel summary to Prometheus at this
     /// address (summary mode).
     pub metrics: Option<SocketAddr>,
+    /// `--label-by`: summary mode counts by the owner's unit or container.
+    pub labels: Option<Labels>,
+    /// `--host-root`: where the container runtimes' state and the kubelet's
+    /// logs are read (`/`).
+    pub host_root: PathBuf,
+}
+
+/// What `--label-by` labels the summary's counts with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, ValueEnum)]
+pub enum LabelBy {
+    /// The owner's systemd unit (a user's unit as user@UID:UNIT)
+    Unit,
+    /// The owner's container (its name, or its id's first 12 digits; a
+    /// pod's container as NAMESPACE/POD/CONTAINER)
+    Container,
+}
+
+impl LabelBy {
+    /// The label's name in the metrics and the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            LabelBy::Unit => "unit",
+            LabelBy::Container => "container",
+        }
+    }
+}
+
+/// Summary labels: by what, and how many values at most (the rest are
+/// `other`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Labels {
+    /// By unit or by container.
+    pub by: LabelBy,
+    /// At most this many values.
+    pub max: u16,
 }
 
 impl Config {
@@ -90,6 +125,8 @@ impl Default for Config {
             verbose: false,
             report: ReportFormat::Text,
             metrics: None,
+            labels: None,
+            host_root: PathBuf::from("/"),
         }
     }
 }
@@ -198,19 +235,15 @@ pub struct Filter {
     pub comm: Option<String>,
     /// Only sockets whose owner has this uid.
     pub uid: Option<u32>,
-    /// Only sockets whose owner is in this cgroup v2 group or below it.
-    pub cgroup: Option<CgroupFilter>,
-}
-
-/// A cgroup v2 group, for `--cgroup`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CgroupFilter {
-    /// Its path under the cgroup2 mount ("/" the root).
-    pub path: String,
-    /// Its id: the inode of its folder.
-    pub id: u64,
-    /// Its depth: 0 for the root.
-    pub level: u32,
+    /// Only sockets whose owner is in this cgroup v2 group or below it (its
+    /// path under the cgroup2 mount, `/` first, no `/` last).
+    pub cgroup: Option<String>,
+    /// Only sockets whose owner is in this systemd unit or below it (its
+    /// name as systemd spells it: `nginx.service`).
+    pub unit: Option<String>,
+    /// Only sockets whose owner is in this container: its name, or a prefix
+    /// of its id.
+    pub container: Option<String>,
 }
 
 impl Filter {
@@ -232,7 +265,13 @@ impl Filter {
     /// Whether a filter looks at the socket's owner (the kernel then keeps
     /// the owners, and a socket whose owner is unknown is left out).
     pub fn by_owner(&self) -> bool {
-        !self.pids.is_empty() || self.comm.is_some() || self.uid.is_some() || self.cgroup.is_some()
+        !self.pids.is_empty() || self.comm.is_some() || self.uid.is_some() || self.by_group()
+    }
+
+    /// Whether a filter looks at the owner's cgroup (`--cgroup`, `--unit`,
+    /// `--container`).
+    pub fn by_group(&self) -> bool {
+        self.cgroup.is_some() || self.unit.is_some() || self.container.is_some()
     }
 }
 

@@ -62,6 +62,7 @@ const FLAG_DURATION_UNKNOWN: u32 = types::event_flags::EVENT_F_DURATION_UNKNOWN.
 const FLAG_MAP_FULL: u32 = types::event_flags::EVENT_F_MAP_FULL.0;
 const FLAG_OWNER_KNOWN: u32 = types::event_flags::EVENT_F_OWNER_KNOWN.0;
 const FLAG_ACCEPTED: u32 = types::event_flags::EVENT_F_ACCEPTED.0;
+const FLAG_OWNER_UNDECIDED: u32 = types::event_flags::EVENT_F_OWNER_UNDECIDED.0;
 
 /// One TCP state transition.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,9 +102,15 @@ pub struct Event {
     pub owner: Option<Owner>,
     /// The owner's cgroup v2 path under the cgroup mount, when known.
     pub cgroup: Option<std::sync::Arc<str>>,
+    /// Who the owner's cgroup belongs to (unit, container, pod), when its
+    /// path is known.
+    pub identity: Option<std::sync::Arc<crate::identity::Identity>>,
     /// Not a transition: the task on the CPU accepted the socket (kprobe
     /// mode), which makes it the owner. Never shown.
     pub accepted: bool,
+    /// The kernel could not judge the owner's cgroup by the group filters
+    /// (it was made since the table was filled): the reader does.
+    pub owner_undecided: bool,
 }
 
 /// The process that owns a socket: the one that last changed its state in
@@ -200,7 +207,9 @@ impl Event {
                 comm: r.array(offset_of!(RawEvent, owner_comm)),
             }),
             cgroup: None,
+            identity: None,
             accepted: flags & FLAG_ACCEPTED != 0,
+            owner_undecided: flags & FLAG_OWNER_UNDECIDED != 0,
         })
     }
 

@@ -83,15 +83,6 @@ pub fn raise_priority() -> std::io::Result<()> {
     Ok(())
 }
 
-/// Says so when `--cgroup` asks more of the kernel than it has: tracing
-/// programs may ask for a cgroup's ancestors from Linux 5.14.
-pub fn check_cgroup_filter(asked: bool) -> Result<()> {
-    if asked && kernel_release().is_some_and(|version| version < (5, 14)) {
-        bail!("--cgroup needs Linux 5.14 or newer (a cgroup's ancestors, for tracing programs)");
-    }
-    Ok(())
-}
-
 /// What commonly stops `mode` from attaching on this host, if it applies.
 pub fn attach_hint(mode: AttachMode) -> &'static str {
     let tracefs = Path::new("/sys/kernel/tracing/events").exists()

@@ -15,7 +15,9 @@
 //! - [`event`] decodes the kernel's records into typed [`event::Event`]s,
 //!   [`state`] is the one table of TCP states and their text, and
 //!   [`track`] keeps each socket's time in its state, and its owner, when
-//!   the kernel does not; [`cgroup`] names owners' cgroups;
+//!   the kernel does not; [`cgroup`] names owners' cgroups, [`identity`]
+//!   says which unit, container and pod they belong to (and keeps the
+//!   kernel's table of the groups the filters and labels ask about);
 //! - [`output`] holds the outputs behind one [`output::Sink`] trait (the
 //!   table, CSV, JSON and journal formatters are pure, unit-tested without
 //!   root), with
@@ -37,6 +39,7 @@ pub mod clock;
 pub mod config;
 pub mod event;
 pub mod host;
+pub mod identity;
 pub mod metrics;
 pub mod output;
 pub mod plan;

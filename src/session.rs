@@ -120,7 +120,7 @@ fn stream(config: &Config) -> Result<()> {
             ),
         }
     }
-    let mut reader = Reader::new(Decoder::for_plan(tracer.plan()), config.count);
+    let mut reader = Reader::new(Decoder::for_plan(tracer.plan(), config), config.count);
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
     sink.start();
 

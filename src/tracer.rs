@@ -14,8 +14,10 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
+use crate::cgroup;
 use crate::config::{AttachMode, Config};
 use crate::host;
+use crate::identity::groups::{GroupMaps, GroupRules, GroupTable, Keeper};
 use crate::plan::{KernelStore, Plan, Wake};
 use crate::ring::RingReader;
 use crate::stats::KernelCounters;
@@ -47,6 +49,8 @@ macro_rules! programs {
 
 /// A loaded and attached program. Detaches when dropped.
 pub struct Tracer {
+    /// Dropped first: it stops before the maps it fills go.
+    groups: Option<Keeper>,
     skel: TcpstatesSkel<'static>,
     /// Empty once detached.
     links: Cell<Vec<Link>>,
@@ -61,7 +65,6 @@ impl Tracer {
     pub fn start(config: &Config, wake: Wake) -> Result<Self> {
         host::check_privileges()?;
         host::check_btf(config.btf.as_deref())?;
-        host::check_cgroup_filter(config.filter.cgroup.is_some())?;
         set_libbpf_log(config.verbose);
         let facts = host::facts()?;
         let mut failures = Vec::new();
@@ -95,6 +98,10 @@ impl Tracer {
                 .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
                 .with_context(|| format!("adding pid {pid} to the filter"))?;
         }
+        let groups = match GroupRules::of(config) {
+            Some(rules) => Some(start_keeper(&skel, rules, config)?),
+            None => None,
+        };
         let links = programs!(mode, &skel.progs)
             .into_iter()
             .map(|prog| prog.attach().map_err(anyhow::Error::from))
@@ -102,11 +109,18 @@ impl Tracer {
             .with_context(|| format!("attaching the {mode} program{}", host::attach_hint(mode)))?;
         let view = Arc::new(KernelView::new(&skel, mode)?);
         Ok(Tracer {
+            groups,
             skel,
             links: Cell::new(links),
             plan,
             view,
         })
+    }
+
+    /// The summary's named labels so far (slot LABEL_FIRST first), with
+    /// --label-by.
+    pub fn labels(&self) -> Vec<String> {
+        self.groups.as_ref().map(Keeper::labels).unwrap_or_default()
     }
 
     /// Stops new events; what is already in the ring buffer stays readable,
@@ -290,6 +304,8 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
         (&mut maps.pids, sizes.pids, "the pid map"),
         (&mut maps.sports, sizes.sports, "a port map"),
         (&mut maps.dports, sizes.dports, "a port map"),
+        (&mut maps.groups, sizes.groups, "the group table"),
+        (&mut maps.summary, sizes.summary, "the summary map"),
     ] {
         map.set_max_entries(entries)
             .with_context(|| format!("sizing {what}"))?;
@@ -301,6 +317,19 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
 }
 
 /// Reads slot `key` of a per-CPU array of u64 counters, summed over CPUs.
+/// Fills the table of cgroups before the program attaches, and keeps it
+/// filled.
+fn start_keeper(skel: &TcpstatesSkel<'_>, rules: GroupRules, config: &Config) -> Result<Keeper> {
+    let mount = cgroup::cgroup2_mount().context("no cgroup2 mount: groups cannot be judged")?;
+    let maps = GroupMaps {
+        groups: MapHandle::try_from(&skel.maps.groups)?,
+        known: MapHandle::try_from(&skel.maps.groups_known)?,
+        counters: MapHandle::try_from(&skel.maps.counters)?,
+        new_groups: counter::COUNTER_NEW_GROUPS.0,
+    };
+    Keeper::start(GroupTable::new(rules, &config.host_root), mount, maps)
+}
+
 fn sum_percpu(map: &dyn MapCore, key: u32) -> Result<u64> {
     let per_cpu = map
         .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)

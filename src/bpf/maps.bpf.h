@@ -90,7 +90,24 @@ struct {
 	__type(value, __u64);
 } counters SEC(".maps");
 
-/* Summary mode's aggregates, filled per CPU and summed by user space. */
+/* What user space says of cgroups, by id (see struct group). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct group);
+} groups SEC(".maps");
+
+/* The largest cgroup id `groups` is complete up to. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} groups_known SEC(".maps");
+
+/* Summary mode's aggregates, filled per CPU and summed by user space: one
+ * per label slot with --label-by (see enum group_labels), else one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);

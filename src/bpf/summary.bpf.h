@@ -47,19 +47,20 @@ static __always_inline __u32 summary_state(int state)
 }
 
 /*
- * Summary mode: counts the transition and its time in the state left.
+ * Summary mode: counts the transition and its time in the state left, in
+ * the owner's label's slot with --label-by.
  * Atomic adds, as in count(): the tp_btf backup program can run in the
  * middle of the main one on the same CPU.
  */
 static __always_inline void aggregate(const struct event *e)
 {
-	__u32 zero = 0;
+	__u32 slot_key = settings.label_groups ? e->label : 0;
 	/* 64-bit, so that each bound is checked on the register that is used:
 	 * with 32-bit indexes the compiler checks a zero-extended copy, whose
 	 * bound verifiers before 6.12 or so do not carry over. */
 	__u64 old = summary_state(e->oldstate), new = summary_state(e->newstate);
 	__u64 slot;
-	struct summary *s = bpf_map_lookup_elem(&summary, &zero);
+	struct summary *s = bpf_map_lookup_elem(&summary, &slot_key);
 
 	if (!s)
 		return;

@@ -115,7 +115,7 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 	     e->delta_ns < settings.min_delta_ns))
 		return 0;
 	if ((settings.filter_pid || settings.filter_comm ||
-	     settings.filter_uid || settings.filter_cgroup) &&
+	     settings.filter_uid || settings.filter_groups) &&
 	    !owner_matches(e))
 		return 0;
 

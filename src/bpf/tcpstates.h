@@ -20,12 +20,15 @@ enum event_flags {
 	EVENT_F_MAP_FULL = 0x2,
 	/* The owner_* fields hold the socket's owner (kept by the kernel). */
 	EVENT_F_OWNER_KNOWN = 0x4,
-	/* The owner's cgroup is the --cgroup filter's or below it. */
-	EVENT_F_OWNER_IN_CGROUP = 0x8,
+	/* The owner's cgroup passes --cgroup, --unit and --container. */
+	EVENT_F_OWNER_IN_GROUPS = 0x8,
 	/* Not a transition: the current task accepted the socket (kprobe
 	 * mode), which makes it the owner. Only skaddr, family and the task
 	 * are set. */
 	EVENT_F_ACCEPTED = 0x10,
+	/* The owner's cgroup was made since user space last filled `groups`:
+	 * user space decides whether it passes the group filters. */
+	EVENT_F_OWNER_UNDECIDED = 0x20,
 };
 
 /* Indexes of the in-kernel counters (a per-CPU array). */
@@ -44,7 +47,13 @@ enum counter {
 	 * keeps now (the storage cannot be walked like a map). */
 	COUNTER_LOCAL_STARTED = 4,
 	COUNTER_LOCAL_STOPPED = 5,
-	COUNTER_MAX = 6,
+	/* Owners judged in a cgroup made since `groups` was filled: user space
+	 * walks the hierarchy again when this grows. */
+	COUNTER_NEW_GROUPS = 6,
+	/* Summary mode: transitions the group filters could not judge (their
+	 * owner's cgroup was too new), left out. */
+	COUNTER_UNDECIDED = 7,
+	COUNTER_MAX = 8,
 };
 
 /* Per-socket state kept between transitions: in the socket's own storage
@@ -62,9 +71,37 @@ struct sock_state {
 	__u32 owner_uid;
 	char owner_comm[TASK_COMM_LEN];
 	__u8 owner_known;
-	/* The owner's cgroup is the --cgroup filter's or below it. */
-	__u8 owner_in_cgroup;
-	__u8 __pad[6];
+	/* What `groups` says of the owner's cgroup (see judge_group). */
+	__u8 owner_in_groups;
+	__u8 owner_undecided;
+	__u8 __pad0;
+	__u16 owner_label;
+	__u8 __pad[2];
+};
+
+/*
+ * What user space (src/identity/groups.rs) says of a cgroup, in the
+ * `groups` map by cgroup id: whether its processes pass the group filters
+ * (--cgroup, --unit, --container), and the summary's label for it
+ * (--label-by). A cgroup not in the map, with an id no larger than
+ * `groups_known`'s, passes no filter and has label GROUP_LABEL_NONE; a
+ * larger id is a group made since, undecided.
+ */
+struct group {
+	__u8 in_groups;
+	__u8 __pad;
+	__u16 label;
+};
+
+/* The summary's label slots before the ones user space names. */
+enum group_labels {
+	/* The owner is not known, or its group was too new to judge. */
+	GROUP_LABEL_UNKNOWN = 0,
+	/* The owner is in no unit (or container) at all. */
+	GROUP_LABEL_NONE = 1,
+	/* A unit or container beyond --max-labels. */
+	GROUP_LABEL_OTHER = 2,
+	GROUP_LABEL_FIRST = 3,
 };
 
 /* One TCP state transition. */
@@ -89,7 +126,9 @@ struct event {
 	/* Host byte order. */
 	__u16 sport;
 	__u16 dport;
-	__u16 __pad0;
+	/* Summary mode with --label-by: the owner's group's label slot (enum
+	 * group_labels); never sent. */
+	__u16 label;
 	/* IPv4 addresses use the first 4 bytes; network byte order. */
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -152,9 +191,6 @@ struct settings {
 	/* Only transitions that left a state after at least this long (0:
 	 * any); needs track_sockets. */
 	__u64 min_delta_ns;
-	/* --cgroup: the group's id and depth. */
-	__u64 target_cgroup;
-	__s32 target_cgroup_level;
 	/* Only sockets of this network namespace (its inode; 0: any). */
 	__u32 target_netns;
 	/* Only transitions into or out of these states (bit n: state n; 0:
@@ -176,13 +212,15 @@ struct settings {
 	char target_comm[TASK_COMM_LEN];
 	/* Flags, 0 or 1 (a bool the Rust skeleton could not set plainly).
 	 * Filters: local and remote port sets, owner pids, name, uid,
-	 * cgroup. */
+	 * groups (--cgroup, --unit, --container). */
 	__u8 filter_sport;
 	__u8 filter_dport;
 	__u8 filter_pid;
 	__u8 filter_comm;
 	__u8 filter_uid;
-	__u8 filter_cgroup;
+	__u8 filter_groups;
+	/* Summary mode: count by the owner's group's label (--label-by). */
+	__u8 label_groups;
 	/* Each event carries the current task's uid and cgroup, from which
 	 * user space keeps the sockets' owners. */
 	__u8 collect_owner;

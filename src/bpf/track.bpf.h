@@ -48,6 +48,33 @@ static __always_inline bool is_owner_moment(int oldstate, int newstate)
 	       (oldstate == TCP_CLOSE_WAIT && newstate == TCP_LAST_ACK);
 }
 
+/*
+ * What `groups` says of the owner's cgroup, into `st`: whether it passes
+ * the group filters and its label, or that it is undecided (a cgroup made
+ * since user space last walked the hierarchy; it walks again when told).
+ */
+static __always_inline void judge_group(struct sock_state *st)
+{
+	struct group *g = bpf_map_lookup_elem(&groups, &st->owner_cgroup);
+	__u32 zero = 0;
+	__u64 *known;
+
+	st->owner_undecided = 0;
+	if (g) {
+		st->owner_in_groups = g->in_groups;
+		st->owner_label = g->label;
+		return;
+	}
+	st->owner_in_groups = 0;
+	st->owner_label = GROUP_LABEL_NONE;
+	known = bpf_map_lookup_elem(&groups_known, &zero);
+	if (!known || st->owner_cgroup > *known) {
+		st->owner_undecided = 1;
+		st->owner_label = GROUP_LABEL_UNKNOWN;
+		count(COUNTER_NEW_GROUPS);
+	}
+}
+
 /* The current task becomes the owner in `st`. */
 static __always_inline void take_owner(struct sock_state *st)
 {
@@ -55,11 +82,9 @@ static __always_inline void take_owner(struct sock_state *st)
 	st->owner_uid = (__u32)bpf_get_current_uid_gid();
 	st->owner_cgroup = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(st->owner_comm, sizeof(st->owner_comm));
-	st->owner_in_cgroup =
-		settings.filter_cgroup &&
-		bpf_get_current_ancestor_cgroup_id(
-			settings.target_cgroup_level) == settings.target_cgroup;
 	st->owner_known = 1;
+	if (settings.filter_groups || settings.label_groups)
+		judge_group(st);
 }
 
 /* The owner part of `from` into `to`. */
@@ -71,7 +96,9 @@ static __always_inline void copy_owner(struct sock_state *to,
 	to->owner_cgroup = from->owner_cgroup;
 	__builtin_memcpy(to->owner_comm, from->owner_comm,
 			 sizeof(to->owner_comm));
-	to->owner_in_cgroup = from->owner_in_cgroup;
+	to->owner_in_groups = from->owner_in_groups;
+	to->owner_undecided = from->owner_undecided;
+	to->owner_label = from->owner_label;
 	to->owner_known = from->owner_known;
 }
 
@@ -112,9 +139,15 @@ static __always_inline void track_owner(struct event *e, struct sock_state *st,
 		bpf_map_delete_elem(&listener_owners, &key);
 	if (!st->owner_known)
 		return;
+	/* Judged too early: user space may have walked the hierarchy since. */
+	if (st->owner_undecided)
+		judge_group(st);
 	e->flags |= EVENT_F_OWNER_KNOWN;
-	if (st->owner_in_cgroup)
-		e->flags |= EVENT_F_OWNER_IN_CGROUP;
+	if (st->owner_in_groups)
+		e->flags |= EVENT_F_OWNER_IN_GROUPS;
+	if (st->owner_undecided)
+		e->flags |= EVENT_F_OWNER_UNDECIDED;
+	e->label = st->owner_label;
 	e->owner_pid = st->owner_pid;
 	e->owner_uid = st->owner_uid;
 	e->owner_cgroup = st->owner_cgroup;
@@ -198,8 +231,16 @@ static __always_inline bool owner_matches(const struct event *e)
 		return false;
 	if (settings.filter_comm && !same_comm(e))
 		return false;
-	if (settings.filter_cgroup && !(e->flags & EVENT_F_OWNER_IN_CGROUP))
-		return false;
+	if (settings.filter_groups && !(e->flags & EVENT_F_OWNER_IN_GROUPS)) {
+		if (!(e->flags & EVENT_F_OWNER_UNDECIDED))
+			return false;
+		/* Events go to user space, which decides; a summary cannot
+		 * wait, so it says how many it left out. */
+		if (settings.summary_mode) {
+			count(COUNTER_UNDECIDED);
+			return false;
+		}
+	}
 	return true;
 }
 

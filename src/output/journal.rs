@@ -18,6 +18,7 @@ use super::LineFormat;
 use super::number::{push_hex, push_ip, push_u64};
 use crate::clock::EventClock;
 use crate::event::Event;
+use crate::identity::Identity;
 
 /// Where journald listens for native messages.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
@@ -129,6 +130,34 @@ pub fn write_entry(out: &mut Vec<u8>, ev: &Event, unix_ns: i128, object_comm: bo
     }
     if let Some(path) = &ev.cgroup {
         field(out, "TCPSTATES_CGROUP", path.as_bytes());
+    }
+    if let Some(id) = &ev.identity {
+        identity_fields(out, id);
+    }
+}
+
+/// The owner's unit, container and pod, each field present only when known.
+fn identity_fields(out: &mut Vec<u8>, id: &Identity) {
+    let mut text = |name: &str, value: Option<&str>| {
+        if let Some(value) = value {
+            field(out, name, value.as_bytes());
+        }
+    };
+    text("TCPSTATES_UNIT", id.unit.as_deref());
+    text(
+        "TCPSTATES_USER_UNIT",
+        id.user_unit.as_ref().map(|(_, u)| u.as_str()),
+    );
+    if let Some(c) = &id.container {
+        text("TCPSTATES_CONTAINER_RUNTIME", Some(c.runtime.name()));
+        text("TCPSTATES_CONTAINER_ID", Some(&c.id));
+        text("TCPSTATES_CONTAINER_NAME", c.name.as_deref());
+    }
+    if let Some(p) = &id.pod {
+        text("TCPSTATES_POD_UID", Some(&p.uid));
+        text("TCPSTATES_POD_NAMESPACE", p.namespace.as_deref());
+        text("TCPSTATES_POD_NAME", p.name.as_deref());
+        text("TCPSTATES_POD_CONTAINER", p.container.as_deref());
     }
 }
 

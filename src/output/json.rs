@@ -11,6 +11,7 @@ use super::LineFormat;
 use super::number::{push_hex, push_ip, push_micros, push_two_digits, push_u64};
 use crate::clock::{EventClock, Utc};
 use crate::event::Event;
+use crate::identity::Identity;
 
 /// Formats events as JSON lines.
 #[derive(Debug, Clone, Default)]
@@ -75,7 +76,56 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event, time: Utc) {
         Some(path) => push_json_string(out, path.as_bytes()),
         None => out.extend_from_slice(b"null"),
     }
+    push_identity(out, ev.identity.as_deref());
     out.extend_from_slice(b"}\n");
+}
+
+/// The owner's unit, user unit, container and pod: `null` each when not
+/// known, objects for the container and the pod with `null` for a name not
+/// known.
+fn push_identity(out: &mut Vec<u8>, id: Option<&Identity>) {
+    out.extend_from_slice(b",\"unit\":");
+    push_json_option(out, id.and_then(|id| id.unit.as_deref()));
+    out.extend_from_slice(b",\"user_unit\":");
+    push_json_option(
+        out,
+        id.and_then(|id| Some(id.user_unit.as_ref()?.1.as_str())),
+    );
+    out.extend_from_slice(b",\"container\":");
+    match id.and_then(|id| id.container.as_ref()) {
+        Some(c) => {
+            out.extend_from_slice(b"{\"runtime\":");
+            push_json_string(out, c.runtime.name().as_bytes());
+            out.extend_from_slice(b",\"id\":");
+            push_json_string(out, c.id.as_bytes());
+            out.extend_from_slice(b",\"name\":");
+            push_json_option(out, c.name.as_deref());
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"pod\":");
+    match id.and_then(|id| id.pod.as_ref()) {
+        Some(p) => {
+            out.extend_from_slice(b"{\"uid\":");
+            push_json_string(out, p.uid.as_bytes());
+            out.extend_from_slice(b",\"namespace\":");
+            push_json_option(out, p.namespace.as_deref());
+            out.extend_from_slice(b",\"name\":");
+            push_json_option(out, p.name.as_deref());
+            out.extend_from_slice(b",\"container\":");
+            push_json_option(out, p.container.as_deref());
+            out.push(b'}');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn push_json_option(out: &mut Vec<u8>, text: Option<&str>) {
+    match text {
+        Some(text) => push_json_string(out, text.as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
 }
 
 /// `2026-11-29T23:59:58.123456Z`.
@@ -174,7 +224,8 @@ mod tests {
              \"pid\":9376,\"comm\":\"python3\",\"owner_pid\":null,\"owner_comm\":null,\
              \"owner_uid\":null,\"family\":4,\"laddr\":\"127.0.0.1\",\"lport\":48792,\
              \"raddr\":\"10.1.2.3\",\"rport\":80,\"oldstate\":\"SYN_SENT\",\
-             \"newstate\":\"ESTABLISHED\",\"ms\":0.271,\"netns\":4026531840,\"cgroup\":null}\n"
+             \"newstate\":\"ESTABLISHED\",\"ms\":0.271,\"netns\":4026531840,\"cgroup\":null,\
+             \"unit\":null,\"user_unit\":null,\"container\":null,\"pod\":null}\n"
         );
     }
 
@@ -196,9 +247,33 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.ends_with(",\"cgroup\":\"/system.slice/nginx \\\"x\\\".service\"}\n"),
+            text.contains(",\"cgroup\":\"/system.slice/nginx \\\"x\\\".service\","),
             "{text}"
         );
+    }
+
+    #[test]
+    fn the_unit_container_and_pod() {
+        let id = "8450f1dc0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5";
+        let mut ev = v4();
+        let mut identity = Identity::parse(&format!(
+            "/kubepods/pod1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d/crio-{id}"
+        ));
+        identity.pod.as_mut().unwrap().name = Some("cart-0".into());
+        ev.identity = Some(identity.into());
+        assert!(line(&ev).ends_with(&format!(
+            ",\"unit\":null,\"user_unit\":null,\
+             \"container\":{{\"runtime\":\"crio\",\"id\":\"{id}\",\"name\":null}},\
+             \"pod\":{{\"uid\":\"1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d\",\"namespace\":null,\
+             \"name\":\"cart-0\",\"container\":null}}}}\n"
+        )));
+        ev.identity = Some(
+            Identity::parse("/user.slice/user-1000.slice/user@1000.service/app.slice/a.service")
+                .into(),
+        );
+        assert!(line(&ev).ends_with(
+            ",\"unit\":\"user@1000.service\",\"user_unit\":\"a.service\",\"container\":null,\"pod\":null}\n"
+        ));
     }
 
     #[test]

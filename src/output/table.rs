@@ -33,6 +33,7 @@ enum Field {
     OwnerComm,
     Uid,
     Netns,
+    Identity,
     Cgroup,
 }
 
@@ -122,6 +123,7 @@ impl Formatter {
             columns.extend([
                 col(Field::Ms, "MS", 9),
                 col(Field::Netns, "NETNS", 10),
+                col(Field::Identity, "UNIT/CONTAINER", 20),
                 col(Field::Cgroup, "CGROUP", 0),
             ]);
         } else {
@@ -185,6 +187,14 @@ impl Formatter {
                 None => out.extend_from_slice(UNKNOWN.as_bytes()),
             },
             Field::Netns => push_u64(out, ev.netns.into()),
+            Field::Identity => match &ev.identity {
+                Some(id) if csv => push_csv_text(out, &id.to_string()),
+                Some(id) => {
+                    use std::io::Write;
+                    let _ = write!(out, "{id}");
+                }
+                None => out.extend_from_slice(UNKNOWN.as_bytes()),
+            },
             Field::Cgroup => match &ev.cgroup {
                 Some(path) if csv => push_csv_text(out, path),
                 Some(path) => out.extend_from_slice(path.as_bytes()),

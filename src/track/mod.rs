@@ -20,8 +20,11 @@ mod times;
 pub use owners::{Owners, is_owner_moment};
 pub use times::{AddressHasher, SocketTimes, Tracked};
 
-use crate::cgroup::{CgroupPaths, cgroup2_mount};
+use crate::cgroup::cgroup2_mount;
+use crate::config::Config;
 use crate::event::{DecodeError, Event};
+use crate::identity::Identities;
+use crate::identity::groups::GroupRules;
 use crate::plan::{OwnerKeeper, Plan};
 
 /// Turns ring buffer records into events, with the time in the old state
@@ -34,25 +37,40 @@ pub struct Decoder {
     /// `None` when owners are not shown, or the reader does not see every
     /// transition (the kernel keeps the times, and the owners).
     owners: Option<Owners>,
-    /// The owners' cgroup paths, when owners are shown.
-    cgroups: Option<CgroupPaths>,
+    /// The owners' cgroup paths and identities, when owners are shown or
+    /// a group filter needs them.
+    identities: Option<Identities>,
+    /// Owners show their cgroup and identity.
+    owners_shown: bool,
+    /// The group filters, when on: the kernel leaves the events of owners
+    /// in groups made since its table was filled to the reader.
+    group_filter: Option<GroupRules>,
+    /// Such events whose owner's group was gone before it could be judged.
+    unjudged: u64,
 }
 
 impl Decoder {
-    /// For the program `plan` loads.
-    pub fn for_plan(plan: &Plan) -> Self {
+    /// For the program `plan` loads; runtimes' state read under
+    /// `host_root` (see [`crate::identity::names`]).
+    pub fn for_plan(plan: &Plan, config: &Config) -> Self {
+        let group_filter = GroupRules::of(config).filter(GroupRules::filters);
         Self {
             times: plan
                 .reader_keeps_times()
                 .then(|| SocketTimes::new(plan.reader_sockets)),
             owners: (plan.owners == OwnerKeeper::Reader).then(|| Owners::new(plan.reader_sockets)),
-            cgroups: plan.owners_shown.then(|| CgroupPaths::at(cgroup2_mount())),
+            identities: (plan.owners_shown || group_filter.is_some())
+                .then(|| Identities::new(cgroup2_mount(), &config.host_root)),
+            owners_shown: plan.owners_shown,
+            group_filter,
+            unjudged: 0,
         }
     }
 
     /// Decodes one record; the caller must pass every record, in order.
     /// None for a record that is not a transition (the program says a
-    /// process accepted a socket), which it takes in.
+    /// process accepted a socket), which it takes in, or one the group
+    /// filters leave out (see [`Decoder::unjudged`]).
     pub fn decode(&mut self, data: &[u8]) -> Result<Option<Event>, DecodeError> {
         let mut event = Event::decode(data)?;
         if event.accepted {
@@ -69,10 +87,35 @@ impl Decoder {
         if let Some(owners) = &mut self.owners {
             event.owner = owners.observe(&event);
         }
-        if let (Some(cgroups), Some(owner)) = (&mut self.cgroups, event.owner) {
-            event.cgroup = cgroups.path(owner.cgroup_id);
+        let Some(owner) = event.owner else {
+            return Ok(Some(event));
+        };
+        let Some(identities) = &mut self.identities else {
+            return Ok(Some(event));
+        };
+        let found = identities.of(owner.cgroup_id);
+        if let (true, Some(rules)) = (event.owner_undecided, &self.group_filter) {
+            match &found {
+                Some((path, identity)) if rules.keeps(path, identity) => {}
+                Some(_) => return Ok(None),
+                None => {
+                    self.unjudged += 1;
+                    return Ok(None);
+                }
+            }
+        }
+        if let (true, Some((path, identity))) = (self.owners_shown, found) {
+            event.cgroup = Some(path);
+            event.identity = Some(identity);
         }
         Ok(Some(event))
+    }
+
+    /// Events the group filters left out because their owner's group, made
+    /// since the kernel's table was filled, was gone before the reader
+    /// could judge it.
+    pub fn unjudged(&self) -> u64 {
+        self.unjudged
     }
 
     /// The user-space times, unless the kernel keeps them.

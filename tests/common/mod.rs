@@ -25,7 +25,7 @@ impl Capture {
     pub fn start(config: &Config) -> Self {
         let tracer = Tracer::start(config, Wake::EachEvent).expect("starting the tracer");
         Capture {
-            decoder: Decoder::for_plan(tracer.plan()),
+            decoder: Decoder::for_plan(tracer.plan(), config),
             tracer,
             events: Vec::new(),
         }
