@@ -29,7 +29,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::AttachMode;
 use crate::state::TcpState;
-use crate::summary::{SLOTS, STATES, Summary, slot_range_us, state_name};
+use crate::summary::{ByLabel, SLOTS, STATES, Summary, slot_range_us, state_name};
 use crate::tracer::KernelView;
 
 /// Connections served at once; more are closed as they come.
@@ -204,6 +204,8 @@ impl Collector for Exposition {
             ring_drops: counters.ringbuf_drops,
             map_full: counters.map_full,
             recursion_misses: counters.recursion_misses,
+            unjudged: counters.unjudged,
+            labelled: self.view.by_label().map_err(|_| std::fmt::Error)?,
         };
         counts.encode(encoder, self.mode)
     }
@@ -220,16 +222,32 @@ pub struct Counts {
     pub map_full: u64,
     /// Transitions no program handled.
     pub recursion_misses: u64,
+    /// Transitions the group filters left out unjudged.
+    pub unjudged: u64,
+    /// With --label-by: the counts by unit or container, which the metrics
+    /// then carry as a label.
+    pub labelled: Option<ByLabel>,
 }
 
 impl Counts {
+    /// The summaries to expose, each with its label, if labelled.
+    fn series(&self) -> Vec<(Option<(&'static str, &str)>, &Summary)> {
+        match &self.labelled {
+            None => vec![(None, &self.summary)],
+            Some(labelled) => labelled
+                .values
+                .iter()
+                .map(|(value, s)| (Some((labelled.by.name(), value.as_str())), s))
+                .collect(),
+        }
+    }
+
     /// Writes every metric (names and labels as the README documents them).
     pub fn encode(
         &self,
         mut encoder: DescriptorEncoder,
         mode: AttachMode,
     ) -> Result<(), std::fmt::Error> {
-        let s = &self.summary;
         {
             let mut metric = encoder.encode_descriptor(
                 "tcpstates_build_info",
@@ -250,20 +268,22 @@ impl Counts {
                 Some(&Unit::Seconds),
                 MetricType::Histogram,
             )?;
-            for state in histogram_states(s) {
-                let name = state_name(state);
-                let labels = [("state", name.as_str())];
-                let buckets: Vec<(f64, u64)> = (0..SLOTS)
-                    .map(|slot| (upper_bound_seconds(slot), s.slots[state][slot]))
-                    .collect();
-                metric
-                    .encode_family(&labels)?
-                    .encode_histogram::<NoLabelSet>(
-                        s.sum_ns[state] as f64 / 1e9,
-                        s.timed(state),
-                        &buckets,
-                        None,
-                    )?;
+            for (extra, s) in self.series() {
+                for state in histogram_states(s, extra.is_some()) {
+                    let name = state_name(state);
+                    let labels = with(extra, [("state", name.as_str())]);
+                    let buckets: Vec<(f64, u64)> = (0..SLOTS)
+                        .map(|slot| (upper_bound_seconds(slot), s.slots[state][slot]))
+                        .collect();
+                    metric
+                        .encode_family(&labels)?
+                        .encode_histogram::<NoLabelSet>(
+                            s.sum_ns[state] as f64 / 1e9,
+                            s.timed(state),
+                            &buckets,
+                            None,
+                        )?;
+                }
             }
         }
         {
@@ -273,17 +293,22 @@ impl Counts {
                 None,
                 MetricType::Counter,
             )?;
-            for old in 0..STATES {
-                for new in 0..STATES {
-                    let count = s.transitions[old][new];
-                    if count == 0 {
-                        continue;
+            for (extra, s) in self.series() {
+                for old in 0..STATES {
+                    for new in 0..STATES {
+                        let count = s.transitions[old][new];
+                        if count == 0 {
+                            continue;
+                        }
+                        let (old, new) = (state_name(old), state_name(new));
+                        let labels = with(
+                            extra,
+                            [("old_state", old.as_str()), ("new_state", new.as_str())],
+                        );
+                        metric
+                            .encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
                     }
-                    let (old, new) = (state_name(old), state_name(new));
-                    let labels = [("old_state", old.as_str()), ("new_state", new.as_str())];
-                    metric
-                        .encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
                 }
             }
         }
@@ -295,12 +320,14 @@ impl Counts {
                 None,
                 MetricType::Counter,
             )?;
-            for state in histogram_states(s) {
-                let name = state_name(state);
-                let labels = [("state", name.as_str())];
-                metric
-                    .encode_family(&labels)?
-                    .encode_counter::<NoLabelSet, _, u64>(&s.unknown[state], None)?;
+            for (extra, s) in self.series() {
+                for state in histogram_states(s, extra.is_some()) {
+                    let name = state_name(state);
+                    let labels = with(extra, [("state", name.as_str())]);
+                    metric
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&s.unknown[state], None)?;
+                }
             }
         }
         for (name, help, value) in [
@@ -313,6 +340,12 @@ impl Counts {
                 "tcpstates_map_full",
                 "Sockets the kernel's per-socket store had no room for (their times are unknown)",
                 self.map_full,
+            ),
+            (
+                "tcpstates_unjudged",
+                "Transitions the group filters could not judge (their owner's cgroup was made \
+                 since the table of groups was filled), left out",
+                self.unjudged,
             ),
             (
                 "tcpstates_recursion_misses",
@@ -328,10 +361,21 @@ impl Counts {
 }
 
 /// The states with a histogram: every named one (so that each series
-/// exists from the first scrape), and any other number that occurred.
-fn histogram_states(s: &Summary) -> impl Iterator<Item = usize> + '_ {
-    (0..STATES)
-        .filter(move |&state| (1..=TcpState::NAMED.len()).contains(&state) || s.left(state) > 0)
+/// exists from the first scrape), and any other number that occurred; for
+/// a label, only the states its sockets left (a label's series cost as
+/// many states as it has).
+fn histogram_states(s: &Summary, labelled: bool) -> impl Iterator<Item = usize> + '_ {
+    (0..STATES).filter(move |&state| {
+        (!labelled && (1..=TcpState::NAMED.len()).contains(&state)) || s.left(state) > 0
+    })
+}
+
+/// `labels`, with the unit or container label first when there is one.
+fn with<'a, const N: usize>(
+    extra: Option<(&'a str, &'a str)>,
+    labels: [(&'a str, &'a str); N],
+) -> Vec<(&'a str, &'a str)> {
+    extra.into_iter().chain(labels).collect()
 }
 
 /// A slot's `le`: the end of its range, in seconds (the slots hold whole

@@ -67,7 +67,10 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
             break;
         }
         if let Some(at) = next_print.filter(|at| now >= *at) {
-            if printer.print(&view.summary()?).is_err() {
+            if printer
+                .print(&view.summary()?, view.by_label()?.as_ref())
+                .is_err()
+            {
                 // `tcpstates -S 1 | head`: the reader is gone.
                 return Ok(());
             }
@@ -78,7 +81,11 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
         std::thread::sleep(until.saturating_duration_since(now));
     }
     tracer.detach();
-    if output.print && printer.print(&view.summary()?).is_err() {
+    if output.print
+        && printer
+            .print(&view.summary()?, view.by_label()?.as_ref())
+            .is_err()
+    {
         return Ok(());
     }
     let stats = Stats {
@@ -247,6 +254,7 @@ impl Reader {
                     bytes: peak.bytes,
                     events: peak.records,
                 }),
+                unjudged: self.decoder.unjudged(),
                 ..self.counts
             },
         })

@@ -36,7 +36,7 @@ macro_rules! states {
             }
 
             /// The kernel's number for the state.
-            pub fn number(self) -> i32 {
+            pub const fn number(self) -> i32 {
                 match self {
                     $(TcpState::$variant => $number,)*
                     TcpState::Unknown(n) => n,

@@ -17,6 +17,9 @@ pub struct KernelCounters {
     /// already running on that CPU (a softirq interrupted it, and changed
     /// another socket's state). Counted by the kernel (Linux 5.12+).
     pub recursion_misses: u64,
+    /// Summary mode: transitions the group filters could not judge (their
+    /// owner's cgroup was made since the table was filled), left out.
+    pub unjudged: u64,
 }
 
 /// What the reader counted.
@@ -33,6 +36,9 @@ pub struct ReaderCounts {
     pub sockets_tracked: u64,
     /// The ring buffer, when the run reads one.
     pub ring: Option<RingPeak>,
+    /// Events the group filters could not judge (their owner's cgroup was
+    /// gone before the reader could), left out.
+    pub unjudged: u64,
 }
 
 /// How close a run came to losing events: the fullest the reader found the
@@ -71,19 +77,25 @@ impl Stats {
         self.kernel.map_full + self.reader.no_room
     }
 
+    /// Transitions the group filters could not judge, left out.
+    pub fn unjudged(&self) -> u64 {
+        self.kernel.unjudged + self.reader.unjudged
+    }
+
     /// Every counter as a sentence, for `-v`.
     pub fn describe(&self) -> String {
         let mut line = format!(
             "{} transitions matched, {} printed, {} lost (ring buffer full), \
              {} missed (recursion), {} sockets without room in the map, {} undecodable records, \
-             {} sockets tracked",
+             {} sockets tracked, {} left out unjudged (owner's cgroup too new)",
             self.kernel.events,
             self.reader.printed,
             self.kernel.ringbuf_drops,
             self.kernel.recursion_misses,
             self.no_room(),
             self.reader.undecodable,
-            self.reader.sockets_tracked
+            self.reader.sockets_tracked,
+            self.unjudged()
         );
         if let Some(ring) = self.reader.ring {
             let _ = write!(
@@ -119,7 +131,7 @@ impl Stats {
         line
     }
 
-    fn pairs(&self) -> [(&'static str, u64); 7] {
+    fn pairs(&self) -> [(&'static str, u64); 8] {
         [
             ("matched", self.kernel.events),
             ("printed", self.reader.printed),
@@ -128,6 +140,7 @@ impl Stats {
             ("no_room", self.no_room()),
             ("undecodable", self.reader.undecodable),
             ("sockets_tracked", self.reader.sockets_tracked),
+            ("unjudged", self.unjudged()),
         ]
     }
 
@@ -152,6 +165,13 @@ impl Stats {
                 "{no_room} durations unknown (socket map full: raise --max-sockets)"
             ));
         }
+        if self.unjudged() > 0 {
+            parts.push(format!(
+                "{} transitions left out unjudged (their owner's cgroup was too new for the \
+                 group filters)",
+                self.unjudged()
+            ));
+        }
         if self.reader.undecodable > 0 {
             parts.push(format!(
                 "{} records could not be decoded",
@@ -173,6 +193,7 @@ mod tests {
                 ringbuf_drops: 3,
                 map_full: 2,
                 recursion_misses: 4,
+                unjudged: 2,
             },
             reader: ReaderCounts {
                 printed: 7,
@@ -184,6 +205,7 @@ mod tests {
                     bytes: 1 << 20,
                     events: 9362,
                 }),
+                unjudged: 1,
             },
         }
     }
@@ -195,7 +217,8 @@ mod tests {
             sample().losses().unwrap(),
             "3 events lost (ring buffer full); 4 transitions missed (the kernel skipped the \
              program: it was already running on that CPU); 5 durations unknown (socket map \
-             full: raise --max-sockets); 1 records could not be decoded"
+             full: raise --max-sockets); 3 transitions left out unjudged (their owner's \
+             cgroup was too new for the group filters); 1 records could not be decoded"
         );
     }
 
@@ -205,7 +228,8 @@ mod tests {
             sample().describe(),
             "10 transitions matched, 7 printed, 3 lost (ring buffer full), 4 missed \
              (recursion), 5 sockets without room in the map, 1 undecodable records, 9 \
-             sockets tracked, ring buffer at most 25% full (9362 events)"
+             sockets tracked, 3 left out unjudged (owner's cgroup too new), ring buffer at \
+             most 25% full (9362 events)"
         );
     }
 
@@ -214,7 +238,7 @@ mod tests {
         assert_eq!(
             sample().key_values(),
             "matched=10 printed=7 ring_drops=3 recursion_misses=4 no_room=5 undecodable=1 \
-             sockets_tracked=9 ring_bytes=4194304 ring_peak_pct=25 ring_peak_events=9362"
+             sockets_tracked=9 unjudged=3 ring_bytes=4194304 ring_peak_pct=25 ring_peak_events=9362"
         );
         let summary = Stats {
             reader: ReaderCounts::default(),

@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use crate::bpf::types;
 use crate::clock::Utc;
+use crate::config::LabelBy;
 use crate::event::TcpState;
 use crate::output::json;
 
@@ -195,11 +196,46 @@ impl Summary {
     /// state left: how many transitions had a known time, how many an
     /// unknown one, their sum in microseconds, and the non-zero slots).
     pub fn write_json(&self, out: &mut String, at: Utc, seconds: f64) {
+        self.write_json_labelled(out, at, seconds, None);
+    }
+
+    /// [`Summary::write_json`], with, when labelled, `by` (`unit` or
+    /// `container`) and `labels`: each label's own `transitions` and
+    /// `states`.
+    pub fn write_json_labelled(
+        &self,
+        out: &mut String,
+        at: Utc,
+        seconds: f64,
+        labelled: Option<&ByLabel>,
+    ) {
         let mut time = Vec::new();
         json::push_iso8601(&mut time, at);
         out.push_str("{\"time\":\"");
         out.push_str(&String::from_utf8_lossy(&time));
-        let _ = write!(out, "\",\"seconds\":{seconds:.3},\"transitions\":[");
+        let _ = write!(out, "\",\"seconds\":{seconds:.3},");
+        self.write_json_counts(out);
+        if let Some(labelled) = labelled {
+            let _ = write!(out, ",\"by\":\"{}\",\"labels\":{{", labelled.by.name());
+            for (i, (label, summary)) in labelled.values.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                let mut name = Vec::new();
+                json::push_json_string(&mut name, label.as_bytes());
+                out.push_str(&String::from_utf8_lossy(&name));
+                out.push_str(":{");
+                summary.write_json_counts(out);
+                out.push('}');
+            }
+            out.push('}');
+        }
+        out.push_str("}\n");
+    }
+
+    /// `"transitions":[...],"states":[...]`.
+    fn write_json_counts(&self, out: &mut String) {
+        out.push_str("\"transitions\":[");
         let mut first = true;
         for old in 0..STATES {
             for new in 0..STATES {
@@ -248,9 +284,98 @@ impl Summary {
             }
             out.push_str("]}");
         }
-        out.push_str("]}\n");
+        out.push(']');
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn merge(&mut self, other: &Summary) {
+        for state in 0..STATES {
+            for new in 0..STATES {
+                self.transitions[state][new] += other.transitions[state][new];
+            }
+            for slot in 0..SLOTS {
+                self.slots[state][slot] += other.slots[state][slot];
+            }
+            self.sum_ns[state] += other.sum_ns[state];
+            self.unknown[state] += other.unknown[state];
+        }
     }
 }
+
+/// Summary mode's counts by the owner's unit or container (`--label-by`):
+/// each label with its own summary; besides the labels named, `unknown`
+/// (the owner is not known, or its group was too new to judge), `none` (in
+/// no unit, or no container) and `other` (beyond `--max-labels`). Labels
+/// with nothing counted are left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByLabel {
+    /// What the labels are.
+    pub by: LabelBy,
+    /// Each label and its counts.
+    pub values: Vec<(String, Summary)>,
+}
+
+impl ByLabel {
+    /// The labels of the kernel's slots: the reserved ones, then `named`.
+    pub fn slot_names(named: &[String]) -> Vec<String> {
+        ["unknown", "none", "other"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain(named.iter().cloned())
+            .collect()
+    }
+
+    /// What was counted since `earlier`, label by label.
+    pub fn since(&self, earlier: Option<&ByLabel>) -> ByLabel {
+        let values = self
+            .values
+            .iter()
+            .filter_map(|(label, now)| {
+                let before = earlier.and_then(|e| e.values.iter().find(|(l, _)| l == label));
+                let delta = match before {
+                    Some((_, before)) => now.since(before),
+                    None => now.clone(),
+                };
+                (delta.total() > 0).then(|| (label.clone(), delta))
+            })
+            .collect();
+        ByLabel {
+            by: self.by,
+            values,
+        }
+    }
+
+    /// A table: each label, its transitions, the connections its sockets
+    /// opened (CLOSE -> SYN_SENT), accepted (LISTEN -> SYN_RECV) and the
+    /// sockets that reached CLOSE; busiest first.
+    pub fn write_text(&self, out: &mut String) {
+        let mut rows: Vec<&(String, Summary)> = self.values.iter().collect();
+        rows.sort_by(|a, b| b.1.total().cmp(&a.1.total()).then(a.0.cmp(&b.0)));
+        let width = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0).max(9);
+        let by = self.by.name().to_uppercase();
+        let _ = writeln!(
+            out,
+            "{by:<width$} {:>11} {:>8} {:>8} {:>8}",
+            "TRANSITIONS", "CONNECTS", "ACCEPTS", "CLOSES"
+        );
+        for (label, s) in rows {
+            let into_close: u64 = (0..STATES).map(|old| s.transitions[old][CLOSE]).sum();
+            let _ = writeln!(
+                out,
+                "{label:<width$} {:>11} {:>8} {:>8} {:>8}",
+                s.total(),
+                s.transitions[CLOSE][SYN_SENT],
+                s.transitions[LISTEN][SYN_RECV],
+                into_close
+            );
+        }
+    }
+}
+
+const SYN_SENT: usize = TcpState::SynSent.number() as usize;
+const SYN_RECV: usize = TcpState::SynRecv.number() as usize;
+const CLOSE: usize = TcpState::Close.number() as usize;
+const LISTEN: usize = TcpState::Listen.number() as usize;
 
 /// A state for JSON: its name as a string, or its number.
 fn json_state(state: usize) -> String {

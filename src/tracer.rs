@@ -6,7 +6,7 @@
 use std::cell::Cell;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
@@ -15,13 +15,13 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
 use crate::cgroup;
-use crate::config::{AttachMode, Config};
+use crate::config::{AttachMode, Config, LabelBy, Labels};
 use crate::host;
 use crate::identity::groups::{GroupMaps, GroupRules, GroupTable, Keeper};
 use crate::plan::{KernelStore, Plan, Wake};
 use crate::ring::RingReader;
 use crate::stats::KernelCounters;
-use crate::summary::Summary;
+use crate::summary::{ByLabel, Summary};
 
 /// The programs of `mode`, as fields of a skeleton's `progs` (open or
 /// loaded), borrowed as `$borrow` says (`&` or `&mut`), in the order they
@@ -49,8 +49,9 @@ macro_rules! programs {
 
 /// A loaded and attached program. Detaches when dropped.
 pub struct Tracer {
-    /// Dropped first: it stops before the maps it fills go.
-    groups: Option<Keeper>,
+    /// Held for its thread, which fills the table of groups; dropped
+    /// first, so it stops before the maps it fills go.
+    _groups: Option<Keeper>,
     skel: TcpstatesSkel<'static>,
     /// Empty once detached.
     links: Cell<Vec<Link>>,
@@ -107,20 +108,18 @@ impl Tracer {
             .map(|prog| prog.attach().map_err(anyhow::Error::from))
             .collect::<Result<Vec<Link>>>()
             .with_context(|| format!("attaching the {mode} program{}", host::attach_hint(mode)))?;
-        let view = Arc::new(KernelView::new(&skel, mode)?);
+        let labels = config
+            .labels
+            .filter(|_| plan.summary_slots > 1)
+            .zip(groups.as_ref().map(Keeper::label_list));
+        let view = Arc::new(KernelView::new(&skel, mode, labels, plan.summary_slots)?);
         Ok(Tracer {
-            groups,
+            _groups: groups,
             skel,
             links: Cell::new(links),
             plan,
             view,
         })
-    }
-
-    /// The summary's named labels so far (slot LABEL_FIRST first), with
-    /// --label-by.
-    pub fn labels(&self) -> Vec<String> {
-        self.groups.as_ref().map(Keeper::labels).unwrap_or_default()
     }
 
     /// Stops new events; what is already in the ring buffer stays readable,
@@ -184,10 +183,19 @@ pub struct KernelView {
     /// tp_btf: the backup program handled some of those misses, and
     /// counted them in COUNTER_NESTED.
     backup: bool,
+    /// With --label-by: what the labels are, and the named ones so far.
+    labels: Option<(LabelBy, Arc<Mutex<Vec<String>>>)>,
+    /// The summary map's slots.
+    slots: u32,
 }
 
 impl KernelView {
-    fn new(skel: &TcpstatesSkel<'_>, mode: AttachMode) -> Result<Self> {
+    fn new(
+        skel: &TcpstatesSkel<'_>,
+        mode: AttachMode,
+        labels: Option<(Labels, Arc<Mutex<Vec<String>>>)>,
+        slots: u32,
+    ) -> Result<Self> {
         let progs = &skel.progs;
         // The backup's own misses are transitions the main program handled:
         // only the main one's count, less what the backup caught, is lost.
@@ -204,6 +212,8 @@ impl KernelView {
                 .collect::<std::io::Result<_>>()
                 .context("duplicating a program's descriptor")?,
             backup: mode == AttachMode::TpBtf,
+            labels: labels.map(|(l, names)| (l.by, names)),
+            slots,
         })
     }
 
@@ -215,14 +225,39 @@ impl KernelView {
             ringbuf_drops: read(counter::COUNTER_RINGBUF_DROPS)?,
             map_full: read(counter::COUNTER_MAP_FULL)?,
             recursion_misses: self.recursion_misses()?,
+            unjudged: read(counter::COUNTER_UNDECIDED)?,
         })
     }
 
     /// Summary mode's aggregates, summed over CPUs.
     pub fn summary(&self) -> Result<Summary> {
+        let mut total = Summary::default();
+        for slot in 0..self.slots {
+            total.merge(&self.summary_slot(slot)?);
+        }
+        Ok(total)
+    }
+
+    /// With --label-by: each label's counts (those with any).
+    pub fn by_label(&self) -> Result<Option<ByLabel>> {
+        let Some((by, named)) = &self.labels else {
+            return Ok(None);
+        };
+        let named = named.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut values = Vec::new();
+        for (slot, label) in (0..self.slots).zip(ByLabel::slot_names(&named)) {
+            let summary = self.summary_slot(slot)?;
+            if summary.total() > 0 {
+                values.push((label, summary));
+            }
+        }
+        Ok(Some(ByLabel { by: *by, values }))
+    }
+
+    fn summary_slot(&self, slot: u32) -> Result<Summary> {
         let per_cpu = self
             .summary
-            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .lookup_percpu(&slot.to_ne_bytes(), MapFlags::ANY)
             .context("reading the summary map")?
             .unwrap_or_default();
         Summary::sum_of(&per_cpu).map_err(|err| anyhow!("reading the summary map: {err}"))

@@ -256,12 +256,9 @@ impl Keeper {
         })
     }
 
-    /// The named labels so far, slot LABEL_FIRST first.
-    pub fn labels(&self) -> Vec<String> {
-        self.labels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+    /// The named labels, slot LABEL_FIRST first, as they grow.
+    pub fn label_list(&self) -> Arc<Mutex<Vec<String>>> {
+        Arc::clone(&self.labels)
     }
 }
 

@@ -159,7 +159,7 @@ pub fn push_iso8601(out: &mut Vec<u8>, t: Utc) {
 /// A JSON string of `bytes` (RFC 8259): quotes, backslashes and control
 /// characters escaped; bytes that are not UTF-8 replaced with U+FFFD, as a
 /// JSON text must be UTF-8.
-fn push_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
+pub fn push_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
     match std::str::from_utf8(bytes) {
         Ok(text) => push_escaped(out, text),

@@ -7,13 +7,14 @@ use std::time::Instant;
 
 use crate::clock::{Utc, WallClock};
 use crate::config::SummaryOutput;
-use crate::summary::Summary;
+use crate::summary::{ByLabel, Summary};
 
 /// Prints what the kernel counted since the last print.
 pub struct SummaryPrinter<W: Write> {
     output: SummaryOutput,
     out: W,
     shown: Summary,
+    shown_labels: Option<ByLabel>,
     since: Instant,
 }
 
@@ -24,24 +25,31 @@ impl<W: Write> SummaryPrinter<W> {
             output,
             out,
             shown: Summary::default(),
+            shown_labels: None,
             since: Instant::now(),
         }
     }
 
-    /// Prints `now` less what was printed before; an error once standard
-    /// output is gone.
-    pub fn print(&mut self, now: &Summary) -> io::Result<()> {
+    /// Prints `now` less what was printed before, and, with --label-by,
+    /// each label's share; an error once standard output is gone.
+    pub fn print(&mut self, now: &Summary, labels: Option<&ByLabel>) -> io::Result<()> {
         if !self.output.print {
             return Ok(());
         }
         let delta = now.since(&self.shown);
+        let labels_delta = labels.map(|l| l.since(self.shown_labels.as_ref()));
         let unix_ns = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as i128);
         let mut text = String::new();
         if self.output.json {
             let seconds = self.since.elapsed().as_secs_f64();
-            delta.write_json(&mut text, Utc::at_unix_ns(unix_ns), seconds);
+            delta.write_json_labelled(
+                &mut text,
+                Utc::at_unix_ns(unix_ns),
+                seconds,
+                labels_delta.as_ref(),
+            );
         } else {
             if self.output.clock {
                 let wall = WallClock::at_unix((unix_ns / 1_000_000_000) as i64);
@@ -52,8 +60,13 @@ impl<W: Write> SummaryPrinter<W> {
             }
             delta.write_text(&mut text);
             text.push('\n');
+            if let Some(labels) = labels_delta.filter(|l| !l.values.is_empty()) {
+                labels.write_text(&mut text);
+                text.push('\n');
+            }
         }
         self.shown = now.clone();
+        self.shown_labels = labels.cloned();
         self.since = Instant::now();
         self.out.write_all(text.as_bytes())?;
         self.out.flush()
@@ -74,9 +87,9 @@ mod tests {
         let mut printer = SummaryPrinter::new(output, Vec::new());
         let mut now = Summary::default();
         now.transitions[1][8] = 3;
-        printer.print(&now).unwrap();
+        printer.print(&now, None).unwrap();
         now.transitions[1][8] = 5;
-        printer.print(&now).unwrap();
+        printer.print(&now, None).unwrap();
         let text = String::from_utf8(printer.out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
@@ -87,7 +100,7 @@ mod tests {
     #[test]
     fn prints_nothing_when_not_asked_to() {
         let mut printer = SummaryPrinter::new(SummaryOutput::default(), Vec::new());
-        printer.print(&Summary::default()).unwrap();
+        printer.print(&Summary::default(), None).unwrap();
         assert!(printer.out.is_empty());
     }
 }
