@@ -111,6 +111,8 @@ pub struct Plan {
     pub group_table: bool,
     /// Summary mode's slots: one, or one per label (--label-by).
     pub summary_slots: u32,
+    /// The host's page size: the smallest ring buffer.
+    pub page_bytes: u32,
 }
 
 /// Sizes of the program's maps: a map a run does not use gets one entry
@@ -133,6 +135,10 @@ pub struct MapSizes {
     pub dports: u32,
     /// The table of cgroups.
     pub groups: u32,
+    /// The paths of groups made while tracing.
+    pub group_paths: u32,
+    /// Their ids as they are made, bytes.
+    pub group_events: u32,
     /// Summary mode's slots.
     pub summary: u32,
 }
@@ -203,6 +209,7 @@ impl Plan {
             record_bytes,
             group_table: config.filter.by_group() || labels.is_some(),
             summary_slots: labels.map_or(1, |l| u32::from(groups::LABEL_FIRST + l.max)),
+            page_bytes: host.page_bytes,
         }
     }
 
@@ -271,8 +278,24 @@ impl Plan {
             } else {
                 1
             },
+            group_paths: if self.sees_groups_made() {
+                groups::NEW_GROUP_PATHS
+            } else {
+                1
+            },
+            group_events: if self.group_table {
+                self.page_bytes.max(64 << 10)
+            } else {
+                self.page_bytes
+            },
             summary: self.summary_slots,
         }
+    }
+
+    /// Whether the kernel keeps the paths of groups made while tracing
+    /// (owners are named by them, or groups judged).
+    pub fn sees_groups_made(&self) -> bool {
+        self.owners_shown || self.group_table
     }
 
     /// Whether the reader keeps each socket's time (the kernel does not).
@@ -464,6 +487,8 @@ mod tests {
                 sports: 1,
                 dports: 1,
                 groups: 1,
+                group_paths: 1,
+                group_events: 4096,
                 summary: 1,
             }
         );

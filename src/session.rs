@@ -127,7 +127,10 @@ fn stream(config: &Config) -> Result<()> {
             ),
         }
     }
-    let mut reader = Reader::new(Decoder::for_plan(tracer.plan(), config), config.count);
+    let mut reader = Reader::new(
+        Decoder::for_plan(tracer.plan(), config).with_made_paths(tracer.group_paths()?),
+        config.count,
+    );
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
     sink.start();
 

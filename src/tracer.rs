@@ -99,15 +99,26 @@ impl Tracer {
                 .update(&pid.to_ne_bytes(), &[1], MapFlags::ANY)
                 .with_context(|| format!("adding pid {pid} to the filter"))?;
         }
+        // Groups made from here on are seen being made; then the table is
+        // filled; then the transitions come.
+        let mut links = Vec::new();
+        if plan.sees_groups_made() {
+            links.push(
+                skel.progs
+                    .handle_cgroup_mkdir
+                    .attach()
+                    .context("attaching to cgroup_mkdir (owners' groups)")?,
+            );
+        }
         let groups = match GroupRules::of(config) {
             Some(rules) => Some(start_keeper(&skel, rules, config)?),
             None => None,
         };
-        let links = programs!(mode, &skel.progs)
-            .into_iter()
-            .map(|prog| prog.attach().map_err(anyhow::Error::from))
-            .collect::<Result<Vec<Link>>>()
-            .with_context(|| format!("attaching the {mode} program{}", host::attach_hint(mode)))?;
+        for prog in programs!(mode, &skel.progs) {
+            links.push(prog.attach().with_context(|| {
+                format!("attaching the {mode} program{}", host::attach_hint(mode))
+            })?);
+        }
         let labels = config
             .labels
             .filter(|_| plan.summary_slots > 1)
@@ -120,6 +131,15 @@ impl Tracer {
             plan,
             view,
         })
+    }
+
+    /// The paths the kernel keeps of groups made while tracing, when the
+    /// table of groups is used.
+    pub fn group_paths(&self) -> Result<Option<MapHandle>> {
+        if !self.plan.sees_groups_made() {
+            return Ok(None);
+        }
+        Ok(Some(MapHandle::try_from(&self.skel.maps.group_paths)?))
     }
 
     /// Stops new events; what is already in the ring buffer stays readable,
@@ -340,6 +360,16 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
         (&mut maps.sports, sizes.sports, "a port map"),
         (&mut maps.dports, sizes.dports, "a port map"),
         (&mut maps.groups, sizes.groups, "the group table"),
+        (
+            &mut maps.group_paths,
+            sizes.group_paths,
+            "the new groups' paths",
+        ),
+        (
+            &mut maps.group_events,
+            sizes.group_events,
+            "the new groups' ring buffer",
+        ),
         (&mut maps.summary, sizes.summary, "the summary map"),
     ] {
         map.set_max_entries(entries)
@@ -348,10 +378,12 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
     for prog in programs!(plan.mode, &mut open.progs) {
         prog.set_autoload(true);
     }
+    if plan.sees_groups_made() {
+        open.progs.handle_cgroup_mkdir.set_autoload(true);
+    }
     Ok(())
 }
 
-/// Reads slot `key` of a per-CPU array of u64 counters, summed over CPUs.
 /// Fills the table of cgroups before the program attaches, and keeps it
 /// filled.
 fn start_keeper(skel: &TcpstatesSkel<'_>, rules: GroupRules, config: &Config) -> Result<Keeper> {
@@ -359,12 +391,15 @@ fn start_keeper(skel: &TcpstatesSkel<'_>, rules: GroupRules, config: &Config) ->
     let maps = GroupMaps {
         groups: MapHandle::try_from(&skel.maps.groups)?,
         known: MapHandle::try_from(&skel.maps.groups_known)?,
+        paths: MapHandle::try_from(&skel.maps.group_paths)?,
+        events: MapHandle::try_from(&skel.maps.group_events)?,
         counters: MapHandle::try_from(&skel.maps.counters)?,
         new_groups: counter::COUNTER_NEW_GROUPS.0,
     };
     Keeper::start(GroupTable::new(rules, &config.host_root), mount, maps)
 }
 
+/// Reads slot `key` of a per-CPU array of u64 counters, summed over CPUs.
 fn sum_percpu(map: &dyn MapCore, key: u32) -> Result<u64> {
     let per_cpu = map
         .lookup_percpu(&key.to_ne_bytes(), MapFlags::ANY)

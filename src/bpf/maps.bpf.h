@@ -98,6 +98,22 @@ struct {
 	__type(value, struct group);
 } groups SEC(".maps");
 
+/* Paths of cgroup v2 groups made while tracing, by id: the most recent
+ * ones (LRU), for groups gone before user space could see them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct group_path);
+} group_paths SEC(".maps");
+
+/* The ids of cgroup v2 groups made while tracing, as they are made: user
+ * space judges them at once, before a process in them can open a socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} group_events SEC(".maps");
+
 /* The largest cgroup id `groups` is complete up to. */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -93,6 +93,16 @@ struct group {
 	__u16 label;
 };
 
+/* A cgroup's path as the kernel made it (cgroup_mkdir), NUL-terminated,
+ * in `group_paths`: user space judges groups gone before it saw them. */
+enum group_path_dims {
+	GROUP_PATH_LEN = 256,
+};
+
+struct group_path {
+	char path[GROUP_PATH_LEN];
+};
+
 /* The summary's label slots before the ones user space names. */
 enum group_labels {
 	/* The owner is not known, or its group was too new to judge. */

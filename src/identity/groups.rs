@@ -15,17 +15,19 @@
 //! could not judge under the `unknown` label, or, filtered, says how many it
 //! left out.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
 
 use super::Identity;
 use super::names::Names;
@@ -44,9 +46,14 @@ pub const LABEL_FIRST: u16 = 3;
 /// as used).
 pub const MAX_GROUPS: u32 = 65536;
 
+/// The paths of groups made while tracing that the kernel keeps (the most
+/// recent ones).
+pub const NEW_GROUP_PATHS: u32 = 4096;
+
 /// How often the keeper walks the hierarchy when nothing asks it to.
 const WALK_EVERY: Duration = Duration::from_secs(2);
-/// How often it looks whether the program met a group too new to judge.
+/// How often it looks whether the program met a group too new to judge
+/// (at once when the kernel says a group was made).
 const LOOK_EVERY: Duration = Duration::from_millis(50);
 
 /// What the run asks of owners' groups.
@@ -227,6 +234,10 @@ pub struct GroupMaps {
     pub groups: MapHandle,
     /// `groups_known`.
     pub known: MapHandle,
+    /// `group_paths`: groups made while tracing.
+    pub paths: MapHandle,
+    /// `group_events`: their ids, as they are made.
+    pub events: MapHandle,
     /// `counters` (per CPU).
     pub counters: MapHandle,
     /// COUNTER_NEW_GROUPS's index.
@@ -276,6 +287,10 @@ impl Drop for Keeper {
 struct Filled {
     entries: HashMap<u64, Group>,
     newest: u64,
+    /// Groups made while tracing, judged by the path the kernel kept: a
+    /// group gone before a walk saw it stays judged for the sockets its
+    /// processes left behind.
+    made: HashMap<u64, Option<Group>>,
 }
 
 impl Filled {
@@ -289,7 +304,13 @@ impl Filled {
         maps: &GroupMaps,
         before: u64,
     ) -> Result<()> {
-        let (entries, newest) = table.walk(mount);
+        let (mut entries, newest) = table.walk(mount);
+        self.judge_made(table, maps);
+        for (id, group) in &self.made {
+            if let Some(group) = group {
+                entries.entry(*id).or_insert(*group);
+            }
+        }
         for (id, group) in &entries {
             if self.entries.get(id) != Some(group) {
                 maps.groups
@@ -311,6 +332,52 @@ impl Filled {
     }
 }
 
+impl Filled {
+    /// Judges groups just made, by the paths the kernel kept, into the
+    /// table at once.
+    fn judge_now(&mut self, table: &mut GroupTable, maps: &GroupMaps, ids: &[u64]) -> Result<()> {
+        for &id in ids {
+            let judged = made_path(&maps.paths, id).and_then(|path| table.judge(&path));
+            self.made.insert(id, judged);
+            if let Some(group) = judged {
+                maps.groups
+                    .update(&id.to_ne_bytes(), &group.bytes(), MapFlags::ANY)
+                    .with_context(|| format!("adding cgroup {id} to the group table"))?;
+                self.entries.insert(id, group);
+            }
+        }
+        Ok(())
+    }
+
+    /// Judges the groups made since the last look, by their paths.
+    fn judge_made(&mut self, table: &mut GroupTable, maps: &GroupMaps) {
+        let ids: Vec<u64> = maps
+            .paths
+            .keys()
+            .filter_map(|key| Some(u64::from_ne_bytes(key.get(..8)?.try_into().ok()?)))
+            .collect();
+        self.made.retain(|id, _| ids.contains(id));
+        for id in ids {
+            if self.made.contains_key(&id) {
+                continue;
+            }
+            let judged = made_path(&maps.paths, id).and_then(|path| table.judge(&path));
+            self.made.insert(id, judged);
+        }
+    }
+}
+
+/// The path the kernel kept for group `id`, made while tracing.
+pub fn made_path(paths: &MapHandle, id: u64) -> Option<String> {
+    let value = paths.lookup(&id.to_ne_bytes(), MapFlags::ANY).ok()??;
+    let end = value.iter().position(|&b| b == 0)?;
+    let path = std::str::from_utf8(&value[..end]).ok()?;
+    path.starts_with('/').then(|| path.to_string())
+}
+
+/// Judges groups as the kernel says they are made (within microseconds:
+/// before a process in them can open a socket), walks the hierarchy when
+/// the program met a group it could not judge, and every WALK_EVERY.
 fn keep(
     mut table: GroupTable,
     mount: PathBuf,
@@ -318,10 +385,34 @@ fn keep(
     mut filled: Filled,
     stop: &AtomicBool,
 ) {
+    let made = Rc::new(RefCell::new(Vec::new()));
+    let sink = Rc::clone(&made);
+    let mut builder = RingBufferBuilder::new();
+    let ring = builder
+        .add(&maps.events, move |data: &[u8]| {
+            if let Some(id) = data.get(..8).and_then(|b| b.try_into().ok()) {
+                sink.borrow_mut().push(u64::from_ne_bytes(id));
+            }
+            0
+        })
+        .map(|_| ())
+        .and_then(|()| builder.build());
+    if let Err(err) = &ring {
+        eprintln!("tcpstates: new groups are found by walking only: {err}");
+    }
     let mut asked = new_groups(&maps);
     let mut walked = Instant::now();
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(LOOK_EVERY);
+        match &ring {
+            Ok(ring) => {
+                let _ = ring.poll(LOOK_EVERY);
+            }
+            Err(_) => std::thread::sleep(LOOK_EVERY),
+        }
+        let ids: Vec<u64> = made.borrow_mut().drain(..).collect();
+        if let Err(err) = filled.judge_now(&mut table, &maps, &ids) {
+            eprintln!("tcpstates: {err:#}");
+        }
         let now_asked = new_groups(&maps);
         if now_asked == asked && walked.elapsed() < WALK_EVERY {
             continue;

@@ -24,7 +24,10 @@ use names::Names;
 pub struct Identities {
     paths: CgroupPaths,
     names: Names,
-    known: HashMap<u64, Arc<Identity>>,
+    known: HashMap<u64, (Arc<str>, Arc<Identity>)>,
+    /// The kernel's paths of groups made while tracing (`group_paths`), for
+    /// groups gone before they were looked up.
+    made: Option<libbpf_rs::MapHandle>,
 }
 
 impl Identities {
@@ -34,22 +37,34 @@ impl Identities {
             paths: CgroupPaths::at(mount),
             names: Names::new(host_root),
             known: HashMap::new(),
+            made: None,
         }
+    }
+
+    /// Also looks paths up in the kernel's `group_paths`.
+    pub fn with_made_paths(mut self, made: Option<libbpf_rs::MapHandle>) -> Self {
+        self.made = made;
+        self
     }
 
     /// The path of cgroup `id` and who it belongs to, when the group is
     /// found.
     pub fn of(&mut self, id: u64) -> Option<(Arc<str>, Arc<Identity>)> {
-        let path = self.paths.path(id)?;
-        if let Some(known) = self.known.get(&id) {
-            if known.is_complete() {
-                return Some((path, Arc::clone(known)));
+        let path = match self.known.get(&id) {
+            Some((path, identity)) if identity.is_complete() => {
+                return Some((Arc::clone(path), Arc::clone(identity)));
             }
-        }
+            Some((path, _)) => Arc::clone(path),
+            None => match self.paths.path(id) {
+                Some(path) => path,
+                None => Arc::from(groups::made_path(self.made.as_ref()?, id)?),
+            },
+        };
         let mut identity = Identity::parse(&path);
         self.names.fill(&mut identity);
         let identity = Arc::new(identity);
-        self.known.insert(id, Arc::clone(&identity));
+        self.known
+            .insert(id, (Arc::clone(&path), Arc::clone(&identity)));
         Some((path, identity))
     }
 }

@@ -118,6 +118,13 @@ impl Decoder {
         self.unjudged
     }
 
+    /// Looks the paths of groups made while tracing up in the kernel's
+    /// `group_paths` too (see [`crate::tracer::Tracer::group_paths`]).
+    pub fn with_made_paths(mut self, made: Option<libbpf_rs::MapHandle>) -> Self {
+        self.identities = self.identities.map(|i| i.with_made_paths(made));
+        self
+    }
+
     /// The user-space times, unless the kernel keeps them.
     pub fn times(&self) -> Option<&SocketTimes> {
         self.times.as_ref()
