@@ -453,6 +453,39 @@ mod tests {
     }
 
     #[test]
+    fn labelled_by_unit() {
+        let mut a = Summary::default();
+        a.transitions[7][2] = 2; // CLOSE -> SYN_SENT
+        a.slots[2][5] = 2;
+        let mut b = Summary::default();
+        b.transitions[7][2] = 1;
+        let counts = Counts {
+            labelled: Some(ByLabel {
+                by: crate::config::LabelBy::Unit,
+                values: vec![("nginx.service".into(), a), ("other".into(), b)],
+            }),
+            ..Counts::default()
+        };
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(Fixed(std::sync::Mutex::new(Some(counts)))));
+        let text = exposition(&registry, false).0.unwrap();
+        for line in [
+            "tcpstates_transitions_total{unit=\"nginx.service\",old_state=\"CLOSE\",new_state=\"SYN_SENT\"} 2",
+            "tcpstates_transitions_total{unit=\"other\",old_state=\"CLOSE\",new_state=\"SYN_SENT\"} 1",
+            "tcpstates_state_duration_seconds_count{unit=\"nginx.service\",state=\"CLOSE\"} 0",
+            "tcpstates_unknown_durations_total{unit=\"other\",state=\"CLOSE\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no line {line} in\n{text}");
+        }
+        // A label's histograms: only the states its sockets left.
+        assert!(
+            !text.contains("unit=\"nginx.service\",state=\"ESTABLISHED\""),
+            "{text}"
+        );
+        assert!(!text.contains("{state="), "every series labelled: {text}");
+    }
+
+    #[test]
     fn openmetrics_when_asked() {
         let text = exposed(true);
         assert!(text.ends_with("# EOF\n"), "{text}");

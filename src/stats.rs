@@ -87,7 +87,7 @@ impl Stats {
         let mut line = format!(
             "{} transitions matched, {} printed, {} lost (ring buffer full), \
              {} missed (recursion), {} sockets without room in the map, {} undecodable records, \
-             {} sockets tracked, {} left out unjudged (owner's cgroup too new)",
+             {} sockets tracked",
             self.kernel.events,
             self.reader.printed,
             self.kernel.ringbuf_drops,
@@ -95,8 +95,14 @@ impl Stats {
             self.no_room(),
             self.reader.undecodable,
             self.reader.sockets_tracked,
-            self.unjudged()
         );
+        if self.unjudged() > 0 {
+            let _ = write!(
+                line,
+                ", {} left out unjudged (owner's cgroup too new)",
+                self.unjudged()
+            );
+        }
         if let Some(ring) = self.reader.ring {
             let _ = write!(
                 line,
@@ -109,8 +115,8 @@ impl Stats {
     }
 
     /// The counters as `key=value` pairs, keys in this fixed order (the
-    /// names and their meaning are documented in the README and stay); the
-    /// ring buffer's last, when the run reads one.
+    /// names and their meaning are documented in docs/outputs.md and stay);
+    /// the ring buffer's when the run reads one; `unjudged` last.
     pub fn key_values(&self) -> String {
         let mut line = String::new();
         for (key, value) in self.pairs() {
@@ -128,10 +134,11 @@ impl Stats {
                 ring.events
             );
         }
+        let _ = write!(line, " unjudged={}", self.unjudged());
         line
     }
 
-    fn pairs(&self) -> [(&'static str, u64); 8] {
+    fn pairs(&self) -> [(&'static str, u64); 7] {
         [
             ("matched", self.kernel.events),
             ("printed", self.reader.printed),
@@ -140,7 +147,6 @@ impl Stats {
             ("no_room", self.no_room()),
             ("undecodable", self.reader.undecodable),
             ("sockets_tracked", self.reader.sockets_tracked),
-            ("unjudged", self.unjudged()),
         ]
     }
 
@@ -238,7 +244,7 @@ mod tests {
         assert_eq!(
             sample().key_values(),
             "matched=10 printed=7 ring_drops=3 recursion_misses=4 no_room=5 undecodable=1 \
-             sockets_tracked=9 unjudged=3 ring_bytes=4194304 ring_peak_pct=25 ring_peak_events=9362"
+             sockets_tracked=9 ring_bytes=4194304 ring_peak_pct=25 ring_peak_events=9362 unjudged=3"
         );
         let summary = Stats {
             reader: ReaderCounts::default(),

@@ -415,6 +415,40 @@ fn write_log2(out: &mut String, slots: &[u64; SLOTS]) {
 mod tests {
     use super::*;
 
+    #[test]
+    fn labels_as_a_table_and_since_the_last_print() {
+        let mut a = Summary::default();
+        a.transitions[7][2] = 2; // CLOSE -> SYN_SENT
+        a.transitions[2][1] = 2;
+        a.transitions[1][7] = 1; // ESTABLISHED -> CLOSE
+        let mut b = Summary::default();
+        b.transitions[10][3] = 3; // LISTEN -> SYN_RECV
+        let now = ByLabel {
+            by: LabelBy::Unit,
+            values: vec![("a.service".into(), a.clone()), ("b.service".into(), b)],
+        };
+        let mut text = String::new();
+        now.write_text(&mut text);
+        assert_eq!(
+            text,
+            "UNIT      TRANSITIONS CONNECTS  ACCEPTS   CLOSES\n\
+             a.service           5        2        0        1\n\
+             b.service           3        0        3        0\n"
+        );
+        // Since a print that showed a's: only b's, and a's new ones.
+        let earlier = ByLabel {
+            by: LabelBy::Unit,
+            values: vec![("a.service".into(), a)],
+        };
+        let delta = now.since(Some(&earlier));
+        assert_eq!(delta.values.len(), 1);
+        assert_eq!(delta.values[0].0, "b.service");
+        assert_eq!(
+            ByLabel::slot_names(&["x".into()]),
+            ["unknown", "none", "other", "x"]
+        );
+    }
+
     fn sample() -> Summary {
         let mut s = Summary::default();
         // CLOSE -> SYN_SENT x3 (unknown), SYN_SENT -> ESTABLISHED x3 at

@@ -457,11 +457,14 @@ fn full_ring_buffer_is_counted_and_reported() {
         "{stderr}"
     );
     // The reader found the ring full when it woke: the high-water mark
-    // says so, to within one record.
+    // says so, to within one record. The listener closes after SIGCONT:
+    // its record may come after the reader's first pass, and is printed
+    // beside those the full ring held.
     let c = last_counters(&stderr).unwrap();
     assert_eq!(c["ring_bytes"], 4096, "{stderr}");
     assert!(c["ring_peak_pct"] >= 97, "{stderr}");
-    assert_eq!(c["ring_peak_events"], printed, "{stderr}");
+    let peak = c["ring_peak_events"];
+    assert!(peak == printed || peak + 1 == printed, "{stderr}");
 }
 
 /// Without `--report kv`, -v's counters stay a sentence for people, and the

@@ -187,6 +187,10 @@ fn json_lines_carry_every_field_of_real_traffic() {
             "ms",
             "netns",
             "cgroup",
+            "unit",
+            "user_unit",
+            "container",
+            "pod",
         ];
         assert_eq!(line.matches('\n').count(), 0);
         let mut got = keys.clone();

@@ -352,6 +352,40 @@ mod tests {
     }
 
     #[test]
+    fn the_owners_unit_container_and_pod_when_known() {
+        let id = "8450f1dc0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5";
+        let mut ev = Event::from_raw(&raw_v4()).unwrap();
+        let mut identity = Identity::parse(&format!(
+            "/kubepods/pod1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d/crio-{id}"
+        ));
+        identity.pod.as_mut().unwrap().name = Some("cart-0".into());
+        ev.identity = Some(identity.into());
+        let mut out = Vec::new();
+        write_entry(&mut out, &ev, 0, true);
+        let f = fields(&out);
+        for (name, value) in [
+            ("TCPSTATES_CONTAINER_RUNTIME", Some("crio")),
+            ("TCPSTATES_CONTAINER_ID", Some(id)),
+            ("TCPSTATES_CONTAINER_NAME", None),
+            (
+                "TCPSTATES_POD_UID",
+                Some("1b2c3d4e-5f60-4a7b-8c9d-0e1f2a3b4c5d"),
+            ),
+            ("TCPSTATES_POD_NAME", Some("cart-0")),
+            ("TCPSTATES_POD_NAMESPACE", None),
+            ("TCPSTATES_UNIT", None),
+        ] {
+            assert_eq!(get(&f, name), value, "{name}");
+        }
+        ev.identity = Some(Identity::parse("/system.slice/nginx.service").into());
+        let mut out = Vec::new();
+        write_entry(&mut out, &ev, 0, true);
+        let f = fields(&out);
+        assert_eq!(get(&f, "TCPSTATES_UNIT"), Some("nginx.service"));
+        assert_eq!(get(&f, "TCPSTATES_CONTAINER_ID"), None);
+    }
+
+    #[test]
     fn unknown_span_is_absent_and_root_leaves_object_comm_to_journald() {
         let mut ev = Event::from_raw(&raw_v4()).unwrap();
         ev.duration_ns = None;

@@ -2,13 +2,15 @@
 //! assert the exact transitions of every socket. One test binary (the
 //! kernel matrix runs it in each attach mode), one file per topic:
 //! `lifecycle` (connections from open to close), `filters`, `attach`
-//! (modes, fallbacks, BTF), `json`, `owners`, `summary`.
+//! (modes, fallbacks, BTF), `json`, `owners`, `summary`, `groups` (the
+//! kernel's table of cgroups: units, labels).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod attach;
 mod filters;
+mod groups;
 mod json;
 mod lifecycle;
 mod owners;
