@@ -137,6 +137,15 @@ pub const FILES: &[(&str, &str)] = &[
     ),
     ("/run/systemd/journal/socket", "where -Y sends its entries"),
     (
+        "/var/lib/containers/storage, /var/lib/docker/containers",
+        "Podman's, CRI-O's and Docker's state: the containers' names (under --host-root)",
+    ),
+    (
+        "/var/log/pods, /var/log/containers",
+        "the kubelet's log folders: the pods' namespaces and names, their containers' names \
+         (under --host-root)",
+    ),
+    (
         "/etc/default/tcpstates-rs, /etc/sysconfig/tcpstates-rs",
         "the metrics service's options (the .deb's, the .rpm's)",
     ),
