@@ -283,7 +283,7 @@ impl Plan {
             } else {
                 1
             },
-            group_events: if self.group_table {
+            group_events: if self.sees_groups_made() {
                 self.page_bytes.max(64 << 10)
             } else {
                 self.page_bytes

@@ -128,7 +128,7 @@ fn stream(config: &Config) -> Result<()> {
         }
     }
     let mut reader = Reader::new(
-        Decoder::for_plan(tracer.plan(), config).with_made_paths(tracer.group_paths()?),
+        Decoder::for_plan(tracer.plan(), config).with_tracer(&tracer)?,
         config.count,
     );
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");

@@ -18,6 +18,7 @@ use crate::cgroup;
 use crate::config::{AttachMode, Config, LabelBy, Labels};
 use crate::host;
 use crate::identity::groups::{GroupMaps, GroupRules, GroupTable, Keeper};
+use crate::identity::names::{Names, SharedNames};
 use crate::plan::{KernelStore, Plan, Wake};
 use crate::ring::RingReader;
 use crate::stats::KernelCounters;
@@ -52,6 +53,8 @@ pub struct Tracer {
     /// Held for its thread, which fills the table of groups; dropped
     /// first, so it stops before the maps it fills go.
     _groups: Option<Keeper>,
+    /// The containers' and pods' names, shared with that thread.
+    names: SharedNames,
     skel: TcpstatesSkel<'static>,
     /// Empty once detached.
     links: Cell<Vec<Link>>,
@@ -110,9 +113,11 @@ impl Tracer {
                     .context("attaching to cgroup_mkdir (owners' groups)")?,
             );
         }
-        let groups = match GroupRules::of(config) {
-            Some(rules) => Some(start_keeper(&skel, rules, config)?),
-            None => None,
+        let names: SharedNames = Arc::new(Mutex::new(Names::new(&config.host_root)));
+        let groups = if plan.sees_groups_made() {
+            start_keeper(&skel, GroupRules::of(config), Arc::clone(&names))?
+        } else {
+            None
         };
         for prog in programs!(mode, &skel.progs) {
             links.push(prog.attach().with_context(|| {
@@ -126,6 +131,7 @@ impl Tracer {
         let view = Arc::new(KernelView::new(&skel, mode, labels, plan.summary_slots)?);
         Ok(Tracer {
             _groups: groups,
+            names,
             skel,
             links: Cell::new(links),
             plan,
@@ -140,6 +146,12 @@ impl Tracer {
             return Ok(None);
         }
         Ok(Some(MapHandle::try_from(&self.skel.maps.group_paths)?))
+    }
+
+    /// The containers' and pods' names found so far (the reader's, to
+    /// name owners).
+    pub fn names(&self) -> SharedNames {
+        Arc::clone(&self.names)
     }
 
     /// Stops new events; what is already in the ring buffer stays readable,
@@ -385,9 +397,19 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
 }
 
 /// Fills the table of cgroups before the program attaches, and keeps it
-/// filled.
-fn start_keeper(skel: &TcpstatesSkel<'_>, rules: GroupRules, config: &Config) -> Result<Keeper> {
-    let mount = cgroup::cgroup2_mount().context("no cgroup2 mount: groups cannot be judged")?;
+/// filled; without rules, looks the names of groups made up as they are
+/// made (none without a cgroup2 mount: owners then have no group).
+fn start_keeper(
+    skel: &TcpstatesSkel<'_>,
+    rules: Option<GroupRules>,
+    names: SharedNames,
+) -> Result<Option<Keeper>> {
+    let Some(mount) = cgroup::cgroup2_mount() else {
+        if rules.is_some() {
+            bail!("no cgroup2 mount: groups cannot be judged");
+        }
+        return Ok(None);
+    };
     let maps = GroupMaps {
         groups: MapHandle::try_from(&skel.maps.groups)?,
         known: MapHandle::try_from(&skel.maps.groups_known)?,
@@ -396,7 +418,7 @@ fn start_keeper(skel: &TcpstatesSkel<'_>, rules: GroupRules, config: &Config) ->
         counters: MapHandle::try_from(&skel.maps.counters)?,
         new_groups: counter::COUNTER_NEW_GROUPS.0,
     };
-    Keeper::start(GroupTable::new(rules, &config.host_root), mount, maps)
+    Keeper::start(GroupTable::new(rules, names), mount, maps).map(Some)
 }
 
 /// Reads slot `key` of a per-CPU array of u64 counters, summed over CPUs.

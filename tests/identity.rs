@@ -531,6 +531,9 @@ fn a_podman_container_by_name() {
     let run = Command::new("podman")
         .args([
             "run",
+            // Gone, with its state, as soon as wget is done: its name must
+            // be found while it runs.
+            "--rm",
             "--runtime",
             "runc",
             "--network=host",

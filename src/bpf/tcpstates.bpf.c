@@ -279,9 +279,9 @@ int BPF_KRETPROBE(handle_accept_ret, struct sock *newsk)
 /*
  * A cgroup made (only the cgroup v2 hierarchy's: its hierarchy id is 0):
  * its path, kept for user space, which names owners by it even once the
- * group is gone (a short-lived container); with the group filters or
- * labels, its id, sent to user space, which judges it at once. Loaded
- * when owners are shown or groups judged.
+ * group is gone (a short-lived container), and its id, sent to user space,
+ * which looks its names up and judges it at once. Loaded when owners are
+ * shown or groups judged.
  */
 SEC("?tp_btf/cgroup_mkdir")
 int BPF_PROG(handle_cgroup_mkdir, struct cgroup *cgrp, const char *path)
@@ -295,8 +295,7 @@ int BPF_PROG(handle_cgroup_mkdir, struct cgroup *cgrp, const char *path)
 	if (bpf_probe_read_kernel_str(value.path, sizeof(value.path), path) < 0)
 		return 0;
 	bpf_map_update_elem(&group_paths, &id, &value, BPF_ANY);
-	if (settings.filter_groups || settings.label_groups)
-		bpf_ringbuf_output(&group_events, &id, sizeof(id), 0);
+	bpf_ringbuf_output(&group_events, &id, sizeof(id), 0);
 	return 0;
 }
 

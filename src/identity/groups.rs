@@ -30,7 +30,7 @@ use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
 
 use super::Identity;
-use super::names::Names;
+use super::names::SharedNames;
 use crate::config::{Config, LabelBy, Labels};
 
 /// The label slots before the named ones (`enum group_labels`).
@@ -137,18 +137,19 @@ impl Group {
 /// on where it left off).
 #[derive(Debug)]
 pub struct GroupTable {
-    rules: GroupRules,
-    names: Names,
+    /// None: groups are only looked at for their names.
+    rules: Option<GroupRules>,
+    names: SharedNames,
     slots: HashMap<String, u16>,
     labels: Arc<Mutex<Vec<String>>>,
 }
 
 impl GroupTable {
-    /// For `rules`, names read under `host_root`.
-    pub fn new(rules: GroupRules, host_root: &Path) -> Self {
+    /// For `rules` (None: names only), with `names`.
+    pub fn new(rules: Option<GroupRules>, names: SharedNames) -> Self {
         Self {
             rules,
-            names: Names::new(host_root),
+            names,
             slots: HashMap::new(),
             labels: Arc::default(),
         }
@@ -163,9 +164,13 @@ impl GroupTable {
     /// passes no filter and has no label).
     pub fn judge(&mut self, path: &str) -> Option<Group> {
         let mut identity = Identity::parse(path);
-        self.names.fill(&mut identity);
-        let in_groups = self.rules.filters() && self.rules.keeps(path, &identity);
-        let label = match self.rules.label(&identity) {
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fill(&mut identity);
+        let rules = self.rules.as_ref()?;
+        let in_groups = rules.filters() && rules.keeps(path, &identity);
+        let label = match rules.label(&identity) {
             None => LABEL_NONE,
             Some(label) => self.slot(label),
         };
@@ -176,7 +181,11 @@ impl GroupTable {
         if let Some(&slot) = self.slots.get(&label) {
             return slot;
         }
-        let max = self.rules.labels.map_or(0, |l| l.max);
+        let max = self
+            .rules
+            .as_ref()
+            .and_then(|r| r.labels)
+            .map_or(0, |l| l.max);
         let mut labels = self.labels.lock().unwrap_or_else(|e| e.into_inner());
         if labels.len() >= usize::from(max) {
             return LABEL_OTHER;
@@ -219,7 +228,8 @@ impl GroupTable {
     }
 }
 
-/// The thread that keeps the kernel's table filled while the run lasts.
+/// The thread that keeps the kernel's table filled while the run lasts
+/// (without rules, it only looks the names of groups made up at once).
 #[derive(Debug)]
 pub struct Keeper {
     stop: Arc<AtomicBool>,
@@ -248,9 +258,11 @@ impl Keeper {
     /// Fills the table (two walks, so that the program can tell new groups
     /// from the first event on) and keeps it filled from a thread.
     pub fn start(mut table: GroupTable, mount: PathBuf, maps: GroupMaps) -> Result<Self> {
-        let (_, first) = table.walk(&mount);
         let mut filled = Filled::default();
-        filled.apply(&mut table, &mount, &maps, first)?;
+        if table.rules.is_some() {
+            let (_, first) = table.walk(&mount);
+            filled.apply(&mut table, &mount, &maps, first)?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let labels = table.labels();
         let thread = {
@@ -414,7 +426,7 @@ fn keep(
             eprintln!("tcpstates: {err:#}");
         }
         let now_asked = new_groups(&maps);
-        if now_asked == asked && walked.elapsed() < WALK_EVERY {
+        if table.rules.is_none() || (now_asked == asked && walked.elapsed() < WALK_EVERY) {
             continue;
         }
         asked = now_asked;
@@ -447,6 +459,12 @@ mod tests {
     use crate::config::Filter;
 
     const ID: &str = "8450f1dc0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5";
+
+    fn nowhere() -> SharedNames {
+        Arc::new(Mutex::new(crate::identity::names::Names::new(
+            "/nonexistent",
+        )))
+    }
 
     fn rules(filter: Filter, labels: Option<Labels>) -> GroupRules {
         let config = Config {
@@ -509,8 +527,7 @@ mod tests {
             by: LabelBy::Unit,
             max: 2,
         });
-        let mut table =
-            GroupTable::new(rules(Filter::default(), labels), Path::new("/nonexistent"));
+        let mut table = GroupTable::new(Some(rules(Filter::default(), labels)), nowhere());
         let judge = |t: &mut GroupTable, path: &str| t.judge(path);
         assert_eq!(judge(&mut table, "/"), None, "no unit: not in the table");
         let a = judge(&mut table, "/system.slice/a.service").unwrap();
@@ -538,10 +555,7 @@ mod tests {
             by: LabelBy::Container,
             max: 5,
         });
-        let mut table = GroupTable::new(
-            rules(Filter::default(), by_container),
-            Path::new("/nonexistent"),
-        );
+        let mut table = GroupTable::new(Some(rules(Filter::default(), by_container)), nowhere());
         assert_eq!(judge(&mut table, "/system.slice/a.service"), None);
         let podman = judge(&mut table, &format!("/libpod_parent/libpod-{ID}")).unwrap();
         assert_eq!(podman.label, LABEL_FIRST);
@@ -562,7 +576,7 @@ mod tests {
             },
             None,
         );
-        let mut table = GroupTable::new(unit, Path::new("/nonexistent"));
+        let mut table = GroupTable::new(Some(unit), nowhere());
         let (entries, newest) = table.walk(&root);
         let kept = Group {
             in_groups: true,

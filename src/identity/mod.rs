@@ -16,14 +16,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::cgroup::CgroupPaths;
-use names::Names;
+use names::{Names, SharedNames};
 
 /// Owners' cgroup ids to their paths and identities, each looked up once
 /// (again while a name is missing, at most once a second: [`Names`]).
 #[derive(Debug)]
 pub struct Identities {
     paths: CgroupPaths,
-    names: Names,
+    names: SharedNames,
     known: HashMap<u64, (Arc<str>, Arc<Identity>)>,
     /// The kernel's paths of groups made while tracing (`group_paths`), for
     /// groups gone before they were looked up.
@@ -35,15 +35,17 @@ impl Identities {
     pub fn new(mount: Option<PathBuf>, host_root: impl Into<PathBuf>) -> Self {
         Self {
             paths: CgroupPaths::at(mount),
-            names: Names::new(host_root),
+            names: Arc::new(std::sync::Mutex::new(Names::new(host_root))),
             known: HashMap::new(),
             made: None,
         }
     }
 
-    /// Also looks paths up in the kernel's `group_paths`.
-    pub fn with_made_paths(mut self, made: Option<libbpf_rs::MapHandle>) -> Self {
+    /// Also looks paths up in the kernel's `group_paths`, and names in
+    /// `names`, which the thread that sees groups made fills at once.
+    pub fn with_tracer(mut self, made: Option<libbpf_rs::MapHandle>, names: SharedNames) -> Self {
         self.made = made;
+        self.names = names;
         self
     }
 
@@ -61,7 +63,10 @@ impl Identities {
             },
         };
         let mut identity = Identity::parse(&path);
-        self.names.fill(&mut identity);
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .fill(&mut identity);
         let identity = Arc::new(identity);
         self.known
             .insert(id, (Arc::clone(&path), Arc::clone(&identity)));

@@ -17,7 +17,13 @@ use super::{Identity, Pod, Runtime};
 /// A name not found is looked for again at most this often.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-/// Reads and caches the names of containers and pods.
+/// [`Names`] shared by the thread that sees groups made (it looks their
+/// names up at once, while a short-lived container still exists) and the
+/// reader, which names owners later.
+pub type SharedNames = std::sync::Arc<std::sync::Mutex<Names>>;
+
+/// Reads and caches the names of containers and pods; a name found is kept
+/// for the run.
 #[derive(Debug)]
 pub struct Names {
     root: PathBuf,

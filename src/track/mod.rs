@@ -118,11 +118,14 @@ impl Decoder {
         self.unjudged
     }
 
-    /// Looks the paths of groups made while tracing up in the kernel's
-    /// `group_paths` too (see [`crate::tracer::Tracer::group_paths`]).
-    pub fn with_made_paths(mut self, made: Option<libbpf_rs::MapHandle>) -> Self {
-        self.identities = self.identities.map(|i| i.with_made_paths(made));
-        self
+    /// Names owners with what the tracer learnt of groups made while
+    /// tracing: their paths ([`crate::tracer::Tracer::group_paths`]) and
+    /// names ([`crate::tracer::Tracer::names`]).
+    pub fn with_tracer(mut self, tracer: &crate::tracer::Tracer) -> anyhow::Result<Self> {
+        if let Some(identities) = self.identities.take() {
+            self.identities = Some(identities.with_tracer(tracer.group_paths()?, tracer.names()));
+        }
+        Ok(self)
     }
 
     /// The user-space times, unless the kernel keeps them.

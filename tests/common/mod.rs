@@ -25,7 +25,9 @@ impl Capture {
     pub fn start(config: &Config) -> Self {
         let tracer = Tracer::start(config, Wake::EachEvent).expect("starting the tracer");
         Capture {
-            decoder: Decoder::for_plan(tracer.plan(), config),
+            decoder: Decoder::for_plan(tracer.plan(), config)
+                .with_tracer(&tracer)
+                .expect("the tracer's group paths"),
             tracer,
             events: Vec::new(),
         }
