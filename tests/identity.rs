@@ -2,7 +2,8 @@
 //! the Kubernetes pod, in -x, JSON and the summary's labels, and the
 //! `--unit` and `--container` filters keeping exactly their transitions.
 //!
-//! Groups named as systemd, containerd and CRI-O name them are made here
+//! Groups named as systemd, containerd and CRI-O name them (systemd and
+//! cgroupfs drivers) are made here
 //! under the host's cgroup2 mount, with a helper process moved into each,
 //! and a kubelet's `/var/log/pods` tree in a temporary `--host-root`; a real
 //! Podman container (runc, an image imported from busybox-static) makes a
@@ -221,13 +222,17 @@ fn units_pods_and_containers_from_groups_made_here() {
     let mount = mount();
     let n = std::process::id();
     let uid = format!("{n:08x}-5f60-4a7b-8c9d-{n:012x}");
-    let id = format!("{n:016x}").repeat(4);
+    let id = format!("{n:08x}{}", "a".repeat(56));
     let mut groups = Groups(Vec::new());
     let unit = groups.make(mount.join(format!("tstest-{n}.slice/tsunit-{n}.service")));
     let pod = groups.make(mount.join(format!(
         "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{id}.scope",
         uid.replace('-', "_")
     )));
+    // CRI-O with the cgroupfs driver: another pod, another layout.
+    let crio_uid = format!("{n:08x}-0000-4000-8000-{n:012x}");
+    let crio_id = format!("{n:08x}{}", "b".repeat(56));
+    let crio = groups.make(mount.join(format!("kubepods/besteffort/pod{crio_uid}/crio-{crio_id}")));
     // The kubelet's logs, in a root of their own.
     let host = std::env::temp_dir().join(format!("tcpstates-identity-{n}"));
     let _ = std::fs::remove_dir_all(&host);
@@ -243,11 +248,21 @@ fn units_pods_and_containers_from_groups_made_here() {
         "",
     )
     .unwrap();
+    std::fs::create_dir_all(host.join(format!("var/log/pods/web_front-{n}_{crio_uid}/nginx")))
+        .unwrap();
+    std::fs::write(
+        host.join(format!(
+            "var/log/containers/front-{n}_web_nginx-{crio_id}.log"
+        )),
+        "",
+    )
+    .unwrap();
     let root_arg = host.to_string_lossy().to_string();
 
     let port = serve();
     let mut unit_peer = Peer::in_group(&unit, port);
     let mut pod_peer = Peer::in_group(&pod, port);
+    let mut crio_peer = Peer::in_group(&crio, port);
     let tracer = |args: &[&str]| {
         TracerProcess::start(
             Command::new(BIN)
@@ -261,10 +276,12 @@ fn units_pods_and_containers_from_groups_made_here() {
     let by_id = tracer(&["-j", "--container", &id[..12]]);
     let by_name = tracer(&["-j", "--container", &format!("cart-{n}/app")]);
     let by_late = tracer(&["-j", "--unit", &format!("tslate-{n}.service")]);
+    let by_crio = tracer(&["-j", "--container", &crio_id[..20]]);
 
     for v6 in [false, true] {
         unit_peer.connect(v6);
         pod_peer.connect(v6);
+        crio_peer.connect(v6);
     }
     // A unit started while tracing, connecting at once.
     let late = groups.make(mount.join(format!("tstest-{n}.slice/tslate-{n}.service")));
@@ -272,8 +289,10 @@ fn units_pods_and_containers_from_groups_made_here() {
     late_peer.connect(false);
     sleep(Duration::from_millis(300));
     let (unit_pid, pod_pid, late_pid) = (unit_peer.pid(), pod_peer.pid(), late_peer.pid());
+    let crio_pid = crio_peer.pid();
     unit_peer.end();
     pod_peer.end();
+    crio_peer.end();
     late_peer.end();
 
     let all = objects(&stop(all));
@@ -282,6 +301,7 @@ fn units_pods_and_containers_from_groups_made_here() {
     let by_id = objects(&stop(by_id));
     let by_name = objects(&stop(by_name));
     let by_late = objects(&stop(by_late));
+    let by_crio = objects(&stop(by_crio));
     let _ = std::fs::remove_dir_all(&host);
 
     // Every field, exact, on each of the peers' rows.
@@ -312,6 +332,21 @@ fn units_pods_and_containers_from_groups_made_here() {
             "{o}"
         );
     }
+    let crio_rows = rows_of(&all, crio_pid);
+    assert_eq!(crio_rows.len(), 10, "{crio_rows:#?}");
+    for o in crio_rows {
+        assert_eq!(o["unit"], Value::Null, "{o}");
+        assert_eq!(
+            o["container"],
+            serde_json::json!({"runtime": "crio", "id": crio_id, "name": null}),
+            "{o}"
+        );
+        assert_eq!(
+            o["pod"],
+            serde_json::json!({"uid": crio_uid, "namespace": "web", "name": format!("front-{n}"), "container": "nginx"}),
+            "{o}"
+        );
+    }
     let late_rows = rows_of(&all, late_pid);
     assert_eq!(late_rows.len(), 5, "{late_rows:#?}");
     for o in late_rows {
@@ -325,6 +360,7 @@ fn units_pods_and_containers_from_groups_made_here() {
     for (pid, shown) in [
         (unit_pid, format!("tsunit-{n}.service")),
         (pod_pid, format!("shop/cart-{n}/app")),
+        (crio_pid, format!("web/front-{n}/nginx")),
     ] {
         let rows: Vec<&String> = table
             .iter()
@@ -342,6 +378,7 @@ fn units_pods_and_containers_from_groups_made_here() {
         (&by_unit, unit_pid, 2, "--unit"),
         (&by_id, pod_pid, 2, "--container ID"),
         (&by_name, pod_pid, 2, "--container POD/CONTAINER"),
+        (&by_crio, crio_pid, 2, "--container ID, CRI-O"),
         (
             &by_late,
             late_pid,
