@@ -205,7 +205,7 @@ fn client_transitions(connections: usize) -> Vec<(String, String)> {
 
 /// The rows of the sockets `pid` owns (the clients' sides: the servers'
 /// are this process's).
-fn rows_of<'a>(objects: &'a [Value], pid: u64) -> Vec<&'a Value> {
+fn rows_of(objects: &[Value], pid: u64) -> Vec<&Value> {
     objects.iter().filter(|o| o["owner_pid"] == pid).collect()
 }
 
