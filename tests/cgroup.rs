@@ -5,13 +5,12 @@
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
 
 use serde_json::Value;
-use tcpstates_testkit::host::root;
+use tcpstates_testkit::host::{cgroup2_mount, root};
 use tcpstates_testkit::net::read_to_eof;
 use tcpstates_testkit::tracer::TracerProcess;
 
@@ -40,22 +39,10 @@ fn cgroup_peer() {
     drop(client);
 }
 
-/// The host's cgroup2 mount; the test needs one.
-fn mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("this test needs a cgroup2 mount")
-}
-
 #[test]
 fn cgroup_filter_keeps_the_group_and_below() {
     let Some(_root) = root() else { return };
-    let mount = mount();
+    let mount = cgroup2_mount();
     let outer = format!("tcpstates-test-{}", std::process::id());
     let inner = mount.join(&outer).join("inner");
     std::fs::create_dir_all(&inner).unwrap();

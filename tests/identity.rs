@@ -18,7 +18,8 @@ use std::thread::{self, sleep};
 use std::time::Duration;
 
 use serde_json::Value;
-use tcpstates_testkit::host::root;
+use tcpstates_testkit::host::{cgroup2_mount, root};
+use tcpstates_testkit::net::http_server;
 use tcpstates_testkit::tracer::TracerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
@@ -134,18 +135,6 @@ fn serve() -> u16 {
     port
 }
 
-/// The host's cgroup2 mount; these tests need one.
-fn mount() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(' ').collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("this test needs a cgroup2 mount")
-}
-
 /// Groups made by a test, removed (deepest first) when it ends.
 struct Groups(Vec<PathBuf>);
 
@@ -178,18 +167,21 @@ fn objects(lines: &[String]) -> Vec<Value> {
         .collect()
 }
 
+/// Each object's (old state, new state), in order.
+fn pairs(objects: &[Value]) -> Vec<(String, String)> {
+    objects
+        .iter()
+        .map(|o| {
+            (
+                o["oldstate"].as_str().unwrap().into(),
+                o["newstate"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
 fn sorted_pairs(objects: &[Value]) -> Vec<(String, String)> {
-    sorted(
-        objects
-            .iter()
-            .map(|o| {
-                (
-                    o["oldstate"].as_str().unwrap().into(),
-                    o["newstate"].as_str().unwrap().into(),
-                )
-            })
-            .collect(),
-    )
+    sorted(pairs(objects))
 }
 
 fn sorted(mut pairs: Vec<(String, String)>) -> Vec<(String, String)> {
@@ -219,7 +211,7 @@ fn stop(tracer: TracerProcess) -> Vec<String> {
 #[test]
 fn units_pods_and_containers_from_groups_made_here() {
     let Some(_root) = root() else { return };
-    let mount = mount();
+    let mount = cgroup2_mount();
     let n = std::process::id();
     let uid = format!("{n:08x}-5f60-4a7b-8c9d-{n:012x}");
     let id = format!("{n:08x}{}", "a".repeat(56));
@@ -402,7 +394,7 @@ fn units_pods_and_containers_from_groups_made_here() {
 #[test]
 fn summary_counts_by_unit() {
     let Some(_root) = root() else { return };
-    let mount = mount();
+    let mount = cgroup2_mount();
     let n = std::process::id();
     let mut groups = Groups(Vec::new());
     let a = groups.make(mount.join(format!("tstest-{n}.slice/tsa-{n}.service")));
@@ -529,25 +521,6 @@ fn podman_image() -> &'static str {
     IMAGE
 }
 
-/// Answers one HTTP request and closes: the client reads to the end, so it
-/// closes second.
-fn serve_http() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut request = Vec::new();
-            let mut byte = [0u8];
-            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                request.push(byte[0]);
-            }
-            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello\n");
-        }
-    });
-    port
-}
-
 #[test]
 fn a_podman_container_by_name() {
     let Some(_root) = root() else { return };
@@ -556,7 +529,7 @@ fn a_podman_container_by_name() {
     let name = format!("tcpstates-web-{n}");
     let cidfile = std::env::temp_dir().join(format!("tcpstates-cid-{n}"));
     let _ = std::fs::remove_file(&cidfile);
-    let port = serve_http();
+    let port = http_server();
     let filtered = TracerProcess::start(Command::new(BIN).args(["-j", "--container", &name]));
     let table = TracerProcess::start(Command::new(BIN).args(["-x"]));
     let metrics = TracerProcess::start(Command::new(BIN).args([
@@ -609,15 +582,7 @@ fn a_podman_container_by_name() {
     );
     assert_eq!(id.len(), 64, "the container's id: {id:?}");
 
-    let pairs: Vec<(&str, &str)> = filtered
-        .iter()
-        .map(|o| {
-            (
-                o["oldstate"].as_str().unwrap(),
-                o["newstate"].as_str().unwrap(),
-            )
-        })
-        .collect();
+    let pairs = pairs(&filtered);
     assert_eq!(
         pairs,
         [
@@ -626,7 +591,8 @@ fn a_podman_container_by_name() {
             ("ESTABLISHED", "CLOSE_WAIT"),
             ("CLOSE_WAIT", "LAST_ACK"),
             ("LAST_ACK", "CLOSE")
-        ],
+        ]
+        .map(|(a, b)| (a.to_string(), b.to_string())),
         "the container's client, nothing else: {filtered:#?}"
     );
     for o in &filtered {

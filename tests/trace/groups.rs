@@ -4,13 +4,13 @@
 //! made here under the cgroup2 mount (the kernel matrix's guests mount one);
 //! `busybox wget` fetches from inside them.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use super::*;
 use tcpstates::config::{Format, LabelBy, Labels};
+use tcpstates_testkit::host::cgroup2_mount;
+use tcpstates_testkit::net::http_server;
 
 /// The transitions of a client whose server closes first.
 const FETCH: [(TcpState, TcpState); 5] = [
@@ -20,29 +20,6 @@ const FETCH: [(TcpState, TcpState); 5] = [
     (CloseWait, LastAck),
     (LastAck, Close),
 ];
-
-fn cgroup2() -> PathBuf {
-    tcpstates::cgroup::cgroup2_mount().expect("these tests need a cgroup2 mount")
-}
-
-/// Answers each request and closes: the client reads to the end and closes
-/// second.
-fn http_server() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut request = Vec::new();
-            let mut byte = [0u8];
-            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
-                request.push(byte[0]);
-            }
-            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello\n");
-        }
-    });
-    port
-}
 
 /// One fetch by `busybox wget` from inside `group`; its pid.
 fn fetch_from(group: &Path, port: u16) -> u32 {
@@ -74,7 +51,7 @@ fn unit_filter_keeps_a_unit_started_while_tracing() {
         ..opts(test_attach(), Filter::default())
     };
     let mut capture = Capture::start(&config);
-    let group = cgroup2().join(&name);
+    let group = cgroup2_mount().join(&name);
     std::fs::create_dir(&group).unwrap();
     let pid = fetch_from(&group, port);
     capture.wait_until("the fetch's transitions", |ev| ev.len() >= FETCH.len());
@@ -103,7 +80,7 @@ fn summary_counts_by_unit() {
         format!("tstrace-a-{n}.service"),
         format!("tstrace-b-{n}.service"),
     ];
-    let groups: Vec<PathBuf> = units.iter().map(|u| cgroup2().join(u)).collect();
+    let groups: Vec<PathBuf> = units.iter().map(|u| cgroup2_mount().join(u)).collect();
     for group in &groups {
         std::fs::create_dir(group).unwrap();
     }

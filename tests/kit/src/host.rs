@@ -1,7 +1,7 @@
 //! The host's state that root tests depend on: root itself (with a lock
 //! that serialises tests touching global state), tracefs, kprobes.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
 
@@ -23,6 +23,19 @@ pub fn root() -> Option<MutexGuard<'static, ()>> {
         );
     }
     Some(LOCK.lock().unwrap_or_else(|e| e.into_inner()))
+}
+
+/// The host's cgroup2 mount; fails loudly without one (the tests that
+/// make groups need it).
+pub fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("reading /proc/self/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("this test needs a cgroup2 mount")
 }
 
 /// Where tracefs is mounted on a current system.

@@ -1,6 +1,7 @@
-//! Single loopback connections, closed as a test asks.
+//! Single loopback connections, closed as a test asks, and an HTTP server
+//! that closes first.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::Duration;
@@ -101,4 +102,22 @@ pub fn wait_readable(fd: impl AsFd, timeout: Duration) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// An HTTP server on 127.0.0.1 (its port) that reads each request, answers
+/// and closes: a client reading to the end (wget) closes second.
+pub fn http_server() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding a loopback port");
+    let port = listener.local_addr().expect("its address").port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = Vec::new();
+            let mut byte = [0u8];
+            while !request.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                request.push(byte[0]);
+            }
+            let _ = stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello\n");
+        }
+    });
+    port
 }
