@@ -4,16 +4,23 @@
 //! (`--label-by`).
 //!
 //! The program judges a socket's owner by its cgroup id when the owner
-//! changes: one lookup. A [`Keeper`] thread walks the cgroup2 hierarchy,
-//! judges every group by its path ([`GroupRules`]) and fills the table, so
-//! that groups made while tracing (a unit restarted, a container started)
-//! are picked up. The program cannot judge a group made since the last walk
-//! (cgroup ids only grow, so it knows which ones those are): it counts them
-//! (`COUNTER_NEW_GROUPS`), which makes the keeper walk again at once, and
+//! changes: one lookup. A [`Keeper`] thread walks the cgroup2 hierarchy at
+//! start and every few seconds, judges every group by its path
+//! ([`GroupRules`]) and fills the table. Groups made while tracing (a unit
+//! restarted, a container started) are judged as they are made: a program
+//! on `cgroup_mkdir` keeps each one's path and sends its id, and the keeper,
+//! woken, judges it within microseconds, before a process in it can open a
+//! socket. Should the program still meet a group made since the table was
+//! filled (cgroup ids only grow, so it knows which ones those are), it
+//! counts it (`COUNTER_NEW_GROUPS`), which makes the keeper walk again, and
 //! leaves the decision to user space: the reader judges such events by the
-//! same rules ([`GroupRules::keeps`]); summary mode counts the transitions it
-//! could not judge under the `unknown` label, or, filtered, says how many it
-//! left out.
+//! same rules ([`GroupRules::keeps`]); summary mode counts the transitions
+//! it could not judge under the `unknown` label, or, filtered, says how
+//! many it left out (`unjudged`).
+//!
+//! Without rules (owners shown, no group filter or label), the keeper only
+//! looks the names of groups made up as they are made, while a short-lived
+//! container's state still exists.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -350,6 +357,10 @@ impl Filled {
     fn judge_now(&mut self, table: &mut GroupTable, maps: &GroupMaps, ids: &[u64]) -> Result<()> {
         for &id in ids {
             let judged = made_path(&maps.paths, id).and_then(|path| table.judge(&path));
+            if table.rules.is_none() {
+                // Names only: nothing to keep.
+                continue;
+            }
             self.made.insert(id, judged);
             if let Some(group) = judged {
                 maps.groups
