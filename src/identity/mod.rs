@@ -14,17 +14,20 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::cgroup::CgroupPaths;
 use names::{Names, SharedNames};
 
 /// Owners' cgroup ids to their paths and identities, each looked up once
-/// (again while a name is missing, at most once a second: [`Names`]).
+/// (again while a name is missing, at most once a second).
 #[derive(Debug)]
 pub struct Identities {
     paths: CgroupPaths,
     names: SharedNames,
-    known: HashMap<u64, (Arc<str>, Arc<Identity>)>,
+    /// Each group's path and identity, and when a name it lacks was last
+    /// looked for.
+    known: HashMap<u64, (Arc<str>, Arc<Identity>, Instant)>,
     /// The kernel's paths of groups made while tracing (`group_paths`), for
     /// groups gone before they were looked up.
     made: Option<libbpf_rs::MapHandle>,
@@ -53,10 +56,12 @@ impl Identities {
     /// found.
     pub fn of(&mut self, id: u64) -> Option<(Arc<str>, Arc<Identity>)> {
         let path = match self.known.get(&id) {
-            Some((path, identity)) if identity.is_complete() => {
+            Some((path, identity, at))
+                if identity.is_complete() || at.elapsed() < names::RETRY_EVERY =>
+            {
                 return Some((Arc::clone(path), Arc::clone(identity)));
             }
-            Some((path, _)) => Arc::clone(path),
+            Some((path, _, _)) => Arc::clone(path),
             None => match self.paths.path(id) {
                 Some(path) => path,
                 None => Arc::from(groups::made_path(self.made.as_ref()?, id)?),
@@ -68,8 +73,10 @@ impl Identities {
             .unwrap_or_else(|e| e.into_inner())
             .fill(&mut identity);
         let identity = Arc::new(identity);
-        self.known
-            .insert(id, (Arc::clone(&path), Arc::clone(&identity)));
+        self.known.insert(
+            id,
+            (Arc::clone(&path), Arc::clone(&identity), Instant::now()),
+        );
         Some((path, identity))
     }
 }

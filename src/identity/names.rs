@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use super::{Identity, Pod, Runtime};
 
 /// A name not found is looked for again at most this often.
-const RETRY_EVERY: Duration = Duration::from_secs(1);
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// [`Names`] shared by the thread that sees groups made (it looks their
 /// names up at once, while a short-lived container still exists) and the
