@@ -31,6 +31,9 @@ pub struct Identities {
     /// The kernel's paths of groups made while tracing (`group_paths`), for
     /// groups gone before they were looked up.
     made: Option<libbpf_rs::MapHandle>,
+    /// The group asked for last, when complete: consecutive events mostly
+    /// share an owner.
+    last: Option<(u64, Arc<str>, Arc<Identity>)>,
 }
 
 impl Identities {
@@ -41,6 +44,7 @@ impl Identities {
             names: Arc::new(std::sync::Mutex::new(Names::new(host_root))),
             known: HashMap::new(),
             made: None,
+            last: None,
         }
     }
 
@@ -55,10 +59,18 @@ impl Identities {
     /// The path of cgroup `id` and who it belongs to, when the group is
     /// found.
     pub fn of(&mut self, id: u64) -> Option<(Arc<str>, Arc<Identity>)> {
+        if let Some((last, path, identity)) = &self.last {
+            if *last == id {
+                return Some((Arc::clone(path), Arc::clone(identity)));
+            }
+        }
         let path = match self.known.get(&id) {
             Some((path, identity, at))
                 if identity.is_complete() || at.elapsed() < names::RETRY_EVERY =>
             {
+                if identity.is_complete() {
+                    self.last = Some((id, Arc::clone(path), Arc::clone(identity)));
+                }
                 return Some((Arc::clone(path), Arc::clone(identity)));
             }
             Some((path, _, _)) => Arc::clone(path),
@@ -77,6 +89,9 @@ impl Identities {
             id,
             (Arc::clone(&path), Arc::clone(&identity), Instant::now()),
         );
+        if identity.is_complete() {
+            self.last = Some((id, Arc::clone(&path), Arc::clone(&identity)));
+        }
         Some((path, identity))
     }
 }
@@ -237,34 +252,46 @@ pub fn unit_name(name: &str) -> String {
     }
 }
 
-/// The compact form the table's column shows: the pod's
-/// `namespace/name/container`, else the container's `runtime:name` (or the
-/// first 12 digits of its id), else the user unit (`user@UID:unit`), else
-/// the unit.
-impl fmt::Display for Identity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Identity {
+    /// Appends the compact form (see the `Display` impl) to `out`, without
+    /// the formatting machinery: the table writes it on every line.
+    pub fn push_compact(&self, out: &mut Vec<u8>) {
         if let Some(pod) = &self.pod {
             if let (Some(ns), Some(name)) = (&pod.namespace, &pod.name) {
-                write!(f, "{ns}/{name}")?;
-                if let Some(c) = &pod.container {
-                    write!(f, "/{c}")?;
+                for part in [ns.as_str(), "/", name.as_str()] {
+                    out.extend_from_slice(part.as_bytes());
                 }
-                return Ok(());
+                if let Some(c) = &pod.container {
+                    out.push(b'/');
+                    out.extend_from_slice(c.as_bytes());
+                }
+                return;
             }
         }
         if let Some(c) = &self.container {
-            return match &c.name {
-                Some(name) => write!(f, "{}:{name}", c.runtime.name()),
-                None => write!(f, "{}:{}", c.runtime.name(), &c.id[..12]),
-            };
+            out.extend_from_slice(c.runtime.name().as_bytes());
+            out.push(b':');
+            let shown = c.name.as_deref().unwrap_or(&c.id[..12]);
+            out.extend_from_slice(shown.as_bytes());
+            return;
         }
         if let Some((uid, unit)) = &self.user_unit {
-            return write!(f, "user@{uid}:{unit}");
+            out.extend_from_slice(format!("user@{uid}:{unit}").as_bytes());
+            return;
         }
-        match &self.unit {
-            Some(unit) => f.write_str(unit),
-            None => f.write_str("-"),
-        }
+        out.extend_from_slice(self.unit.as_deref().unwrap_or("-").as_bytes());
+    }
+}
+
+/// The compact form the table's column shows: the pod's
+/// `namespace/name/container`, else the container's `runtime:name` (or the
+/// first 12 digits of its id), else the user unit (`user@UID:unit`), else
+/// the unit, else `-`.
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut text = Vec::new();
+        self.push_compact(&mut text);
+        f.write_str(&String::from_utf8_lossy(&text))
     }
 }
 

@@ -189,10 +189,7 @@ impl Formatter {
             Field::Netns => push_u64(out, ev.netns.into()),
             Field::Identity => match &ev.identity {
                 Some(id) if csv => push_csv_text(out, &id.to_string()),
-                Some(id) => {
-                    use std::io::Write;
-                    let _ = write!(out, "{id}");
-                }
+                Some(id) => id.push_compact(out),
                 None => out.extend_from_slice(UNKNOWN.as_bytes()),
             },
             Field::Cgroup => match &ev.cgroup {
