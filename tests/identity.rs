@@ -14,6 +14,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, sleep};
 use std::time::Duration;
 
@@ -116,23 +118,41 @@ impl Peer {
 }
 
 /// Accepts on both loopbacks and reads each connection to its end, then
-/// closes: the clients close first.
-fn serve() -> u16 {
+/// closes: the clients close first. Its port, and how many it closed.
+fn serve() -> (u16, Arc<AtomicUsize>) {
     let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = v4.local_addr().unwrap().port();
     let v6 = TcpListener::bind(("::1", port)).unwrap();
+    let closed = Arc::new(AtomicUsize::new(0));
     for listener in [v4, v6] {
+        let closed = Arc::clone(&closed);
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let mut stream = stream.unwrap();
+                let closed = Arc::clone(&closed);
                 thread::spawn(move || {
                     let mut sink = Vec::new();
                     let _ = stream.read_to_end(&mut sink);
+                    drop(stream);
+                    closed.fetch_add(1, Ordering::SeqCst);
                 });
             }
         });
     }
-    port
+    (port, closed)
+}
+
+/// Waits until the server closed `n` connections: a process forked before
+/// would hold a copy of one, and close it last (becoming its owner).
+fn wait_closed(closed: &AtomicUsize, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while closed.load(Ordering::SeqCst) < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server closed {closed:?} of {n}"
+        );
+        sleep(Duration::from_millis(5));
+    }
 }
 
 /// Groups made by a test, removed (deepest first) when it ends.
@@ -251,7 +271,7 @@ fn units_pods_and_containers_from_groups_made_here() {
     .unwrap();
     let root_arg = host.to_string_lossy().to_string();
 
-    let port = serve();
+    let (port, closed) = serve();
     let mut unit_peer = Peer::in_group(&unit, port);
     let mut pod_peer = Peer::in_group(&pod, port);
     let mut crio_peer = Peer::in_group(&crio, port);
@@ -275,7 +295,9 @@ fn units_pods_and_containers_from_groups_made_here() {
         pod_peer.connect(v6);
         crio_peer.connect(v6);
     }
-    // A unit started while tracing, connecting at once.
+    // A unit started while tracing, connecting at once; its process is
+    // forked once the server holds no socket.
+    wait_closed(&closed, 6);
     let late = groups.make(mount.join(format!("tstest-{n}.slice/tslate-{n}.service")));
     let mut late_peer = Peer::in_group(&late, port);
     late_peer.connect(false);
@@ -399,7 +421,7 @@ fn summary_counts_by_unit() {
     let mut groups = Groups(Vec::new());
     let a = groups.make(mount.join(format!("tstest-{n}.slice/tsa-{n}.service")));
     let b = groups.make(mount.join(format!("tstest-{n}.slice/tsb-{n}.service")));
-    let port = serve();
+    let (port, _) = serve();
     let mut a_peer = Peer::in_group(&a, port);
     let mut b_peer = Peer::in_group(&b, port);
     let summary = TracerProcess::start(Command::new(BIN).args(["-S", "-j", "--label-by", "unit"]));
@@ -465,6 +487,29 @@ fn summary_counts_by_unit() {
     };
     assert_eq!(value(&format!("tsa-{n}.service")), "2");
     assert_eq!(value(&format!("tsb-{n}.service")), "1");
+    // A valid exposition, labels and all.
+    let body = exposition
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body);
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    lint.stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let lint = lint.wait_with_output().unwrap();
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 }
 
 fn scrape(addr: std::net::SocketAddr) -> String {
