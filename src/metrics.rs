@@ -197,7 +197,7 @@ struct Exposition {
 
 impl Collector for Exposition {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let summary = self.view.summary().map_err(|_| std::fmt::Error)?;
+        let (summary, labelled) = self.view.summaries().map_err(|_| std::fmt::Error)?;
         let counters = self.view.counters().map_err(|_| std::fmt::Error)?;
         let counts = Counts {
             summary,
@@ -205,7 +205,7 @@ impl Collector for Exposition {
             map_full: counters.map_full,
             recursion_misses: counters.recursion_misses,
             unjudged: counters.unjudged,
-            labelled: self.view.by_label().map_err(|_| std::fmt::Error)?,
+            labelled,
         };
         counts.encode(encoder, self.mode)
     }

@@ -67,10 +67,8 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
             break;
         }
         if let Some(at) = next_print.filter(|at| now >= *at) {
-            if printer
-                .print(&view.summary()?, view.by_label()?.as_ref())
-                .is_err()
-            {
+            let (total, labelled) = view.summaries()?;
+            if printer.print(&total, labelled.as_ref()).is_err() {
                 // `tcpstates -S 1 | head`: the reader is gone.
                 return Ok(());
             }
@@ -81,12 +79,11 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
         std::thread::sleep(until.saturating_duration_since(now));
     }
     tracer.detach();
-    if output.print
-        && printer
-            .print(&view.summary()?, view.by_label()?.as_ref())
-            .is_err()
-    {
-        return Ok(());
+    if output.print {
+        let (total, labelled) = view.summaries()?;
+        if printer.print(&total, labelled.as_ref()).is_err() {
+            return Ok(());
+        }
     }
     let stats = Stats {
         kernel: view.counters()?,

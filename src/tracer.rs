@@ -263,27 +263,35 @@ impl KernelView {
 
     /// Summary mode's aggregates, summed over CPUs.
     pub fn summary(&self) -> Result<Summary> {
-        let mut total = Summary::default();
-        for slot in 0..self.slots {
-            total.merge(&self.summary_slot(slot)?);
-        }
-        Ok(total)
+        Ok(self.summaries()?.0)
     }
 
     /// With --label-by: each label's counts (those with any).
     pub fn by_label(&self) -> Result<Option<ByLabel>> {
-        let Some((by, named)) = &self.labels else {
-            return Ok(None);
+        Ok(self.summaries()?.1)
+    }
+
+    /// Both, each slot of the map read once: the total of every slot, and,
+    /// with --label-by, each label's counts (those with any).
+    pub fn summaries(&self) -> Result<(Summary, Option<ByLabel>)> {
+        let named = match &self.labels {
+            Some((_, named)) => named.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            None => Vec::new(),
         };
-        let named = named.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut total = Summary::default();
         let mut values = Vec::new();
         for (slot, label) in (0..self.slots).zip(ByLabel::slot_names(&named)) {
             let summary = self.summary_slot(slot)?;
+            total.merge(&summary);
             if summary.total() > 0 {
                 values.push((label, summary));
             }
         }
-        Ok(Some(ByLabel { by: *by, values }))
+        let labelled = self
+            .labels
+            .as_ref()
+            .map(|(by, _)| ByLabel { by: *by, values });
+        Ok((total, labelled))
     }
 
     fn summary_slot(&self, slot: u32) -> Result<Summary> {
