@@ -124,10 +124,7 @@ fn stream(config: &Config) -> Result<()> {
             ),
         }
     }
-    let mut reader = Reader::new(
-        Decoder::for_plan(tracer.plan(), config).with_tracer(&tracer)?,
-        config.count,
-    );
+    let mut reader = Reader::new(Decoder::for_tracer(&tracer, config)?, config.count);
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
     sink.start();
 

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::cgroup::CgroupPaths;
-use names::{Names, SharedNames};
+use names::SharedNames;
 
 /// Owners' cgroup ids to their paths and identities, each looked up once
 /// (again while a name is missing, at most once a second).
@@ -37,23 +37,22 @@ pub struct Identities {
 }
 
 impl Identities {
-    /// For the cgroup2 hierarchy at `mount`, names read under `host_root`.
-    pub fn new(mount: Option<PathBuf>, host_root: impl Into<PathBuf>) -> Self {
+    /// For the cgroup2 hierarchy at `mount`; names from `names` (which the
+    /// thread that sees groups made fills at once), and the paths of groups
+    /// gone before they were looked up from the kernel's `made`
+    /// (`group_paths`), when there is one.
+    pub fn new(
+        mount: Option<PathBuf>,
+        names: SharedNames,
+        made: Option<libbpf_rs::MapHandle>,
+    ) -> Self {
         Self {
             paths: CgroupPaths::at(mount),
-            names: Arc::new(std::sync::Mutex::new(Names::new(host_root))),
+            names,
             known: HashMap::new(),
-            made: None,
+            made,
             last: None,
         }
-    }
-
-    /// Also looks paths up in the kernel's `group_paths`, and names in
-    /// `names`, which the thread that sees groups made fills at once.
-    pub fn with_tracer(mut self, made: Option<libbpf_rs::MapHandle>, names: SharedNames) -> Self {
-        self.made = made;
-        self.names = names;
-        self
     }
 
     /// The path of cgroup `id` and who it belongs to, when the group is

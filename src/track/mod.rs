@@ -25,7 +25,8 @@ use crate::config::Config;
 use crate::event::{DecodeError, Event};
 use crate::identity::Identities;
 use crate::identity::groups::GroupRules;
-use crate::plan::{OwnerKeeper, Plan};
+use crate::plan::OwnerKeeper;
+use crate::tracer::Tracer;
 
 /// Turns ring buffer records into events, with the time in the old state
 /// from the kernel or from [`SocketTimes`], whichever keeps it, and, when
@@ -50,21 +51,31 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    /// For the program `plan` loads; runtimes' state read under
-    /// `host_root` (see [`crate::identity::names`]).
-    pub fn for_plan(plan: &Plan, config: &Config) -> Self {
+    /// For the program `tracer` loaded for `config`: owners named with
+    /// what the tracer learns of groups made while tracing, their paths
+    /// ([`Tracer::group_paths`]) and names ([`Tracer::names`]).
+    pub fn for_tracer(tracer: &Tracer, config: &Config) -> anyhow::Result<Self> {
+        let plan = tracer.plan();
         let group_filter = GroupRules::of(config).filter(GroupRules::filters);
-        Self {
+        let identities = if plan.owners_shown || group_filter.is_some() {
+            Some(Identities::new(
+                cgroup2_mount(),
+                tracer.names(),
+                tracer.group_paths()?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
             times: plan
                 .reader_keeps_times()
                 .then(|| SocketTimes::new(plan.reader_sockets)),
             owners: (plan.owners == OwnerKeeper::Reader).then(|| Owners::new(plan.reader_sockets)),
-            identities: (plan.owners_shown || group_filter.is_some())
-                .then(|| Identities::new(cgroup2_mount(), &config.host_root)),
+            identities,
             owners_shown: plan.owners_shown,
             group_filter,
             unjudged: 0,
-        }
+        })
     }
 
     /// Decodes one record; the caller must pass every record, in order.
@@ -116,16 +127,6 @@ impl Decoder {
     /// could judge it.
     pub fn unjudged(&self) -> u64 {
         self.unjudged
-    }
-
-    /// Names owners with what the tracer learnt of groups made while
-    /// tracing: their paths ([`crate::tracer::Tracer::group_paths`]) and
-    /// names ([`crate::tracer::Tracer::names`]).
-    pub fn with_tracer(mut self, tracer: &crate::tracer::Tracer) -> anyhow::Result<Self> {
-        if let Some(identities) = self.identities.take() {
-            self.identities = Some(identities.with_tracer(tracer.group_paths()?, tracer.names()));
-        }
-        Ok(self)
     }
 
     /// The user-space times, unless the kernel keeps them.

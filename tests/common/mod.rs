@@ -25,9 +25,7 @@ impl Capture {
     pub fn start(config: &Config) -> Self {
         let tracer = Tracer::start(config, Wake::EachEvent).expect("starting the tracer");
         Capture {
-            decoder: Decoder::for_plan(tracer.plan(), config)
-                .with_tracer(&tracer)
-                .expect("the tracer's group paths"),
+            decoder: Decoder::for_tracer(&tracer, config).expect("the tracer's group paths"),
             tracer,
             events: Vec::new(),
         }
