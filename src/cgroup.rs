@@ -18,9 +18,6 @@ pub struct CgroupPaths {
     /// The cgroup2 mount, if there is one.
     root: Option<PathBuf>,
     paths: HashMap<u64, Arc<str>>,
-    /// The id asked for last and its path: consecutive events mostly share
-    /// an owner.
-    last: Option<(u64, Arc<str>)>,
     last_scan: Option<Instant>,
     /// The largest id the last walk found: ids are handed out in increasing
     /// order, so a larger one is a group made since, worth a walk at once.
@@ -38,7 +35,6 @@ impl CgroupPaths {
         Self {
             root,
             paths: HashMap::new(),
-            last: None,
             last_scan: None,
             newest: 0,
         }
@@ -48,17 +44,6 @@ impl CgroupPaths {
     /// known: at once for a group made since the last walk, otherwise (a
     /// group gone) at most once a second.
     pub fn path(&mut self, id: u64) -> Option<Arc<str>> {
-        if let Some((last, path)) = &self.last {
-            if *last == id {
-                return Some(Arc::clone(path));
-            }
-        }
-        let path = self.lookup(id)?;
-        self.last = Some((id, Arc::clone(&path)));
-        Some(path)
-    }
-
-    fn lookup(&mut self, id: u64) -> Option<Arc<str>> {
         if let Some(path) = self.paths.get(&id) {
             return Some(Arc::clone(path));
         }
