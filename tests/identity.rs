@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tcpstates_testkit::host::{cgroup2_mount, root};
-use tcpstates_testkit::net::http_server;
+use tcpstates_testkit::net::{http_server, promtool_lint};
 use tcpstates_testkit::tracer::TracerProcess;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
@@ -491,25 +491,7 @@ fn summary_counts_by_unit() {
     let body = exposition
         .split_once("\r\n\r\n")
         .map_or("", |(_, body)| body);
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    lint.stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let lint = lint.wait_with_output().unwrap();
-    assert!(
-        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    promtool_lint(body);
 }
 
 fn scrape(addr: std::net::SocketAddr) -> String {

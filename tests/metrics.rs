@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tcpstates_testkit::groundtruth::TransitionCounter;
 use tcpstates_testkit::host::root;
-use tcpstates_testkit::net::{listen, loopback, read_to_eof};
+use tcpstates_testkit::net::{listen, loopback, promtool_lint, read_to_eof};
 use tcpstates_testkit::process;
 use tcpstates_testkit::storm::{self, Ending, Storm};
 use tcpstates_testkit::tracer::TracerProcess;
@@ -174,25 +174,7 @@ fn prometheus_scrapes_real_traffic_and_answers_promql() {
     // promtool lints the classic text format; OpenMetrics when asked for.
     let (status, text) = get(addr, "/metrics", "text/plain").unwrap();
     assert_eq!(status, 200, "{text}");
-    let mut lint = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    lint.stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let lint = lint.wait_with_output().unwrap();
-    assert!(
-        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&lint.stdout),
-        String::from_utf8_lossy(&lint.stderr)
-    );
+    promtool_lint(&text);
     let (_, open) = get(
         addr,
         "/metrics",

@@ -1,5 +1,5 @@
-//! Single loopback connections, closed as a test asks, and an HTTP server
-//! that closes first.
+//! Single loopback connections, closed as a test asks, an HTTP server that
+//! closes first, and promtool's lint of what a metrics endpoint serves.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
@@ -120,4 +120,29 @@ pub fn http_server() -> u16 {
         }
     });
     port
+}
+
+/// promtool's lint of a metrics exposition (the classic text format):
+/// fails the test with promtool's words unless it finds nothing to say.
+pub fn promtool_lint(exposition: &str) {
+    use std::process::{Command, Stdio};
+    let mut lint = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    lint.stdin
+        .take()
+        .expect("promtool's stdin")
+        .write_all(exposition.as_bytes())
+        .expect("writing to promtool");
+    let lint = lint.wait_with_output().expect("promtool's verdict");
+    assert!(
+        lint.status.success() && lint.stdout.is_empty() && lint.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
 }
