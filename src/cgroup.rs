@@ -53,7 +53,10 @@ impl CgroupPaths {
         }
         self.last_scan = Some(Instant::now());
         self.paths.clear();
-        scan(&root, &root, &mut self.paths);
+        let paths = &mut self.paths;
+        each_group(&root, |id, path| {
+            paths.insert(id, Arc::from(path));
+        });
         self.newest = self.paths.keys().copied().max().unwrap_or(0);
         self.paths.get(&id).cloned()
     }
@@ -72,17 +75,29 @@ impl CgroupPaths {
     }
 }
 
-fn scan(root: &Path, dir: &Path, paths: &mut HashMap<u64, Arc<str>>) {
-    let Ok(meta) = fs::metadata(dir) else { return };
-    let relative = dir.strip_prefix(root).unwrap_or(dir);
-    paths.insert(meta.ino(), Arc::from(format!("/{}", relative.display())));
-    let Ok(entries) = fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
-            scan(root, &entry.path(), paths);
-        }
+/// Every group of the hierarchy mounted at `mount`, each with its id (the
+/// inode of its folder) and its path under the mount (`/` first): parents
+/// before their children, siblings in name order, so that a walk of the
+/// same groups goes the same way each time.
+pub fn each_group(mount: &Path, mut group: impl FnMut(u64, String)) {
+    let mut dirs = vec![mount.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(meta) = fs::metadata(&dir) else {
+            continue;
+        };
+        let relative = dir.strip_prefix(mount).unwrap_or(&dir);
+        group(meta.ino(), format!("/{}", relative.display()));
+        let Ok(children) = fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut children: Vec<PathBuf> = children
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        // Popped from the end: the first name first.
+        children.sort_unstable_by(|a, b| b.cmp(a));
+        dirs.extend(children);
     }
 }
 

@@ -24,8 +24,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::fs;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,6 +36,7 @@ use libbpf_rs::{MapCore, MapFlags, MapHandle, RingBufferBuilder};
 
 use super::Identity;
 use super::names::SharedNames;
+use crate::cgroup;
 use crate::config::{Config, LabelBy, Labels};
 
 /// The label slots before the named ones (`enum group_labels`).
@@ -209,28 +208,12 @@ impl GroupTable {
     pub fn walk(&mut self, mount: &Path) -> (HashMap<u64, Group>, u64) {
         let mut entries = HashMap::new();
         let mut newest = 0;
-        let mut dirs = vec![mount.to_path_buf()];
-        while let Some(dir) = dirs.pop() {
-            let Ok(meta) = fs::metadata(&dir) else {
-                continue;
-            };
-            newest = newest.max(meta.ino());
-            let relative = dir.strip_prefix(mount).unwrap_or(&dir);
-            let path = format!("/{}", relative.display());
+        cgroup::each_group(mount, |id, path| {
+            newest = newest.max(id);
             if let Some(group) = self.judge(&path) {
-                entries.insert(meta.ino(), group);
+                entries.insert(id, group);
             }
-            let Ok(children) = fs::read_dir(&dir) else {
-                continue;
-            };
-            let mut children: Vec<PathBuf> = children
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path())
-                .collect();
-            children.sort_unstable_by(|a, b| b.cmp(a));
-            dirs.extend(children);
-        }
+        });
         (entries, newest)
     }
 }
@@ -468,6 +451,8 @@ fn new_groups(maps: &GroupMaps) -> u64 {
 mod tests {
     use super::*;
     use crate::config::Filter;
+    use std::fs;
+    use std::os::unix::fs::MetadataExt;
 
     const ID: &str = "8450f1dc0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5";
 
