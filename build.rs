@@ -18,6 +18,9 @@ use libbpf_cargo::SkeletonBuilder;
 #[path = "src/args.rs"]
 mod args;
 #[allow(dead_code)]
+#[path = "src/cause.rs"]
+mod cause;
+#[allow(dead_code)]
 #[path = "src/config.rs"]
 mod config;
 #[allow(dead_code)]

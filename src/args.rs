@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
 use clap::{ArgAction, Parser, ValueEnum};
 
+use crate::cause::Cause;
 use crate::config::{AttachMode, LabelBy, ReportFormat};
 use crate::state::TcpState;
 
@@ -58,6 +59,8 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "-v --report kv",
         "counters for scripts, the ring's high-water mark",
     ),
+    ("-C", "one record per socket at close: why and how it lived"),
+    ("-C --cause failed -x", "only connections that failed, with owners"),
     ("-S", "in-kernel summary: histograms at Ctrl-C"),
     ("-S 10 -T", "a summary every 10 seconds, stamped"),
     (
@@ -235,6 +238,17 @@ pub struct Args {
     #[arg(short = 'Y', long)]
     pub journal: bool,
 
+    /// Close records: one line per socket when it closes, with its role, why it ended
+    /// (CAUSE), how long it lived, its states and its bytes, segments and RTT
+    #[arg(short = 'C', long, conflicts_with_all = ["summary", "metrics"])]
+    pub closes: bool,
+
+    /// With -C: only these causes (names, any case; failed: every one but normal and
+    /// listener): --cause refused,timeout
+    #[arg(long = "cause", value_name = "CAUSES", value_parser = parse_causes,
+          action = ArgAction::Append)]
+    pub causes: Vec<u32>,
+
     /// Summary: the kernel counts transitions and histograms the time in each state;
     /// printed at exit, and every SECS seconds if given (each time what happened since)
     #[arg(short = 'S', long, value_name = "SECS", num_args = 0..=1, value_parser = parse_duration,
@@ -296,12 +310,14 @@ pub struct Args {
     #[arg(long, value_name = "ID|NAME", value_parser = parse_container)]
     pub container: Option<String>,
 
-    /// Only transitions into or out of these states (names, any case): --state CLOSE_WAIT
+    /// Only transitions into or out of these states (names, any case): --state CLOSE_WAIT;
+    /// with -C, sockets that were in one of them
     #[arg(long = "state", value_name = "STATES", value_parser = parse_states,
           action = ArgAction::Append)]
     pub states: Vec<u32>,
 
-    /// Only transitions that left a state after at least MS milliseconds (its time known)
+    /// Only transitions that left a state after at least MS milliseconds (its time known);
+    /// with -C, sockets that lived that long
     #[arg(long, value_name = "MS", value_parser = parse_min_ms, allow_hyphen_values = true)]
     pub min_ms: Option<u64>,
 
@@ -415,6 +431,10 @@ fn parse_in_range(item: &str, low: u32, high: u32, what: &str, a: &str) -> Resul
         Ok(n) => Err(format!("{what} {n} is out of range {low}-{high}")),
         Err(_) => Err(format!("'{item}' is not a {a}")),
     }
+}
+
+fn parse_causes(text: &str) -> Result<u32, String> {
+    Cause::parse_mask(text)
 }
 
 /// A comma list of state names (any case, `TCP_` optional) as a bit mask:

@@ -164,9 +164,14 @@ impl Args {
                 clock: self.time,
                 json: self.json,
             })
+        } else if self.closes {
+            Mode::Closes
         } else {
             Mode::Stream
         };
+        if !self.causes.is_empty() && mode != Mode::Closes {
+            return Err("--cause needs -C (it filters close records)".into());
+        }
         Ok(Config {
             mode,
             format,
@@ -183,6 +188,7 @@ impl Args {
                 cgroup,
                 unit: self.unit.as_deref().map(crate::identity::unit_name),
                 container: self.container,
+                causes: self.causes.iter().fold(0, |all, one| all | one),
             },
             attach,
             btf: self.btf,

@@ -143,6 +143,9 @@ pub enum Mode {
     Stream,
     /// `-S`, `--metrics`: no records; the kernel aggregates.
     Summary(SummaryOutput),
+    /// `-C`: one record per socket at its CLOSE, through the ring buffer,
+    /// to the outputs.
+    Closes,
 }
 
 /// What summary mode prints (the metrics endpoint is apart).
@@ -244,6 +247,9 @@ pub struct Filter {
     /// Only sockets whose owner is in this container: its name, or a prefix
     /// of its id.
     pub container: Option<String>,
+    /// `-C --cause`: only connections that ended so: bit n for the cause
+    /// numbered n (0: any).
+    pub causes: u32,
 }
 
 impl Filter {

@@ -153,9 +153,7 @@ pub enum DecodeError {
 impl fmt::Display for DecodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DecodeError::Short(n) => {
-                write!(f, "record of {n} bytes, expected at least {}", record::BASE)
-            }
+            DecodeError::Short(n) => write!(f, "record of {n} bytes, too short"),
             DecodeError::Family(n) => write!(f, "unknown address family {n}"),
         }
     }
@@ -177,11 +175,7 @@ impl Event {
         let family = r.u16(offset_of!(RawEvent, family));
         let saddr: [u8; 16] = r.array(offset_of!(RawEvent, saddr));
         let daddr: [u8; 16] = r.array(offset_of!(RawEvent, daddr));
-        let (laddr, raddr) = match family {
-            AF_INET => (ipv4(&saddr), ipv4(&daddr)),
-            AF_INET6 => (IpAddr::V6(saddr.into()), IpAddr::V6(daddr.into())),
-            other => return Err(DecodeError::Family(other)),
-        };
+        let (laddr, raddr) = addresses(family, saddr, daddr)?;
         let flags = r.u32(offset_of!(RawEvent, flags));
         Ok(Event {
             skaddr: r.u64(offset_of!(RawEvent, skaddr)),
@@ -255,26 +249,39 @@ impl Event {
 
 /// A record's bytes, read a field at a time; what lies past the end reads
 /// as zeroes.
-struct Fields<'a>(&'a [u8]);
+pub(crate) struct Fields<'a>(pub(crate) &'a [u8]);
 
 impl Fields<'_> {
-    fn array<const N: usize>(&self, at: usize) -> [u8; N] {
+    pub(crate) fn array<const N: usize>(&self, at: usize) -> [u8; N] {
         self.0
             .get(at..at + N)
             .and_then(|b| b.try_into().ok())
             .unwrap_or([0; N])
     }
 
-    fn u64(&self, at: usize) -> u64 {
+    pub(crate) fn u64(&self, at: usize) -> u64 {
         u64::from_ne_bytes(self.array(at))
     }
 
-    fn u32(&self, at: usize) -> u32 {
+    pub(crate) fn u32(&self, at: usize) -> u32 {
         u32::from_ne_bytes(self.array(at))
     }
 
-    fn u16(&self, at: usize) -> u16 {
+    pub(crate) fn u16(&self, at: usize) -> u16 {
         u16::from_ne_bytes(self.array(at))
+    }
+}
+
+/// A record's local and remote addresses, as its family says.
+pub(crate) fn addresses(
+    family: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+) -> Result<(IpAddr, IpAddr), DecodeError> {
+    match family {
+        AF_INET => Ok((ipv4(&saddr), ipv4(&daddr))),
+        AF_INET6 => Ok((IpAddr::V6(saddr.into()), IpAddr::V6(daddr.into()))),
+        other => Err(DecodeError::Family(other)),
     }
 }
 

@@ -33,9 +33,11 @@
 
 mod args;
 pub mod batching;
+pub mod cause;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;
+pub mod close;
 pub mod config;
 pub mod event;
 pub mod host;

@@ -80,6 +80,9 @@ pub struct Plan {
     pub mode: AttachMode,
     /// Summary mode: the kernel aggregates, sends no events.
     pub summary: bool,
+    /// Close records: the kernel keeps each socket's timeline and sends
+    /// one record at its CLOSE, no events.
+    pub closes: bool,
     /// Where each socket's time lives.
     pub store: KernelStore,
     /// Who keeps owners.
@@ -123,6 +126,8 @@ pub struct MapSizes {
     pub events: u32,
     /// Sockets' times keyed by address.
     pub sockets: u32,
+    /// The same with their timelines, for close records.
+    pub close_sockets: u32,
     /// Listeners' owners, for their children, with the map.
     pub listener_owners: u32,
     /// kprobe mode's listen() in flight.
@@ -147,10 +152,12 @@ impl Plan {
     /// The plan for `config` in `mode` on `host`, delivering as `wake` says.
     pub fn new(config: &Config, host: &HostFacts, mode: AttachMode, wake: Wake) -> Self {
         let summary = matches!(config.mode, Mode::Summary(_));
+        let closes = config.mode == Mode::Closes;
         // A filter that drops transitions the reader would need (a client's
         // local port is 0 at CLOSE -> SYN_SENT), or summary mode, whose
-        // times never leave the kernel.
-        let kernel_tracks = config.filter.tracks_in_kernel() || summary;
+        // times never leave the kernel, or close records, which the kernel
+        // sends once per socket.
+        let kernel_tracks = config.filter.tracks_in_kernel() || summary || closes;
         let owners_shown = config.collects_owners();
         let store = if !kernel_tracks {
             KernelStore::None
@@ -158,18 +165,23 @@ impl Plan {
             && host.tracing_5_11
             && config.max_sockets.is_none()
             && !summary
+            && !closes
         {
-            // Summary mode keeps every socket's time, and the socket's own
-            // storage costs an allocation and an RCU-deferred free per
-            // socket: the map instead (BENCHMARKS.md: a busy storm 4.8%
-            // slower against 10.1%). An explicit bound asks for the map.
+            // Summary mode and close records keep every socket's time, and
+            // the socket's own storage costs an allocation and an
+            // RCU-deferred free per socket: the map instead (BENCHMARKS.md:
+            // a busy storm 4.8% slower against 10.1%). An explicit bound
+            // asks for the map.
             KernelStore::SocketLocal
         } else {
             KernelStore::Map(config.max_sockets.unwrap_or(DEFAULT_MAP_SOCKETS))
         };
         let labels = config.labels.filter(|_| summary);
         let owners = if store != KernelStore::None
-            && (config.filter.by_owner() || labels.is_some() || (!summary && owners_shown))
+            && (config.filter.by_owner()
+                || labels.is_some()
+                || closes
+                || (!summary && owners_shown))
         {
             OwnerKeeper::Kernel
         } else if store == KernelStore::None && owners_shown {
@@ -177,8 +189,11 @@ impl Plan {
         } else {
             OwnerKeeper::Nobody
         };
-        let record_bytes =
-            record::largest(owners == OwnerKeeper::Reader, owners == OwnerKeeper::Kernel);
+        let record_bytes = if closes {
+            crate::close::RECORD_BYTES
+        } else {
+            record::largest(owners == OwnerKeeper::Reader, owners == OwnerKeeper::Kernel)
+        };
         let ring_bytes = if summary {
             host.page_bytes
         } else {
@@ -191,6 +206,7 @@ impl Plan {
         Plan {
             mode,
             summary,
+            closes,
             store,
             owners,
             owners_shown,
@@ -244,6 +260,9 @@ impl Plan {
             wakeup_mask: self.wakeup_mask,
             cpus: u32::try_from(self.cpus).unwrap_or(u32::MAX),
             has_percpu_lookup: u8::from(self.percpu_lookup),
+            close_records: u8::from(self.closes),
+            count_closes: u8::from(self.summary),
+            cause_mask: filter.causes,
             ..Default::default()
         };
         if let Some(comm) = &filter.comm {
@@ -263,7 +282,8 @@ impl Plan {
         };
         MapSizes {
             events: self.ring_bytes,
-            sockets: map.unwrap_or(1),
+            sockets: map.filter(|_| !self.closes).unwrap_or(1),
+            close_sockets: map.filter(|_| self.closes).unwrap_or(1),
             listener_owners: if map.is_some() { 4096 } else { 1 },
             listening: if self.mode == AttachMode::Kprobe {
                 1024

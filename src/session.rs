@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 
 use crate::batching::Batching;
 use crate::config::{Config, Mode, ReportFormat, SummaryOutput};
+use crate::event::DecodeError;
 use crate::host;
 use crate::metrics::Endpoint;
 use crate::output::summary::SummaryPrinter;
@@ -33,7 +34,8 @@ const VERBOSE_REPORT_EVERY: Duration = Duration::from_secs(10);
 pub fn run(config: &Config) -> Result<()> {
     signals::install().context("installing signal handlers")?;
     match config.mode {
-        Mode::Stream => stream(config),
+        Mode::Stream => stream(config, output::build, Decoder::decode),
+        Mode::Closes => stream(config, output::build_closes, Decoder::decode_close),
         Mode::Summary(output) => summary(config, output),
     }
 }
@@ -93,14 +95,19 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
     Ok(())
 }
 
-/// Every transition, through the ring buffer, to the outputs.
-fn stream(config: &Config) -> Result<()> {
+/// How a stream run builds its outputs, and decodes its records.
+type BuildSinks<T> = fn(&Config, io::Stdout, Batching) -> Result<Box<dyn Sink<T>>>;
+type Decode<T> = fn(&mut Decoder, &[u8]) -> Result<Option<T>, DecodeError>;
+
+/// Every record (transitions, or close records), through the ring buffer,
+/// to the outputs `build` makes, each decoded by `decode`.
+fn stream<T: 'static>(config: &Config, build: BuildSinks<T>, decode: Decode<T>) -> Result<()> {
     // First, so that every thread the run starts inherits it.
     let priority = host::raise_priority();
     let stdout = io::stdout();
     let terminal = stdout.is_terminal();
     // Outputs first: one that cannot be reached fails before any tracing.
-    let mut sink = output::build(config, stdout, Batching::for_output(terminal))?;
+    let mut sink = build(config, stdout, Batching::for_output(terminal))?;
     let wake = if terminal {
         Wake::EachEvent
     } else {
@@ -124,7 +131,7 @@ fn stream(config: &Config) -> Result<()> {
             ),
         }
     }
-    let mut reader = Reader::new(Decoder::for_tracer(&tracer, config)?, config.count);
+    let mut reader = Reader::new(Decoder::for_tracer(&tracer, config)?, decode, config.count);
     eprintln!("Tracing tcpstates ... Hit Ctrl-C to end");
     sink.start();
 
@@ -195,18 +202,20 @@ fn report(format: ReportFormat, stats: &Stats) {
     eprintln!("tcpstates: {line}");
 }
 
-/// Decodes ring buffer records and hands the events to the outputs.
-struct Reader {
+/// Decodes ring buffer records and hands them to the outputs.
+struct Reader<T> {
     decoder: Decoder,
+    decode: Decode<T>,
     counts: ReaderCounts,
-    /// `--count`: hand over at most this many events.
+    /// `--count`: hand over at most this many records.
     limit: Option<u64>,
 }
 
-impl Reader {
-    fn new(decoder: Decoder, limit: Option<u64>) -> Self {
+impl<T> Reader<T> {
+    fn new(decoder: Decoder, decode: Decode<T>, limit: Option<u64>) -> Self {
         Self {
             decoder,
+            decode,
             counts: ReaderCounts::default(),
             limit,
         }
@@ -219,13 +228,13 @@ impl Reader {
 
     /// Takes one ring buffer record; breaks once an output is gone or the
     /// count is reached.
-    fn accept(&mut self, data: &[u8], sink: &mut dyn Sink) -> ControlFlow<()> {
+    fn accept(&mut self, data: &[u8], sink: &mut dyn Sink<T>) -> ControlFlow<()> {
         if sink.closed() || self.done() {
             return ControlFlow::Break(());
         }
-        match self.decoder.decode(data) {
-            Ok(Some(event)) => {
-                sink.event(&event);
+        match (self.decode)(&mut self.decoder, data) {
+            Ok(Some(record)) => {
+                sink.record(&record);
                 self.counts.printed += 1;
             }
             Ok(None) => {}

@@ -193,6 +193,9 @@ impl Tracer {
     pub fn sockets_tracked(&self) -> Result<u64> {
         match self.plan.store {
             KernelStore::None => Ok(0),
+            KernelStore::Map(_) if self.plan.closes => {
+                Ok(self.skel.maps.close_sockets.keys().count() as u64)
+            }
             KernelStore::Map(_) => Ok(self.skel.maps.sockets.keys().count() as u64),
             KernelStore::SocketLocal => {
                 let read = |which: counter| sum_percpu(&self.view.counters, which.0);
@@ -370,6 +373,11 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
     for (map, entries, what) in [
         (&mut maps.events, sizes.events, "the ring buffer"),
         (&mut maps.sockets, sizes.sockets, "the socket map"),
+        (
+            &mut maps.close_sockets,
+            sizes.close_sockets,
+            "the socket map",
+        ),
         (
             &mut maps.listener_owners,
             sizes.listener_owners,

@@ -46,6 +46,29 @@ static __always_inline __u32 summary_state(int state)
 	return state > 0 && state < SUMMARY_STATES ? state : 0;
 }
 
+/* A connection's end: by cause and role, and its lifetime. */
+static __always_inline void count_close(struct summary *s,
+					const struct event *e)
+{
+	__u64 cause = e->cause, role = e->role, slot;
+
+	barrier_var(cause);
+	barrier_var(role);
+	if (cause >= CLOSE_CAUSES || role >= CLOSE_ROLES)
+		return;
+	__sync_fetch_and_add(&s->closed[cause][role], 1);
+	if (e->flags & EVENT_F_LIFETIME_UNKNOWN) {
+		__sync_fetch_and_add(&s->lifetime_unknown, 1);
+		return;
+	}
+	slot = time_slot(e->lifetime_ns);
+	barrier_var(slot);
+	if (slot > SUMMARY_SLOTS - 1)
+		slot = SUMMARY_SLOTS - 1;
+	__sync_fetch_and_add(&s->lifetime_slots[slot / 2][slot % 2], 1);
+	__sync_fetch_and_add(&s->lifetime_sum_ns, e->lifetime_ns);
+}
+
 /*
  * Summary mode: counts the transition and its time in the state left, in
  * the owner's label's slot with --label-by.
@@ -71,6 +94,8 @@ static __always_inline void aggregate(const struct event *e)
 	old &= SUMMARY_STATES - 1;
 	new &= SUMMARY_STATES - 1;
 	__sync_fetch_and_add(&s->transitions[old][new], 1);
+	if (settings.count_closes && e->closing)
+		count_close(s, e);
 	if (e->flags & EVENT_F_DURATION_UNKNOWN) {
 		__sync_fetch_and_add(&s->unknown[old], 1);
 		return;

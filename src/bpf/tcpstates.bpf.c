@@ -25,6 +25,7 @@
 #include "maps.bpf.h"
 #include "sock.bpf.h"
 #include "track.bpf.h"
+#include "close.bpf.h"
 #include "summary.bpf.h"
 #include "backup.bpf.h"
 
@@ -34,16 +35,22 @@ struct event unused_event = {};
 enum counter unused_counter = COUNTER_EVENTS;
 enum event_flags unused_flags = EVENT_F_DURATION_UNKNOWN;
 enum summary_dims unused_dims = SUMMARY_STATES;
+struct close_record unused_close_record = {};
+enum close_cause unused_cause = CAUSE_UNKNOWN;
+enum close_detail unused_detail = DETAIL_NONE;
+enum close_role unused_role = ROLE_UNKNOWN;
+enum close_counters unused_counters = HAS_BYTES_ACKED;
+enum timeline_dims unused_timeline_dims = TIMELINE_STEPS;
 
 /*
  * Sends `e` through the ring buffer, as long as the fields it carries need:
  * the owner only when it is known, the current task's uid and cgroup only
  * with collect_owner. `sent` is this CPU's event count, which says when to
- * look whether to wake the reader.
+ * look whether to wake the reader (wakeup_flag).
  */
 static __always_inline void send(struct event *e, __u64 sent)
 {
-	__u64 size, wakeup = 0;
+	__u64 size;
 
 	if (e->flags & EVENT_F_OWNER_KNOWN)
 		size = EVENT_SIZE_OWNER;
@@ -51,13 +58,7 @@ static __always_inline void send(struct event *e, __u64 sent)
 		size = EVENT_SIZE_TASK;
 	else
 		size = EVENT_SIZE_BASE;
-	if (settings.wakeup_bytes)
-		wakeup = (sent & settings.wakeup_mask) == 0 &&
-				 bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >=
-					 settings.wakeup_bytes
-			 ? BPF_RB_FORCE_WAKEUP
-			 : BPF_RB_NO_WAKEUP;
-	if (bpf_ringbuf_output(&events, e, size, wakeup))
+	if (bpf_ringbuf_output(&events, e, size, wakeup_flag(sent)))
 		count(COUNTER_RINGBUF_DROPS);
 }
 
@@ -70,19 +71,15 @@ static __always_inline bool socket_matches(const struct event *e)
 	       (!settings.target_netns || e->netns == settings.target_netns);
 }
 
-/* The bit of `state` in state_mask; none for a number out of its range. */
-static __always_inline __u32 state_bit(int state)
-{
-	return state >= 0 && state < 32 ? 1u << state : 0;
-}
-
 /*
  * The common path. `e` holds skaddr, states, family, ports, addresses and
- * netns; the rest is filled here. `sk` is the socket as a BTF pointer
- * (tp_btf), or NULL where the program has none to give the storage helpers.
+ * netns; the rest is filled here. `sk` and `tp` are the socket as BTF
+ * pointers (tp_btf), or NULL where the program has none to give the storage
+ * helpers and direct loads. With close records, track() sends them and
+ * nothing else is.
  */
 static __always_inline int handle(struct event *e, struct sock *sk,
-				  __u16 protocol)
+				  const struct tcp_sock *tp, __u16 protocol)
 {
 	__u64 now;
 
@@ -99,7 +96,9 @@ static __always_inline int handle(struct event *e, struct sock *sk,
 	now = bpf_ktime_get_ns();
 	e->ts_ns = now;
 	if (settings.track_sockets)
-		track(e, sk, now);
+		track(e, sk, tp, now);
+	if (settings.close_records)
+		return 0;
 
 	if (settings.filter_sport && !bpf_map_lookup_elem(&sports, &e->sport))
 		return 0;
@@ -141,7 +140,7 @@ static __always_inline __u64 handle_btf(const struct sock *sk, int oldstate,
 	read_sock_btf(&e, (const struct inet_sock *)tp);
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	handle(&e, (struct sock *)sk, IPPROTO_TCP);
+	handle(&e, (struct sock *)sk, tp, IPPROTO_TCP);
 	return e.ts_ns;
 }
 
@@ -182,7 +181,8 @@ static __always_inline int handle_sock(struct sock *sk, int oldstate,
 	read_sock(&e, sk);
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	return handle(&e, NULL, BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
+	return handle(&e, NULL, NULL,
+		      BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol));
 }
 
 /* The tracepoint's own fields give the states; the socket, read as the
@@ -257,7 +257,7 @@ int BPF_KRETPROBE(handle_accept_ret, struct sock *newsk)
 	if (!newsk)
 		return 0;
 	if (settings.track_sockets) {
-		struct sock_state *st = bpf_map_lookup_elem(&sockets, &key);
+		struct sock_state *st = lookup_state(&key);
 
 		if (st && settings.keep_owner)
 			take_owner(st);

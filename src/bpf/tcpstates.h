@@ -29,6 +29,82 @@ enum event_flags {
 	/* The owner's cgroup was made since user space last filled `groups`:
 	 * user space decides whether it passes the group filters. */
 	EVENT_F_OWNER_UNDECIDED = 0x20,
+	/* A close record's lifetime is not known: the socket's start came
+	 * before the trace. */
+	EVENT_F_LIFETIME_UNKNOWN = 0x40,
+	/* Close records: this side's FIN was sent and acknowledged (it takes
+	 * one of bytes_acked), and the peer's FIN reached this socket (one of
+	 * bytes_received). */
+	EVENT_F_FIN_ACKED = 0x80,
+	EVENT_F_FIN_RECEIVED = 0x100,
+};
+
+/*
+ * Why a connection ended, judged in the kernel at its CLOSE transition from
+ * the state it left, the socket's error and its flags (see close.bpf.h).
+ */
+enum close_cause {
+	/* The states and the error fit none below. */
+	CAUSE_UNKNOWN = 0,
+	/* Both FINs went through (detail: which side sent the first). */
+	CAUSE_NORMAL = 1,
+	/* A reset answered the SYN (ECONNREFUSED). */
+	CAUSE_REFUSED = 2,
+	/* The handshake, a retransmission or keepalive gave up (detail). */
+	CAUSE_TIMEOUT = 3,
+	/* The peer reset the connection (ECONNRESET, EPIPE). */
+	CAUSE_RESET = 4,
+	/* This side closed it with a reset (detail: unread data, SO_LINGER
+	 * 0, or else). */
+	CAUSE_ABORTED = 5,
+	/* The application closed it during SYN_SENT. */
+	CAUSE_CANCELLED = 6,
+	/* A listening socket closed. */
+	CAUSE_LISTENER = 7,
+	/* Another error ended it (an ICMP error during the handshake, say):
+	 * the record carries the errno. */
+	CAUSE_ERROR = 8,
+	CLOSE_CAUSES = 9,
+};
+
+/* What else the cause says. */
+enum close_detail {
+	DETAIL_NONE = 0,
+	/* CAUSE_NORMAL: who sent the first FIN. */
+	DETAIL_LOCAL_FIRST = 1,
+	DETAIL_PEER_FIRST = 2,
+	DETAIL_BOTH = 3,
+	/* CAUSE_TIMEOUT: what gave up. */
+	DETAIL_HANDSHAKE = 4,
+	DETAIL_RETRANSMISSION = 5,
+	DETAIL_KEEPALIVE = 6,
+	/* CAUSE_ABORTED: why a reset was sent. */
+	DETAIL_UNREAD_DATA = 7,
+	DETAIL_LINGER_ZERO = 8,
+};
+
+/* How the socket came to be. */
+enum close_role {
+	/* Its start came before the trace, and its states do not say. */
+	ROLE_UNKNOWN = 0,
+	/* Active open (connect). */
+	ROLE_CLIENT = 1,
+	/* Passive open (accepted from a listener). */
+	ROLE_SERVER = 2,
+	ROLE_LISTENER = 3,
+	CLOSE_ROLES = 4,
+};
+
+/* Which of a close record's counters the kernel has (older kernels lack
+ * some tcp_sock fields: absent, never zero). */
+enum close_counters {
+	HAS_BYTES_ACKED = 0x1,
+	HAS_BYTES_RECEIVED = 0x2,
+	HAS_SEGS_IN = 0x4,
+	HAS_SEGS_OUT = 0x8,
+	HAS_TOTAL_RETRANS = 0x10,
+	HAS_SRTT = 0x20,
+	HAS_RTT_MIN = 0x40,
 };
 
 /* Indexes of the in-kernel counters (a per-CPU array). */
@@ -74,9 +150,42 @@ struct sock_state {
 	/* What `groups` says of the owner's cgroup (see judge_group). */
 	__u8 owner_in_groups;
 	__u8 owner_undecided;
-	__u8 __pad0;
+	/* enum close_role, from the socket's first transition seen. */
+	__u8 role;
 	__u16 owner_label;
 	__u8 __pad[2];
+	/* When the socket's first transition seen started it (connect,
+	 * listen, a passive child's clone); 0 if it started before the
+	 * trace. */
+	__u64 born_ns;
+};
+
+/*
+ * Close records (-C): every state a socket left, in order, with the time
+ * spent in it, kept with the socket's state until its CLOSE.
+ */
+enum timeline_dims {
+	TIMELINE_STEPS = 10,
+};
+
+/* A time spent that is not known (the socket is new, or older than the
+ * trace). */
+#define TIME_UNKNOWN (~0ULL)
+
+struct timeline {
+	__u64 spent_ns[TIMELINE_STEPS];
+	__u8 left[TIMELINE_STEPS];
+	/* Steps kept (at most TIMELINE_STEPS), and steps beyond them: the
+	 * last element then holds the latest. */
+	__u8 steps;
+	__u8 more;
+	__u8 __pad[4];
+};
+
+/* The per-socket state with close records on. */
+struct close_state {
+	struct sock_state s;
+	struct timeline t;
 };
 
 /*
@@ -159,13 +268,67 @@ struct event {
 	__u32 owner_pid;
 	__u32 owner_uid;
 	char owner_comm[TASK_COMM_LEN];
+	/*
+	 * Never sent: at CLOSE, with the socket's state kept in the kernel,
+	 * the connection's end as judged (close records, summary mode).
+	 */
+	__u64 lifetime_ns;
+	__s32 error;
+	__u8 cause;
+	__u8 detail;
+	__u8 role;
+	__u8 closing;
 };
 
 /* The sizes a record can have; user space reads a shorter one into a
  * zeroed struct event. */
 #define EVENT_SIZE_BASE __builtin_offsetof(struct event, uid)
 #define EVENT_SIZE_TASK __builtin_offsetof(struct event, owner_cgroup)
-#define EVENT_SIZE_OWNER sizeof(struct event)
+#define EVENT_SIZE_OWNER __builtin_offsetof(struct event, lifetime_ns)
+
+/*
+ * One connection's end (-C): sent at its CLOSE instead of the transitions.
+ * Flags as an event's (owner known, in groups, undecided, lifetime
+ * unknown).
+ */
+struct close_record {
+	__u64 skaddr;
+	/* bpf_ktime_get_ns() at CLOSE. */
+	__u64 ts_ns;
+	/* From the socket's start (see sock_state.born_ns) to CLOSE. */
+	__u64 lifetime_ns;
+	__u64 owner_cgroup;
+	/* tcp_sock's counters at CLOSE, each valid with its HAS_ bit. */
+	__u64 bytes_acked;
+	__u64 bytes_received;
+	__u32 segs_in;
+	__u32 segs_out;
+	__u32 total_retrans;
+	/* Smoothed RTT, and the minimum seen, in microseconds. */
+	__u32 srtt_us;
+	__u32 rtt_min_us;
+	__u32 present;
+	__u32 netns;
+	/* The task on the CPU at CLOSE. */
+	__u32 pid;
+	__u32 owner_pid;
+	__u32 owner_uid;
+	__u32 flags;
+	/* The socket's error at CLOSE (an errno; 0: none). */
+	__s32 error;
+	__u16 family;
+	__u16 sport;
+	__u16 dport;
+	__u8 cause;
+	__u8 detail;
+	__u8 role;
+	__u8 __pad[3];
+	char comm[TASK_COMM_LEN];
+	char owner_comm[TASK_COMM_LEN];
+	__u8 saddr[16];
+	__u8 daddr[16];
+	struct timeline t;
+};
 
 /*
  * Summary mode (-S, --metrics): what the kernel aggregates, per CPU, instead
@@ -190,6 +353,13 @@ struct summary {
 	__u64 sum_ns[SUMMARY_STATES];
 	/* Transitions whose time in the state left is not known, by state. */
 	__u64 unknown[SUMMARY_STATES];
+	/* Connections closed, by enum close_cause and enum close_role. */
+	__u64 closed[CLOSE_CAUSES][CLOSE_ROLES];
+	/* Their lifetimes when known, in the slots above; their sum. */
+	__u64 lifetime_slots[SUMMARY_SLOTS / 2][2];
+	__u64 lifetime_sum_ns;
+	/* Closed connections whose start came before the trace. */
+	__u64 lifetime_unknown;
 };
 
 /*
@@ -249,6 +419,14 @@ struct settings {
 	__u8 lean_reads;
 	/* The kernel has bpf_map_lookup_percpu_elem (5.19+). */
 	__u8 has_percpu_lookup;
+	/* -C: one close_record per socket at CLOSE, no events (needs
+	 * track_sockets; the state is a close_state). */
+	__u8 close_records;
+	/* Summary mode: count closes by cause and role (needs
+	 * track_sockets). */
+	__u8 count_closes;
+	/* -C --cause: only these causes (bit n: enum close_cause n; 0: any). */
+	__u32 cause_mask;
 };
 
 #endif /* TCPSTATES_H */

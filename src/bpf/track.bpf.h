@@ -154,23 +154,65 @@ static __always_inline void track_owner(struct event *e, struct sock_state *st,
 	__builtin_memcpy(e->owner_comm, st->owner_comm, sizeof(e->owner_comm));
 }
 
+/* The socket's state in the map, by address: the map close records use
+ * when on (the verifier keeps only the branch the settings take). */
+static __always_inline struct sock_state *lookup_state(__u64 *key)
+{
+	if (settings.close_records)
+		return bpf_map_lookup_elem(&close_sockets, key);
+	return bpf_map_lookup_elem(&sockets, key);
+}
+
+static __always_inline long update_state(__u64 *key, struct close_state *value)
+{
+	if (settings.close_records)
+		return bpf_map_update_elem(&close_sockets, key, value, BPF_ANY);
+	return bpf_map_update_elem(&sockets, key, value, BPF_ANY);
+}
+
+static __always_inline void delete_state(__u64 *key)
+{
+	if (settings.close_records)
+		bpf_map_delete_elem(&close_sockets, key);
+	else
+		bpf_map_delete_elem(&sockets, key);
+}
+
+/* The socket's own state, made on first use. */
+static __always_inline struct sock_state *local_state(struct sock *sk)
+{
+	if (settings.close_records)
+		return bpf_sk_storage_get(&sk_close_states, sk, 0,
+					  BPF_SK_STORAGE_GET_F_CREATE);
+	return bpf_sk_storage_get(&sk_states, sk, 0,
+				  BPF_SK_STORAGE_GET_F_CREATE);
+}
+
+/* A socket's role, timeline and, at CLOSE, its end (close.bpf.h). */
+static __always_inline void chronicle(struct event *e, struct sock_state *st,
+				      const struct tcp_sock *tp, __u64 now);
+
 /*
  * The one tracker: sets e's time in its old state from the socket's
  * previous transition and remembers this one. With the socket's own storage
  * (`sk` given and use_sk_storage) the state lives until the socket is
  * freed, and CLOSE only forgets its time; with the map, CLOSE drops the
  * entry, since the address is reused by the next socket allocated there.
+ * With close records or summary mode, a socket's CLOSE is judged here,
+ * while its state is at hand (close.bpf.h); `tp` is the socket as a BTF
+ * pointer (tp_btf), or NULL.
  */
-static __always_inline void track(struct event *e, struct sock *sk, __u64 now)
+static __always_inline void track(struct event *e, struct sock *sk,
+				  const struct tcp_sock *tp, __u64 now)
 {
-	struct sock_state *st, fresh = {};
+	struct sock_state *st, *at;
+	struct close_state fresh;
 	bool local = settings.use_sk_storage && sk;
 	__u64 key = e->skaddr;
 	bool kept;
 
 	if (local) {
-		st = bpf_sk_storage_get(&sk_states, sk, 0,
-					BPF_SK_STORAGE_GET_F_CREATE);
+		st = local_state(sk);
 		if (!st) {
 			/* The allocation failed: the kernel is short of memory. */
 			count(COUNTER_MAP_FULL);
@@ -178,14 +220,19 @@ static __always_inline void track(struct event *e, struct sock *sk, __u64 now)
 			return;
 		}
 	} else {
-		st = bpf_map_lookup_elem(&sockets, &key);
+		st = lookup_state(&key);
 	}
 	kept = st && st->since_ns;
 	if (kept && !starts_anew(e))
 		e->delta_ns = now - st->since_ns;
 	else
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
-	track_owner(e, st ? st : &fresh, local);
+	if (!st)
+		__builtin_memset(&fresh, 0, sizeof(fresh));
+	at = st ? st : &fresh.s;
+	track_owner(e, at, local);
+	if (settings.close_records || settings.count_closes)
+		chronicle(e, at, tp, now);
 	if (local) {
 		if (e->newstate == TCP_CLOSE && kept)
 			count(COUNTER_LOCAL_STOPPED);
@@ -194,12 +241,12 @@ static __always_inline void track(struct event *e, struct sock *sk, __u64 now)
 		st->since_ns = e->newstate == TCP_CLOSE ? 0 : now;
 	} else if (e->newstate == TCP_CLOSE) {
 		if (st)
-			bpf_map_delete_elem(&sockets, &key);
+			delete_state(&key);
 	} else if (st) {
 		st->since_ns = now;
 	} else {
-		fresh.since_ns = now;
-		if (bpf_map_update_elem(&sockets, &key, &fresh, BPF_ANY)) {
+		fresh.s.since_ns = now;
+		if (update_state(&key, &fresh)) {
 			count(COUNTER_MAP_FULL);
 			e->flags |= EVENT_F_MAP_FULL;
 		}

@@ -10,7 +10,8 @@
 use super::LineFormat;
 use super::number::{push_hex, push_ip, push_micros, push_two_digits, push_u64};
 use crate::clock::{EventClock, Utc};
-use crate::event::Event;
+use crate::close::{Close, Detail};
+use crate::event::{Event, Owner};
 use crate::identity::Identity;
 
 /// Formats events as JSON lines.
@@ -21,8 +22,110 @@ impl LineFormat for JsonFormat {
     /// JSON lines have no header.
     fn header(&mut self, _out: &mut Vec<u8>) {}
 
-    fn event(&mut self, out: &mut Vec<u8>, ev: &Event, clock: &mut EventClock) {
+    fn record(&mut self, out: &mut Vec<u8>, ev: &Event, clock: &mut EventClock) {
         write_event(out, ev, Utc::at_unix_ns(clock.unix_ns(ev.ts_ns)));
+    }
+}
+
+impl LineFormat<Close> for JsonFormat {
+    fn header(&mut self, _out: &mut Vec<u8>) {}
+
+    fn record(&mut self, out: &mut Vec<u8>, c: &Close, clock: &mut EventClock) {
+        write_close(out, c, Utc::at_unix_ns(clock.unix_ns(c.ts_ns)));
+    }
+}
+
+/// Appends the close record `c` as one JSON object and a newline: the
+/// owner, addresses, role, cause, lifetime, every state with its time and
+/// the counters; a counter the kernel lacks is left out, never zero.
+pub fn write_close(out: &mut Vec<u8>, c: &Close, time: Utc) {
+    out.extend_from_slice(b"{\"time\":\"");
+    push_iso8601(out, time);
+    out.extend_from_slice(b"\",\"skaddr\":\"");
+    push_hex(out, c.skaddr);
+    out.extend_from_slice(b"\",\"pid\":");
+    push_u64(out, c.pid.into());
+    out.extend_from_slice(b",\"comm\":");
+    push_json_string(out, c.comm_bytes());
+    push_owner(out, c.owner.as_ref());
+    out.extend_from_slice(b",\"family\":");
+    out.push(if c.laddr.is_ipv4() { b'4' } else { b'6' });
+    out.extend_from_slice(b",\"laddr\":\"");
+    push_ip(out, c.laddr);
+    out.extend_from_slice(b"\",\"lport\":");
+    push_u64(out, c.lport.into());
+    out.extend_from_slice(b",\"raddr\":\"");
+    push_ip(out, c.raddr);
+    out.extend_from_slice(b"\",\"rport\":");
+    push_u64(out, c.rport.into());
+    out.extend_from_slice(b",\"role\":");
+    push_json_string(out, c.role.name().as_bytes());
+    out.extend_from_slice(b",\"cause\":");
+    push_json_string(out, c.cause.name().as_bytes());
+    out.extend_from_slice(b",\"detail\":");
+    push_json_option(out, (c.detail != Detail::None).then(|| c.detail.name()));
+    out.extend_from_slice(b",\"error\":");
+    push_json_option(out, c.error_name().as_deref());
+    out.extend_from_slice(b",\"lifetime_ms\":");
+    match c.lifetime_ns {
+        Some(ns) => push_micros(out, ns, 3),
+        None => out.extend_from_slice(b"null"),
+    }
+    out.extend_from_slice(b",\"states\":[");
+    for (i, step) in c.steps.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"state\":");
+        step.state.text().write_json(out);
+        out.extend_from_slice(b",\"ms\":");
+        match step.spent_ns {
+            Some(ns) => push_micros(out, ns, 3),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"states_left_out\":");
+    push_u64(out, c.steps_left_out.into());
+    let counters = &c.counters;
+    for (name, value) in [
+        ("bytes_acked", counters.bytes_acked),
+        ("bytes_received", counters.bytes_received),
+        ("segs_out", counters.segs_out.map(u64::from)),
+        ("segs_in", counters.segs_in.map(u64::from)),
+        ("retransmits", counters.retransmits.map(u64::from)),
+        ("srtt_us", counters.srtt_us.map(u64::from)),
+        ("rtt_min_us", counters.rtt_min_us.map(u64::from)),
+    ] {
+        if let Some(value) = value {
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b"\":");
+            push_u64(out, value);
+        }
+    }
+    out.extend_from_slice(b",\"netns\":");
+    push_u64(out, c.netns.into());
+    out.extend_from_slice(b",\"cgroup\":");
+    push_json_option(out, c.cgroup.as_deref());
+    push_identity(out, c.identity.as_deref());
+    out.extend_from_slice(b"}\n");
+}
+
+/// The owner's pid, name and uid, `null` each when not known.
+fn push_owner(out: &mut Vec<u8>, owner: Option<&Owner>) {
+    match owner {
+        Some(owner) => {
+            out.extend_from_slice(b",\"owner_pid\":");
+            push_u64(out, owner.pid.into());
+            out.extend_from_slice(b",\"owner_comm\":");
+            push_json_string(out, owner.comm_bytes());
+            out.extend_from_slice(b",\"owner_uid\":");
+            push_u64(out, owner.uid.into());
+        }
+        None => {
+            out.extend_from_slice(b",\"owner_pid\":null,\"owner_comm\":null,\"owner_uid\":null")
+        }
     }
 }
 
@@ -37,19 +140,7 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event, time: Utc) {
     push_u64(out, ev.pid.into());
     out.extend_from_slice(b",\"comm\":");
     push_json_string(out, ev.comm_bytes());
-    match &ev.owner {
-        Some(owner) => {
-            out.extend_from_slice(b",\"owner_pid\":");
-            push_u64(out, owner.pid.into());
-            out.extend_from_slice(b",\"owner_comm\":");
-            push_json_string(out, owner.comm_bytes());
-            out.extend_from_slice(b",\"owner_uid\":");
-            push_u64(out, owner.uid.into());
-        }
-        None => {
-            out.extend_from_slice(b",\"owner_pid\":null,\"owner_comm\":null,\"owner_uid\":null")
-        }
-    }
+    push_owner(out, ev.owner.as_ref());
     out.extend_from_slice(b",\"family\":");
     out.push(b'0' + ev.ip_version());
     out.extend_from_slice(b",\"laddr\":\"");

@@ -11,12 +11,11 @@ use super::writer::Writer;
 use super::{LineFormat, Sink};
 use crate::batching::{Batching, WRITE_BYTES};
 use crate::clock::EventClock;
-use crate::event::Event;
 
 /// How often an idle output is checked for a reader that went away.
 const HANGUP_CHECK_EVERY: Duration = Duration::from_millis(50);
 
-/// A [`Sink`] that writes one line per event.
+/// A [`Sink`] that writes one line per record.
 pub struct LineSink<F> {
     format: F,
     clock: EventClock,
@@ -30,7 +29,7 @@ pub struct LineSink<F> {
     hung_up: bool,
 }
 
-impl<F: LineFormat> LineSink<F> {
+impl<F> LineSink<F> {
     /// Starts the writer thread over `out`. `watch`, a descriptor of the same
     /// output, is checked for a hang-up after each poll, so that a pipe
     /// whose reader left (`tcpstates | head -1`) ends the run even when
@@ -63,14 +62,14 @@ impl<F: LineFormat> LineSink<F> {
     }
 }
 
-impl<F: LineFormat> Sink for LineSink<F> {
+impl<T, F: LineFormat<T>> Sink<T> for LineSink<F> {
     fn start(&mut self) {
         self.format.header(&mut self.pending);
         self.flush();
     }
 
-    fn event(&mut self, event: &Event) {
-        self.format.event(&mut self.pending, event, &mut self.clock);
+    fn record(&mut self, record: &T) {
+        self.format.record(&mut self.pending, record, &mut self.clock);
         if self.each_line || self.pending.len() >= WRITE_BYTES {
             self.flush();
         }

@@ -3,6 +3,7 @@
 //! output (the table and CSV today) are a pure [`LineFormat`] behind a
 //! [`LineSink`], which writes on a thread of its own.
 
+pub mod closes;
 pub mod journal;
 pub mod json;
 mod lines;
@@ -21,15 +22,17 @@ pub use lines::LineSink;
 use crate::batching::Batching;
 use crate::clock::EventClock;
 use crate::config::{Config, Format};
+use crate::close::Close;
 use crate::event::Event;
 
-/// One output of a stream run.
-pub trait Sink {
-    /// Before the first event: a header, say.
+/// One output of a stream run, of transitions ([`Event`]) or close
+/// records ([`Close`]).
+pub trait Sink<T = Event> {
+    /// Before the first record: a header, say.
     fn start(&mut self) {}
 
-    /// One transition, in the order the kernel sent them.
-    fn event(&mut self, event: &Event);
+    /// One record, in the order the kernel sent them.
+    fn record(&mut self, record: &T);
 
     /// After each poll of the ring buffer (at least every poll interval):
     /// hand on what is buffered, so a reader sees it without delay.
@@ -44,44 +47,64 @@ pub trait Sink {
     fn finish(self: Box<Self>) -> io::Result<()>;
 }
 
-/// A pure formatter of one line per event.
-pub trait LineFormat {
+/// A pure formatter of one line per record.
+pub trait LineFormat<T = Event> {
     /// Appends the header line, if the format has one.
     fn header(&mut self, out: &mut Vec<u8>);
 
-    /// Appends one event as one line.
-    fn event(&mut self, out: &mut Vec<u8>, event: &Event, clock: &mut EventClock);
+    /// Appends one record as one line.
+    fn record(&mut self, out: &mut Vec<u8>, record: &T, clock: &mut EventClock);
 }
 
 /// The outputs `config` asks for, writing to `stdout`. Fails, before any
 /// tracing, when an output cannot be reached (no journal listening).
 pub fn build(config: &Config, stdout: io::Stdout, batching: Batching) -> Result<Box<dyn Sink>> {
-    // A second descriptor of stdout, to watch for a reader that left.
-    let watch = stdout.as_fd().try_clone_to_owned().ok();
-    let mut sinks: Vec<Box<dyn Sink>> = match config.format {
+    let format: Box<dyn LineFormat + Send> = match config.format {
         Format::Table {
             times,
             wide,
             extended,
-        } => vec![Box::new(LineSink::new(
-            table::Formatter::table(times, wide, extended),
-            stdout,
-            batching,
-            watch,
-        )?)],
-        Format::Csv { times, extended } => vec![Box::new(LineSink::new(
-            table::Formatter::csv(times, extended),
-            stdout,
-            batching,
-            watch,
-        )?)],
-        Format::Json => vec![Box::new(LineSink::new(
-            json::JsonFormat,
-            stdout,
-            batching,
-            watch,
-        )?)],
+        } => Box::new(table::Formatter::table(times, wide, extended)),
+        Format::Csv { times, extended } => Box::new(table::Formatter::csv(times, extended)),
+        Format::Json => Box::new(json::JsonFormat),
     };
+    with_journal(config, format, stdout, batching)
+}
+
+/// The outputs of close records (`-C`) `config` asks for, as [`build`].
+pub fn build_closes(
+    config: &Config,
+    stdout: io::Stdout,
+    batching: Batching,
+) -> Result<Box<dyn Sink<Close>>> {
+    let format: Box<dyn LineFormat<Close> + Send> = match config.format {
+        Format::Table {
+            times,
+            wide,
+            extended,
+        } => Box::new(closes::CloseFormatter::new(times, wide, extended, false)),
+        Format::Csv { times, extended } => {
+            Box::new(closes::CloseFormatter::new(times, false, extended, true))
+        }
+        Format::Json => Box::new(json::JsonFormat),
+    };
+    with_journal(config, format, stdout, batching)
+}
+
+/// The line output `format` on `stdout`, and the journal's when `-Y`.
+fn with_journal<T: 'static>(
+    config: &Config,
+    format: Box<dyn LineFormat<T> + Send>,
+    stdout: io::Stdout,
+    batching: Batching,
+) -> Result<Box<dyn Sink<T>>>
+where
+    journal::JournalFormat: LineFormat<T>,
+{
+    // A second descriptor of stdout, to watch for a reader that left.
+    let watch = stdout.as_fd().try_clone_to_owned().ok();
+    let mut sinks: Vec<Box<dyn Sink<T>>> =
+        vec![Box::new(LineSink::new(format, stdout, batching, watch)?)];
     if config.journal {
         let path = journal::socket_path();
         let out = journal::JournalOut::connect(&path)
@@ -100,15 +123,26 @@ pub fn build(config: &Config, stdout: io::Stdout, batching: Batching) -> Result<
     Ok(Fanout::of(sinks))
 }
 
-/// Several outputs as one: each gets every event, in the order listed.
-pub struct Fanout {
-    sinks: Vec<Box<dyn Sink>>,
+/// A boxed format formats as the format in it.
+impl<T, F: LineFormat<T> + ?Sized> LineFormat<T> for Box<F> {
+    fn header(&mut self, out: &mut Vec<u8>) {
+        (**self).header(out)
+    }
+
+    fn record(&mut self, out: &mut Vec<u8>, record: &T, clock: &mut EventClock) {
+        (**self).record(out, record, clock)
+    }
 }
 
-impl Fanout {
-    /// The one sink when there is one (no indirection per event), else
+/// Several outputs as one: each gets every record, in the order listed.
+pub struct Fanout<T> {
+    sinks: Vec<Box<dyn Sink<T>>>,
+}
+
+impl<T: 'static> Fanout<T> {
+    /// The one sink when there is one (no indirection per record), else
     /// all of them behind a fan-out.
-    pub fn of(mut sinks: Vec<Box<dyn Sink>>) -> Box<dyn Sink> {
+    pub fn of(mut sinks: Vec<Box<dyn Sink<T>>>) -> Box<dyn Sink<T>> {
         if sinks.len() == 1 {
             if let Some(one) = sinks.pop() {
                 return one;
@@ -118,14 +152,14 @@ impl Fanout {
     }
 }
 
-impl Sink for Fanout {
+impl<T> Sink<T> for Fanout<T> {
     fn start(&mut self) {
         self.sinks.iter_mut().for_each(|s| s.start());
     }
 
-    fn event(&mut self, event: &Event) {
+    fn record(&mut self, record: &T) {
         for sink in &mut self.sinks {
-            sink.event(event);
+            sink.record(record);
         }
     }
 
@@ -169,7 +203,7 @@ mod tests {
         fn start(&mut self) {
             self.log.borrow_mut().push(format!("{} start", self.name));
         }
-        fn event(&mut self, event: &Event) {
+        fn record(&mut self, event: &Event) {
             let line = format!("{} event {}", self.name, event.lport);
             self.log.borrow_mut().push(line);
         }
@@ -213,7 +247,7 @@ mod tests {
         ]);
         let event = Event::from_raw(&crate::event::tests::raw_v4()).unwrap();
         sink.start();
-        sink.event(&event);
+        sink.record(&event);
         sink.tick();
         assert!(!sink.closed());
         let err = sink.finish().unwrap_err();

@@ -37,17 +37,18 @@ enum Field {
     Cgroup,
 }
 
+/// A column of a table of records whose fields are `F`s.
 #[derive(Debug, Clone, Copy)]
-struct Column {
-    field: Field,
-    header: &'static str,
+pub(super) struct Column<F> {
+    pub(super) field: F,
+    pub(super) header: &'static str,
     /// Left-aligned to this width in text mode (0: not padded).
-    width: usize,
+    pub(super) width: usize,
     /// Cut to `width` characters (the task name).
-    truncate: bool,
+    pub(super) truncate: bool,
 }
 
-const fn col(field: Field, header: &'static str, width: usize) -> Column {
+pub(super) const fn col<F>(field: F, header: &'static str, width: usize) -> Column<F> {
     Column {
         field,
         header,
@@ -62,7 +63,7 @@ pub struct Formatter {
     csv: bool,
     /// Whether the HH:MM:SS column is shown (the clock is read only then).
     local_time: bool,
-    columns: Vec<Column>,
+    columns: Vec<Column<Field>>,
     first_ts_ns: Option<u64>,
 }
 
@@ -200,32 +201,39 @@ impl Formatter {
         })
     }
 
-    /// Lays out one line at the end of `out`: each column's text (appended
-    /// by `cell`) padded or cut to its width, separated by a space (or a
-    /// comma in CSV). No allocation once `out` has grown to a batch.
-    fn write_line<F>(&self, out: &mut Vec<u8>, mut cell: F)
+    fn write_line<F>(&self, out: &mut Vec<u8>, cell: F)
     where
-        F: FnMut(&Column, &mut Vec<u8>),
+        F: FnMut(&Column<Field>, &mut Vec<u8>),
     {
-        let last = self.columns.len() - 1;
-        for (i, column) in self.columns.iter().enumerate() {
-            let start = out.len();
-            cell(column, out);
-            if self.csv {
-                out.push(if i == last { b'\n' } else { b',' });
-                continue;
-            }
-            // Every cell is ASCII but the task name, the one column cut.
-            let chars = if column.truncate {
-                cut(out, start, column.width)
-            } else {
-                out.len() - start
-            };
-            if i == last {
-                out.push(b'\n');
-            } else {
-                push_spaces(out, column.width.saturating_sub(chars) + 1);
-            }
+        write_line(&self.columns, self.csv, out, cell)
+    }
+}
+
+/// Lays out one line at the end of `out`: each column's text (appended by
+/// `cell`) padded or cut to its width, separated by a space (or a comma in
+/// CSV). No allocation once `out` has grown to a batch.
+pub(super) fn write_line<F, C>(columns: &[Column<F>], csv: bool, out: &mut Vec<u8>, mut cell: C)
+where
+    C: FnMut(&Column<F>, &mut Vec<u8>),
+{
+    let last = columns.len() - 1;
+    for (i, column) in columns.iter().enumerate() {
+        let start = out.len();
+        cell(column, out);
+        if csv {
+            out.push(if i == last { b'\n' } else { b',' });
+            continue;
+        }
+        // Every cell is ASCII but the task name, the one column cut.
+        let chars = if column.truncate {
+            cut(out, start, column.width)
+        } else {
+            out.len() - start
+        };
+        if i == last {
+            out.push(b'\n');
+        } else {
+            push_spaces(out, column.width.saturating_sub(chars) + 1);
         }
     }
 }
@@ -235,7 +243,7 @@ impl LineFormat for Formatter {
         self.write_header(out);
     }
 
-    fn event(&mut self, out: &mut Vec<u8>, ev: &Event, clock: &mut EventClock) {
+    fn record(&mut self, out: &mut Vec<u8>, ev: &Event, clock: &mut EventClock) {
         let wall = if self.local_time {
             clock.local(ev.ts_ns)
         } else {
@@ -265,7 +273,7 @@ fn cut(out: &mut Vec<u8>, start: usize, width: usize) -> usize {
 
 /// A task name's bytes (up to its NUL), invalid UTF-8 replaced, checked
 /// with the cheaper ASCII test first (nearly every name is ASCII).
-fn push_name(out: &mut Vec<u8>, name: &[u8]) {
+pub(super) fn push_name(out: &mut Vec<u8>, name: &[u8]) {
     if name.is_ascii() {
         out.extend_from_slice(name);
     } else {
@@ -274,7 +282,7 @@ fn push_name(out: &mut Vec<u8>, name: &[u8]) {
 }
 
 /// A CSV field: quoted (RFC 4180) when it holds a comma, quote or newline.
-fn push_csv_text(out: &mut Vec<u8>, text: &str) {
+pub(super) fn push_csv_text(out: &mut Vec<u8>, text: &str) {
     if text.contains([',', '"', '\n', '\r']) {
         out.push(b'"');
         out.extend_from_slice(text.replace('"', "\"\"").as_bytes());

@@ -17,16 +17,28 @@
 mod owners;
 mod times;
 
+use std::sync::Arc;
+
 pub use owners::{Owners, is_owner_moment};
 pub use times::{AddressHasher, SocketTimes, Tracked};
 
 use crate::cgroup::cgroup2_mount;
 use crate::config::Config;
-use crate::event::{DecodeError, Event};
+use crate::close::Close;
+use crate::event::{DecodeError, Event, Owner};
+use crate::identity::Identity;
 use crate::identity::Identities;
 use crate::identity::groups::GroupRules;
 use crate::plan::OwnerKeeper;
 use crate::tracer::Tracer;
+
+/// What [`Decoder::place`] says of an owner.
+enum Placed {
+    /// The group filters leave the record out.
+    LeftOut,
+    /// Its cgroup path and identity, when shown and known.
+    At(Option<Arc<str>>, Option<Arc<Identity>>),
+}
 
 /// Turns ring buffer records into events, with the time in the old state
 /// from the kernel or from [`SocketTimes`], whichever keeps it, and, when
@@ -98,28 +110,51 @@ impl Decoder {
         if let Some(owners) = &mut self.owners {
             event.owner = owners.observe(&event);
         }
-        let Some(owner) = event.owner else {
-            return Ok(Some(event));
-        };
-        let Some(identities) = &mut self.identities else {
-            return Ok(Some(event));
+        match self.place(event.owner, event.owner_undecided) {
+            Placed::LeftOut => Ok(None),
+            Placed::At(cgroup, identity) => {
+                event.cgroup = cgroup;
+                event.identity = identity;
+                Ok(Some(event))
+            }
+        }
+    }
+
+    /// Decodes one close record (`-C`), its owner named as a transition's.
+    pub fn decode_close(&mut self, data: &[u8]) -> Result<Option<Close>, DecodeError> {
+        let mut close = Close::decode(data)?;
+        match self.place(close.owner, close.owner_undecided) {
+            Placed::LeftOut => Ok(None),
+            Placed::At(cgroup, identity) => {
+                close.cgroup = cgroup;
+                close.identity = identity;
+                Ok(Some(close))
+            }
+        }
+    }
+
+    /// Where `owner` belongs, when owners are shown: its cgroup path and
+    /// identity; or that the group filters leave its record out, when the
+    /// kernel left it `undecided` to this side.
+    fn place(&mut self, owner: Option<Owner>, undecided: bool) -> Placed {
+        let (Some(owner), Some(identities)) = (owner, &mut self.identities) else {
+            return Placed::At(None, None);
         };
         let found = identities.of(owner.cgroup_id);
-        if let (true, Some(rules)) = (event.owner_undecided, &self.group_filter) {
+        if let (true, Some(rules)) = (undecided, &self.group_filter) {
             match &found {
                 Some((path, identity)) if rules.keeps(path, identity) => {}
-                Some(_) => return Ok(None),
+                Some(_) => return Placed::LeftOut,
                 None => {
                     self.unjudged += 1;
-                    return Ok(None);
+                    return Placed::LeftOut;
                 }
             }
         }
-        if let (true, Some((path, identity))) = (self.owners_shown, found) {
-            event.cgroup = Some(path);
-            event.identity = Some(identity);
+        match (self.owners_shown, found) {
+            (true, Some((path, identity))) => Placed::At(Some(path), Some(identity)),
+            _ => Placed::At(None, None),
         }
-        Ok(Some(event))
     }
 
     /// Events the group filters left out because their owner's group, made
