@@ -27,6 +27,7 @@ use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
+use crate::cause::{Cause, Role};
 use crate::config::AttachMode;
 use crate::state::TcpState;
 use crate::summary::{ByLabel, SLOTS, STATES, Summary, slot_range_us, state_name};
@@ -328,6 +329,74 @@ impl Counts {
                         .encode_family(&labels)?
                         .encode_counter::<NoLabelSet, _, u64>(&s.unknown[state], None)?;
                 }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_connections_closed",
+                "Sockets that reached CLOSE, by why they ended and how they began (see the \
+                 README's close causes)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (extra, s) in self.series() {
+                for cause in Cause::ALL {
+                    for role in Role::ALL {
+                        let count = s.closed[*cause as usize][*role as usize];
+                        // Every pair exists from the first scrape, for rates
+                        // and alerts; a label's, only once counted.
+                        if count == 0 && extra.is_some() {
+                            continue;
+                        }
+                        let labels = with(extra, [("cause", cause.name()), ("role", role.name())]);
+                        metric
+                            .encode_family(&labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(&count, None)?;
+                    }
+                }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_connection_lifetime",
+                "Time from connect, listen or accept to CLOSE, of the sockets that closed (when \
+                 their start was seen)",
+                Some(&Unit::Seconds),
+                MetricType::Histogram,
+            )?;
+            for (extra, s) in self.series() {
+                if extra.is_some() && s.closes() == 0 {
+                    continue;
+                }
+                let buckets: Vec<(f64, u64)> = (0..SLOTS)
+                    .map(|slot| (upper_bound_seconds(slot), s.lifetime_slots[slot]))
+                    .collect();
+                let labels = with(extra, []);
+                metric
+                    .encode_family(&labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        s.lifetime_sum_ns as f64 / 1e9,
+                        s.lifetime_slots.iter().sum(),
+                        &buckets,
+                        None,
+                    )?;
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_unknown_lifetimes",
+                "Sockets that closed whose start came before the trace",
+                None,
+                MetricType::Counter,
+            )?;
+            for (extra, s) in self.series() {
+                if extra.is_some() && s.closes() == 0 {
+                    continue;
+                }
+                let labels = with(extra, []);
+                metric
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&s.lifetime_unknown, None)?;
             }
         }
         for (name, help, value) in [

@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use crate::bpf::types;
+use crate::cause::{Cause, Role};
 use crate::clock::Utc;
 use crate::config::LabelBy;
 use crate::event::TcpState;
@@ -24,6 +25,11 @@ pub const STATES: usize = types::summary_dims::SUMMARY_STATES.0 as usize;
 /// slot i, the last 2^32 us (71.6 minutes) and more (SUMMARY_SLOTS).
 pub const SLOTS: usize = types::summary_dims::SUMMARY_SLOTS.0 as usize;
 
+/// Causes a close is counted by (CLOSE_CAUSES), and roles (CLOSE_ROLES).
+pub const CAUSES: usize = types::close_cause::CLOSE_CAUSES.0 as usize;
+/// See [`CAUSES`].
+pub const ROLES: usize = types::close_role::CLOSE_ROLES.0 as usize;
+
 /// The aggregates, summed over CPUs (or the difference of two readings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Summary {
@@ -36,6 +42,15 @@ pub struct Summary {
     pub sum_ns: [u64; STATES],
     /// Transitions whose time in the state left is not known, by state.
     pub unknown: [u64; STATES],
+    /// Connections closed, by cause and role (see [`crate::cause`]).
+    pub closed: [[u64; ROLES]; CAUSES],
+    /// Their lifetimes when known, by slot; their sum in nanoseconds; how
+    /// many started before the trace.
+    pub lifetime_slots: [u64; SLOTS],
+    /// See `lifetime_slots`.
+    pub lifetime_sum_ns: u64,
+    /// See `lifetime_slots`.
+    pub lifetime_unknown: u64,
 }
 
 impl Default for Summary {
@@ -45,6 +60,10 @@ impl Default for Summary {
             slots: [[0; SLOTS]; STATES],
             sum_ns: [0; STATES],
             unknown: [0; STATES],
+            closed: [[0; ROLES]; CAUSES],
+            lifetime_slots: [0; SLOTS],
+            lifetime_sum_ns: 0,
+            lifetime_unknown: 0,
         }
     }
 }
@@ -92,6 +111,16 @@ impl Summary {
             self.sum_ns[old] += raw.sum_ns[old];
             self.unknown[old] += raw.unknown[old];
         }
+        for (counts, raw) in self.closed.iter_mut().zip(&raw.closed) {
+            for (n, r) in counts.iter_mut().zip(raw) {
+                *n += r;
+            }
+        }
+        for (n, r) in self.lifetime_slots.iter_mut().zip(raw.lifetime_slots.as_flattened()) {
+            *n += r;
+        }
+        self.lifetime_sum_ns += raw.lifetime_sum_ns;
+        self.lifetime_unknown += raw.lifetime_unknown;
     }
 
     /// What was counted since `earlier`, a previous reading.
@@ -110,7 +139,35 @@ impl Summary {
             d.sum_ns[state] = d.sum_ns[state].saturating_sub(earlier.sum_ns[state]);
             d.unknown[state] = d.unknown[state].saturating_sub(earlier.unknown[state]);
         }
+        for (counts, e) in d.closed.iter_mut().zip(&earlier.closed) {
+            for (n, e) in counts.iter_mut().zip(e) {
+                *n = n.saturating_sub(*e);
+            }
+        }
+        for (n, e) in d.lifetime_slots.iter_mut().zip(earlier.lifetime_slots) {
+            *n = n.saturating_sub(e);
+        }
+        d.lifetime_sum_ns = d.lifetime_sum_ns.saturating_sub(earlier.lifetime_sum_ns);
+        d.lifetime_unknown = d.lifetime_unknown.saturating_sub(earlier.lifetime_unknown);
         d
+    }
+
+    /// Connections closed, every cause and role.
+    pub fn closes(&self) -> u64 {
+        self.closed.iter().flatten().sum()
+    }
+
+    /// The causes and roles closes were counted by, with their counts.
+    pub fn closes_by_cause(&self) -> impl Iterator<Item = (Cause, Role, u64)> + '_ {
+        self.closed.iter().enumerate().flat_map(|(cause, roles)| {
+            roles.iter().enumerate().filter(|(_, n)| **n > 0).map(move |(role, n)| {
+                (
+                    Cause::from_raw(cause as u8).unwrap_or(Cause::Unknown),
+                    Role::from_raw(role as u8).unwrap_or(Role::Unknown),
+                    *n,
+                )
+            })
+        })
     }
 
     /// Every transition counted.
@@ -155,6 +212,27 @@ impl Summary {
             out.push('\n');
         }
         self.write_matrix(out);
+        self.write_closes(out);
+    }
+
+    /// Connections closed by cause and role, and their lifetimes.
+    fn write_closes(&self, out: &mut String) {
+        if self.closes() == 0 {
+            return;
+        }
+        out.push_str("\nConnections closed (cause, role, count):\n");
+        for (cause, role, n) in self.closes_by_cause() {
+            let _ = writeln!(out, "  {:<10} {:<9} {n}", cause.name(), role.name());
+        }
+        let timed: u64 = self.lifetime_slots.iter().sum();
+        let _ = writeln!(
+            out,
+            "\nLifetimes of the connections closed: {timed} timed, {} unknown",
+            self.lifetime_unknown
+        );
+        if timed > 0 {
+            write_log2(out, &self.lifetime_slots);
+        }
     }
 
     /// The transitions by old state (rows) and new state (columns), for
@@ -284,7 +362,35 @@ impl Summary {
             }
             out.push_str("]}");
         }
-        out.push(']');
+        out.push_str("],\"closed\":[");
+        for (i, (cause, role, n)) in self.closes_by_cause().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"cause\":\"{}\",\"role\":\"{}\",\"count\":{n}}}",
+                cause.name(),
+                role.name()
+            );
+        }
+        let timed: u64 = self.lifetime_slots.iter().sum();
+        let _ = write!(
+            out,
+            "],\"lifetimes\":{{\"timed\":{timed},\"unknown\":{},\"sum_us\":{},\"slots\":[",
+            self.lifetime_unknown,
+            self.lifetime_sum_ns / 1000
+        );
+        let used = self.lifetime_slots.iter().enumerate().filter(|(_, n)| **n > 0);
+        for (j, (slot, count)) in used.enumerate() {
+            if j > 0 {
+                out.push(',');
+            }
+            let (from, to) = slot_range_us(slot);
+            let to = to.map_or("null".to_owned(), |to| to.to_string());
+            let _ = write!(out, "{{\"from_us\":{from},\"to_us\":{to},\"count\":{count}}}");
+        }
+        out.push_str("]}");
     }
 
     /// Adds `other`'s counts to these.
@@ -299,6 +405,16 @@ impl Summary {
             self.sum_ns[state] += other.sum_ns[state];
             self.unknown[state] += other.unknown[state];
         }
+        for (counts, o) in self.closed.iter_mut().zip(&other.closed) {
+            for (n, o) in counts.iter_mut().zip(o) {
+                *n += o;
+            }
+        }
+        for (n, o) in self.lifetime_slots.iter_mut().zip(other.lifetime_slots) {
+            *n += o;
+        }
+        self.lifetime_sum_ns += other.lifetime_sum_ns;
+        self.lifetime_unknown += other.lifetime_unknown;
     }
 }
 
