@@ -250,3 +250,142 @@ fn errno_name(errno: i32) -> Option<std::borrow::Cow<'static, str>> {
     };
     Some(name.into())
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    // SAFETY: the generated struct is integers and integer arrays only.
+    unsafe impl plain::Plain for RawClose {}
+
+    /// A client's record: connect, 1000 bytes each way, its FIN first and
+    /// acknowledged, the peer's FIN taken in.
+    pub(crate) fn raw_client() -> RawClose {
+        let mut raw = RawClose {
+            skaddr: 0xffff_8881_043b_9280,
+            ts_ns: 9_000_000_000,
+            lifetime_ns: 12_345_000,
+            owner_cgroup: 1,
+            bytes_acked: 1002,
+            bytes_received: 1001,
+            segs_in: 6,
+            segs_out: 7,
+            total_retrans: 1,
+            srtt_us: 35,
+            rtt_min_us: 12,
+            present: 0x7f,
+            netns: 4026531840,
+            pid: 0,
+            owner_pid: 4711,
+            owner_uid: 1000,
+            flags: FLAG_OWNER_KNOWN | FLAG_FIN_ACKED | FLAG_FIN_RECEIVED,
+            error: 0,
+            family: libc::AF_INET as u16,
+            sport: 41234,
+            dport: 8080,
+            cause: Cause::Normal as u8,
+            detail: Detail::LocalFirst as u8,
+            role: Role::Client as u8,
+            ..Default::default()
+        };
+        raw.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        raw.daddr[..4].copy_from_slice(&[127, 0, 0, 2]);
+        for (dst, src) in raw.owner_comm.iter_mut().zip(b"curl") {
+            *dst = *src as i8;
+        }
+        for (dst, src) in raw.comm.iter_mut().zip(b"swapper/1") {
+            *dst = *src as i8;
+        }
+        let steps = [(7, None), (2, Some(51_000)), (1, Some(12_203_000)), (4, Some(10_000)), (5, Some(20_000))];
+        for (i, (state, spent)) in steps.into_iter().enumerate() {
+            raw.t.left[i] = state;
+            raw.t.spent_ns[i] = spent.unwrap_or(TIME_UNKNOWN);
+        }
+        raw.t.steps = steps.len() as u8;
+        raw
+    }
+
+    /// The record of `raw`.
+    pub(crate) fn close_of(raw: &RawClose) -> Close {
+        // SAFETY: RawClose is Plain (above): reading its bytes is sound.
+        Close::decode(unsafe { plain::as_bytes(raw) }).unwrap()
+    }
+
+    #[test]
+    fn decodes_a_client_and_counts_data_bytes_only() {
+        let c = close_of(&raw_client());
+        assert_eq!((c.role, c.cause, c.detail), (Role::Client, Cause::Normal, Detail::LocalFirst));
+        assert_eq!(c.lifetime_ns, Some(12_345_000));
+        assert_eq!(c.owner.map(|o| (o.pid, o.uid)), Some((4711, 1000)));
+        assert_eq!(c.owner.unwrap().comm(), "curl");
+        assert_eq!(c.comm_bytes(), b"swapper/1");
+        assert_eq!((c.laddr.to_string(), c.lport), ("127.0.0.1".into(), 41234));
+        let states: Vec<_> = c.states().map(|s| s.to_string()).collect();
+        assert_eq!(states, ["CLOSE", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]);
+        assert_eq!(c.steps[0].spent_ns, None);
+        assert_eq!(c.steps[2].spent_ns, Some(12_203_000));
+        // The SYN and this side's FIN off what was acked, the peer's FIN
+        // off what was received.
+        assert_eq!((c.counters.bytes_acked, c.counters.bytes_received), (Some(1000), Some(1000)));
+        assert_eq!(c.counters.retransmits, Some(1));
+        assert_eq!((c.counters.srtt_us, c.counters.rtt_min_us), (Some(35), Some(12)));
+        assert_eq!(c.error_name(), None);
+    }
+
+    #[test]
+    fn what_is_not_known_stays_unknown() {
+        let mut raw = raw_client();
+        raw.flags = FLAG_LIFETIME_UNKNOWN;
+        raw.present = (types::close_counters::HAS_BYTES_ACKED.0) | types::close_counters::HAS_SRTT.0;
+        raw.srtt_us = 0;
+        raw.role = Role::Unknown as u8;
+        let c = close_of(&raw);
+        assert_eq!((c.lifetime_ns, c.owner), (None, None));
+        // Not a client as far as is known: the SYN is not taken off.
+        assert_eq!(c.counters.bytes_acked, Some(1002));
+        assert_eq!(c.counters.bytes_received, None, "a field the kernel lacks");
+        assert_eq!(c.counters.srtt_us, None, "no RTT sample");
+        raw.cause = 200;
+        raw.role = 9;
+        let c = close_of(&raw);
+        assert_eq!((c.cause, c.role), (Cause::Unknown, Role::Unknown));
+    }
+
+    #[test]
+    fn a_refused_client_sent_no_syn_data() {
+        let mut raw = raw_client();
+        raw.bytes_acked = 0;
+        raw.bytes_received = 0;
+        raw.flags = FLAG_OWNER_KNOWN;
+        raw.cause = Cause::Refused as u8;
+        raw.error = libc::ECONNREFUSED;
+        raw.t.steps = 2;
+        let c = close_of(&raw);
+        assert_eq!(c.counters.bytes_acked, Some(0));
+        assert_eq!(c.error_name().as_deref(), Some("ECONNREFUSED"));
+        raw.error = 4242;
+        assert_eq!(close_of(&raw).error_name().as_deref(), Some("4242"));
+    }
+
+    #[test]
+    fn rejects_short_records() {
+        let raw = raw_client();
+        // SAFETY: as above.
+        let bytes = unsafe { plain::as_bytes(&raw) };
+        assert_eq!(
+            Close::decode(&bytes[..RECORD_BYTES - 1]),
+            Err(DecodeError::Short(RECORD_BYTES - 1))
+        );
+    }
+
+    #[test]
+    fn the_names_are_the_kernels() {
+        assert_eq!(Cause::ALL.len(), types::close_cause::CLOSE_CAUSES.0 as usize);
+        assert_eq!(Role::ALL.len(), types::close_role::CLOSE_ROLES.0 as usize);
+        assert_eq!(Cause::Error as u32, types::close_cause::CAUSE_ERROR.0);
+        assert_eq!(Cause::Listener as u32, types::close_cause::CAUSE_LISTENER.0);
+        assert_eq!(Detail::LingerZero as u32, types::close_detail::DETAIL_LINGER_ZERO.0);
+        assert_eq!(Detail::Keepalive as u32, types::close_detail::DETAIL_KEEPALIVE.0);
+        assert_eq!(Role::Listener as u32, types::close_role::ROLE_LISTENER.0);
+    }
+}

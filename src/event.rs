@@ -18,9 +18,6 @@ pub(crate) type RawEvent = types::event;
 #[cfg(test)]
 unsafe impl plain::Plain for RawEvent {}
 
-/// Size in bytes of the whole `struct event`: a record that carries the
-/// socket's owner as the kernel keeps it.
-pub const RAW_EVENT_SIZE: usize = std::mem::size_of::<RawEvent>();
 
 /// The record's sizes, as in `src/bpf/tcpstates.h` (EVENT_SIZE_*): the
 /// kernel leaves out the fields a run does not need, so that the ring
@@ -33,8 +30,8 @@ pub mod record {
     pub const BASE: usize = offset_of!(RawEvent, uid);
     /// With the current task's uid and cgroup (the reader keeps owners).
     pub const TASK: usize = offset_of!(RawEvent, owner_cgroup);
-    /// With the owner the kernel keeps.
-    pub const OWNER: usize = super::RAW_EVENT_SIZE;
+    /// With the owner the kernel keeps (what follows is never sent).
+    pub const OWNER: usize = offset_of!(RawEvent, lifetime_ns);
 
     /// The largest record a run sends, given whether the program sends the
     /// current task's uid and cgroup, and whether it sends owners it keeps.

@@ -501,6 +501,7 @@ mod tests {
             MapSizes {
                 events: 8 << 20,
                 sockets: 1,
+                close_sockets: 1,
                 listener_owners: 1,
                 listening: 1,
                 pids: 1,
@@ -519,5 +520,37 @@ mod tests {
             (DEFAULT_MAP_SOCKETS, 4096, 1024)
         );
         assert_eq!((sizes.pids, sizes.sports, sizes.dports), (3, 2, 1));
+    }
+
+    /// Close records: the kernel keeps every socket's state with its
+    /// timeline in the map (as summary mode, the cheaper store for short
+    /// connections), keeps owners, and sends close records only.
+    #[test]
+    fn close_records_keep_timelines_in_the_kernel() {
+        let on = |flag: u8| flag == 1;
+        for mode in AttachMode::ALL {
+            let c = config(&["-C", "--cause", "refused,reset"]);
+            let p = Plan::new(&c, &HOST, mode, Wake::Batched);
+            assert!(p.closes && !p.summary);
+            assert_eq!(p.store, KernelStore::Map(DEFAULT_MAP_SOCKETS));
+            assert_eq!(p.owners, OwnerKeeper::Kernel);
+            assert_eq!(p.record_bytes, crate::close::RECORD_BYTES);
+            let s = p.settings(&c.filter);
+            assert!(on(s.close_records) && on(s.track_sockets) && on(s.keep_owner));
+            assert!(!on(s.count_closes) && !on(s.collect_owner) && !on(s.use_sk_storage));
+            assert_eq!(s.cause_mask, 1 << 2 | 1 << 4);
+            let sizes = p.map_sizes(&c.filter);
+            assert_eq!((sizes.sockets, sizes.close_sockets), (1, DEFAULT_MAP_SOCKETS));
+        }
+        let bounded = config(&["-C", "--max-sockets", "1000"]);
+        let p = Plan::new(&bounded, &HOST, AttachMode::TpBtf, Wake::Batched);
+        assert_eq!(p.map_sizes(&bounded.filter).close_sockets, 1000);
+        // Summary mode counts closes; event mode does neither.
+        let summary = config(&["-S"]);
+        let s = plan(&["-S"], &HOST, AttachMode::TpBtf).settings(&summary.filter);
+        assert!(on(s.count_closes) && !on(s.close_records));
+        let events = config(&[]);
+        let s = plan(&[], &HOST, AttachMode::TpBtf).settings(&events.filter);
+        assert!(!on(s.count_closes) && !on(s.close_records));
     }
 }

@@ -580,6 +580,33 @@ mod tests {
     }
 
     #[test]
+    fn closes_print_by_cause_and_role_with_lifetimes() {
+        let mut s = sample();
+        s.closed[1][1] = 5;
+        s.closed[3][1] = 1;
+        s.lifetime_slots[3] = 6;
+        let earlier = s.clone();
+        s.closed[1][1] += 2;
+        let mut out = String::new();
+        s.write_text(&mut out);
+        assert!(
+            out.contains(concat!(
+                "Connections closed (cause, role, count):\n",
+                "  normal     client    7\n",
+                "  timeout    client    1\n",
+                "\nLifetimes of the connections closed: 6 timed, 0 unknown\n"
+            )),
+            "{out}"
+        );
+        let since = s.since(&earlier);
+        assert_eq!(since.closes(), 2);
+        assert_eq!(since.lifetime_slots.iter().sum::<u64>(), 0);
+        let mut none = String::new();
+        sample().write_text(&mut none);
+        assert!(!none.contains("Connections closed"), "nothing closed, no table");
+    }
+
+    #[test]
     fn slots_cover_every_time() {
         assert_eq!(slot_range_us(0), (0, Some(0)));
         assert_eq!(slot_range_us(1), (1, Some(1)));
@@ -644,7 +671,13 @@ CLOSE               0         3
     fn json_object_on_one_line() {
         let mut out = String::new();
         let at = Utc::at_unix_ns(1_700_000_000_123_456_789);
-        sample().write_json(&mut out, at, 2.5);
+        let mut s = sample();
+        // Two refused connects, one of them timed at 5 us.
+        s.closed[2][1] = 2;
+        s.lifetime_slots[3] = 1;
+        s.lifetime_sum_ns = 5_000;
+        s.lifetime_unknown = 1;
+        s.write_json(&mut out, at, 2.5);
         let expected = concat!(
             r#"{"time":"2023-11-14T22:13:20.123456Z","seconds":2.500,"transitions":["#,
             r#"{"old":"SYN_SENT","new":"ESTABLISHED","count":3},"#,
@@ -652,7 +685,9 @@ CLOSE               0         3
             r#"{"state":"SYN_SENT","timed":3,"unknown":0,"sum_us":103,"slots":["#,
             r#"{"from_us":0,"to_us":0,"count":1},{"from_us":2,"to_us":3,"count":1},"#,
             r#"{"from_us":64,"to_us":127,"count":1}]},"#,
-            r#"{"state":"CLOSE","timed":0,"unknown":3,"sum_us":0,"slots":[]}]}"#,
+            r#"{"state":"CLOSE","timed":0,"unknown":3,"sum_us":0,"slots":[]}],"#,
+            r#""closed":[{"cause":"refused","role":"client","count":2}],"#,
+            r#""lifetimes":{"timed":1,"unknown":1,"sum_us":5,"slots":[{"from_us":4,"to_us":7,"count":1}]}}"#,
             "\n"
         );
         assert_eq!(out, expected);

@@ -231,3 +231,75 @@ impl LineFormat<Close> for CloseFormatter {
         self.write_close(out, c, wall);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::close::tests::{close_of, raw_client};
+
+    fn render(mut f: CloseFormatter, records: &[Close]) -> Vec<String> {
+        let mut out = Vec::new();
+        f.header(&mut out);
+        for c in records {
+            f.write_close(&mut out, c, WallClock::default());
+        }
+        String::from_utf8(out).unwrap().lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn one_aligned_line_per_socket() {
+        let lines = render(
+            CloseFormatter::new(TimeColumns::default(), false, false, false),
+            &[close_of(&raw_client())],
+        );
+        assert_eq!(
+            lines,
+            [
+                "SKADDR           PID     COMM       LADDR           LPORT RADDR           RPORT \
+                 ROLE     CAUSE                  MS         TX_B     RX_B     SEGS_OUT SEGS_IN \
+                 RETRANS SRTT_US MINRTT_US STATES",
+                "ffff8881043b9280 4711    curl       127.0.0.1       41234 127.0.0.2       8080  \
+                 client   normal:local-first     12.345     1000     1000     7        6       \
+                 1       35      12        CLOSE:- SYN_SENT:0.051 ESTABLISHED:12.203 \
+                 FIN_WAIT1:0.010 FIN_WAIT2:0.020 CLOSE",
+            ]
+        );
+    }
+
+    #[test]
+    fn csv_and_extended_columns_and_what_is_unknown() {
+        let mut raw = raw_client();
+        raw.flags = 0x40; // lifetime unknown, owner unknown
+        raw.cause = crate::close::Cause::Error as u8;
+        raw.detail = crate::close::Detail::Handshake as u8;
+        raw.error = libc::EHOSTUNREACH;
+        raw.present = 0;
+        let lines = render(
+            CloseFormatter::new(TimeColumns::default(), false, true, true),
+            &[close_of(&raw)],
+        );
+        assert_eq!(
+            lines[0],
+            "SKADDR,PID,COMM,UID,IP,LADDR,LPORT,RADDR,RPORT,ROLE,CAUSE,MS,TX_B,RX_B,SEGS_OUT,\
+             SEGS_IN,RETRANS,SRTT_US,MINRTT_US,C-PID,C-COMM,NETNS,UNIT/CONTAINER,CGROUP,STATES"
+        );
+        assert_eq!(
+            lines[1],
+            "ffff8881043b9280,-,-,-,4,127.0.0.1,41234,127.0.0.2,8080,client,\
+             error:handshake:EHOSTUNREACH,-,-,-,-,-,-,-,-,0,swapper/1,4026531840,-,-,\
+             CLOSE:- SYN_SENT:0.051 ESTABLISHED:12.203 FIN_WAIT1:0.010 FIN_WAIT2:0.020 CLOSE"
+        );
+    }
+
+    #[test]
+    fn a_long_timeline_says_what_it_left_out() {
+        let mut c = close_of(&raw_client());
+        c.steps_left_out = 3;
+        let mut out = Vec::new();
+        push_states(&mut out, &c);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "CLOSE:- SYN_SENT:0.051 ESTABLISHED:12.203 FIN_WAIT1:0.010 ...(+3) FIN_WAIT2:0.020 CLOSE"
+        );
+    }
+}

@@ -571,4 +571,38 @@ mod tests {
         let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
         assert_eq!(file.metadata().unwrap().len(), entry.len() as u64);
     }
+
+    #[test]
+    fn a_close_record_is_one_entry_with_its_cause_and_counters() {
+        let mut raw = crate::close::tests::raw_client();
+        raw.present &= !crate::bpf::types::close_counters::HAS_RTT_MIN.0;
+        let c = crate::close::tests::close_of(&raw);
+        let mut out = Vec::new();
+        write_close_entry(&mut out, &c, 1_700_000_000_000_000_000);
+        let f = fields(&out);
+        assert_eq!(
+            get(&f, "MESSAGE"),
+            Some("curl 127.0.0.1 41234 → 127.0.0.2 8080 client normal:local-first 12.345 ms")
+        );
+        assert_eq!(get(&f, "PRIORITY"), Some("5"));
+        assert_eq!(get(&f, "TCPSTATES_CAUSE"), Some("normal"));
+        assert_eq!(get(&f, "TCPSTATES_CAUSE_DETAIL"), Some("local-first"));
+        assert_eq!(get(&f, "TCPSTATES_ROLE"), Some("client"));
+        assert_eq!(get(&f, "TCPSTATES_LIFETIME_NS"), Some("12345000"));
+        assert_eq!(get(&f, "TCPSTATES_BYTES_ACKED"), Some("1000"));
+        assert_eq!(get(&f, "TCPSTATES_RTT_MIN_US"), None, "absent, not zero");
+        assert_eq!(get(&f, "TCPSTATES_ERROR"), None);
+        assert_eq!(
+            get(&f, "TCPSTATES_STATES"),
+            Some("CLOSE:- SYN_SENT:0.051 ESTABLISHED:12.203 FIN_WAIT1:0.010 FIN_WAIT2:0.020 CLOSE")
+        );
+        assert_eq!(get(&f, "TCPSTATES_OWNER_PID"), Some("4711"));
+        raw.cause = crate::close::Cause::Refused as u8;
+        raw.error = libc::ECONNREFUSED;
+        let mut out = Vec::new();
+        write_close_entry(&mut out, &crate::close::tests::close_of(&raw), 0);
+        let f = fields(&out);
+        assert_eq!(get(&f, "PRIORITY"), Some("4"), "failures are warnings");
+        assert_eq!(get(&f, "TCPSTATES_ERROR"), Some("ECONNREFUSED"));
+    }
 }

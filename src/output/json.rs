@@ -413,4 +413,27 @@ mod tests {
         );
         assert_eq!(text(Utc::at_unix_ns(0)), "1970-01-01T00:00:00.000000Z");
     }
+
+    #[test]
+    fn a_close_record_is_one_object_without_absent_counters() {
+        let mut raw = crate::close::tests::raw_client();
+        raw.present &= !crate::bpf::types::close_counters::HAS_SEGS_IN.0;
+        let c = crate::close::tests::close_of(&raw);
+        let mut out = Vec::new();
+        write_close(&mut out, &c, Utc::at_unix_ns(1_700_000_000_123_456_789));
+        let expected = concat!(
+            r#"{"time":"2023-11-14T22:13:20.123456Z","skaddr":"ffff8881043b9280","pid":0,"#,
+            r#""comm":"swapper/1","owner_pid":4711,"owner_comm":"curl","owner_uid":1000,"#,
+            r#""family":4,"laddr":"127.0.0.1","lport":41234,"raddr":"127.0.0.2","rport":8080,"#,
+            r#""role":"client","cause":"normal","detail":"local-first","error":null,"#,
+            r#""lifetime_ms":12.345,"states":[{"state":"CLOSE","ms":null},"#,
+            r#"{"state":"SYN_SENT","ms":0.051},{"state":"ESTABLISHED","ms":12.203},"#,
+            r#"{"state":"FIN_WAIT1","ms":0.010},{"state":"FIN_WAIT2","ms":0.020}],"#,
+            r#""states_left_out":0,"bytes_acked":1000,"bytes_received":1000,"segs_out":7,"#,
+            r#""retransmits":1,"srtt_us":35,"rtt_min_us":12,"netns":4026531840,"cgroup":null,"#,
+            r#""unit":null,"user_unit":null,"container":null,"pod":null}"#,
+            "\n"
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected);
+    }
 }
