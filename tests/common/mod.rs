@@ -6,27 +6,50 @@ use std::collections::HashMap;
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
+use tcpstates::close::Close;
 use tcpstates::config::Config;
-use tcpstates::event::{Event, TcpState};
+use tcpstates::event::{DecodeError, Event, TcpState};
 use tcpstates::plan::Wake;
 use tcpstates::tracer::Tracer;
 use tcpstates::track::Decoder;
 
-/// An in-process tracer and everything it received.
-pub struct Capture {
+/// An in-process tracer and everything it received: transitions, or close
+/// records (`-C`).
+pub struct Capture<T = Event> {
     pub tracer: Tracer,
     decoder: Decoder,
-    events: Vec<Event>,
+    decode: fn(&mut Decoder, &[u8]) -> Result<Option<T>, DecodeError>,
+    describe: fn(&[T]) -> String,
+    events: Vec<T>,
 }
 
 impl Capture {
     /// Loads and attaches as `config` says; the kernel wakes the reader
     /// for every event.
     pub fn start(config: &Config) -> Self {
+        Capture::with(config, Decoder::decode, dump)
+    }
+}
+
+impl Capture<Close> {
+    /// Close records, as `config` (with `mode: Mode::Closes`) says.
+    pub fn closes(config: &Config) -> Self {
+        Capture::with(config, Decoder::decode_close, |records| format!("{records:#?}"))
+    }
+}
+
+impl<T: Clone> Capture<T> {
+    fn with(
+        config: &Config,
+        decode: fn(&mut Decoder, &[u8]) -> Result<Option<T>, DecodeError>,
+        describe: fn(&[T]) -> String,
+    ) -> Self {
         let tracer = Tracer::start(config, Wake::EachEvent).expect("starting the tracer");
         Capture {
             decoder: Decoder::for_tracer(&tracer, config).expect("the tracer's group paths"),
             tracer,
+            decode,
+            describe,
             events: Vec::new(),
         }
     }
@@ -39,10 +62,12 @@ impl Capture {
     }
 
     /// Polls until `done` holds for what was received, or fails after 5 s.
-    pub fn wait_until(&mut self, what: &str, done: impl Fn(&[Event]) -> bool) -> Vec<Event> {
+    pub fn wait_until(&mut self, what: &str, done: impl Fn(&[T]) -> bool) -> Vec<T> {
         let Capture {
             tracer,
             decoder,
+            decode,
+            describe,
             events,
         } = self;
         let mut ring = tracer.ring_reader().expect("ring buffer");
@@ -50,7 +75,7 @@ impl Capture {
         loop {
             ring.wait(Duration::from_millis(50)).expect("polling");
             ring.consume(|data| {
-                if let Some(event) = decoder.decode(data).expect("decoding an event") {
+                if let Some(event) = decode(decoder, data).expect("decoding a record") {
                     events.push(event);
                 }
                 ControlFlow::Continue(())
@@ -61,7 +86,7 @@ impl Capture {
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {what}; got:\n{}",
-                dump(events)
+                describe(events)
             );
         }
         events.clone()

@@ -3,12 +3,13 @@
 //! kernel matrix runs it in each attach mode), one file per topic:
 //! `lifecycle` (connections from open to close), `filters`, `attach`
 //! (modes, fallbacks, BTF), `json`, `owners`, `summary`, `groups` (the
-//! kernel's table of cgroups: units, labels).
+//! kernel's table of cgroups: units, labels), `closes` (close records).
 
 #[path = "../common/mod.rs"]
 mod common;
 
 mod attach;
+mod closes;
 mod filters;
 mod groups;
 mod json;

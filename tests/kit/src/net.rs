@@ -3,7 +3,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::Duration;
 
 /// 127.0.0.1 or ::1.
@@ -145,4 +145,99 @@ pub fn promtool_lint(exposition: &str) {
         String::from_utf8_lossy(&lint.stdout),
         String::from_utf8_lossy(&lint.stderr)
     );
+}
+
+/// A TCP client socket of the family of `to`, made by hand so that options
+/// go on before connect: its SYN is sent again at most `syn_retries` times
+/// (TCP_SYNCNT: 1 gives up after about 3 s), and it does not block when
+/// `nonblocking`.
+pub fn client_socket(to: SocketAddr, syn_retries: u8, nonblocking: bool) -> io::Result<OwnedFd> {
+    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let kind = libc::SOCK_STREAM
+        | libc::SOCK_CLOEXEC
+        | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: socket() takes no pointers; a valid descriptor is owned below.
+    let fd = unsafe { libc::socket(family, kind, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nothing else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let count = libc::c_int::from(syn_retries);
+    // SAFETY: a valid descriptor and an int option of the size passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_SYNCNT,
+            (&count as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// connect() on a socket from [`client_socket`]: its error (a non-blocking
+/// one says EINPROGRESS while the handshake runs).
+pub fn start_connect(fd: &OwnedFd, to: SocketAddr) -> io::Result<()> {
+    // SAFETY: sockaddr_storage is plain data, valid zeroed.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match to {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    // SAFETY: a valid descriptor and an address of the length passed.
+    let rc = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&storage as *const libc::sockaddr_storage).cast(),
+            len as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// A listener on a free loopback port whose accept queue is full: one
+/// connection completed and never accepted, with a backlog of 0. The
+/// kernel drops every further SYN (no reset): a client's handshake times
+/// out. Keep the returned values alive while it must stay full.
+pub fn full_listener(v6: bool) -> (TcpListener, TcpStream, SocketAddr) {
+    let listener = TcpListener::bind(SocketAddr::new(loopback(v6), 0)).expect("bind");
+    // SAFETY: a valid listening descriptor; listen() takes no pointers.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0, "listen(0)");
+    let addr = listener.local_addr().expect("address");
+    let queued = TcpStream::connect(addr).expect("the connection that fills the queue");
+    (listener, queued, addr)
 }
