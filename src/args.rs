@@ -60,7 +60,10 @@ pub const EXAMPLES: &[(&str, &str)] = &[
         "counters for scripts, the ring's high-water mark",
     ),
     ("-C", "one record per socket at close: why and how it lived"),
-    ("-C --cause failed -x", "only connections that failed, with owners"),
+    (
+        "-C --cause failed -x",
+        "only connections that failed, with owners",
+    ),
     ("-S", "in-kernel summary: histograms at Ctrl-C"),
     ("-S 10 -T", "a summary every 10 seconds, stamped"),
     (

@@ -72,7 +72,7 @@ named! {
         Refused = 2 "refused" "a reset answered the SYN (ECONNREFUSED)",
         Timeout = 3 "timeout" "the handshake, retransmissions or keepalive gave up (the detail says which)",
         Reset = 4 "reset" "the peer reset the connection (ECONNRESET, EPIPE)",
-        Aborted = 5 "aborted" "this side closed it with a reset: unread data, SO_LINGER 0, or ss -K",
+        Aborted = 5 "aborted" "this side closed it with a reset: unread data, SO_LINGER 0, a listener closed before accepting it, or ss -K",
         Cancelled = 6 "cancelled" "the application closed it during the handshake (SYN_SENT)",
         Listener = 7 "listener" "a listening socket closed",
         Error = 8 "error" "another error ended it (an ICMP error in the handshake, say): see its errno",
@@ -91,6 +91,7 @@ named! {
         Keepalive = 6 "keepalive" "keepalive (or zero-window) probes were not answered",
         UnreadData = 7 "unread-data" "the application closed with data it had not read",
         LingerZero = 8 "linger-zero" "the application closed with SO_LINGER 0",
+        Unaccepted = 9 "unaccepted" "its listener closed before the application accepted it",
     }
 }
 
@@ -167,6 +168,9 @@ mod tests {
             Err("empty item in cause list 'refused,,reset'".into())
         );
         let err = Cause::parse_mask("slow").unwrap_err();
-        assert!(err.starts_with("'slow' is not a cause (unknown, normal, refused"), "{err}");
+        assert!(
+            err.starts_with("'slow' is not a cause (unknown, normal, refused"),
+            "{err}"
+        );
     }
 }

@@ -127,7 +127,8 @@ impl Close {
         let has = |bit: types::close_counters| present & bit.0 != 0;
         let u32_if = |bit, at| has(bit).then(|| r.u32(at));
         let timeline = offset_of!(RawClose, t);
-        let steps_kept = usize::from(bytes[timeline + offset_of!(types::timeline, steps)]).min(STEPS);
+        let steps_kept =
+            usize::from(bytes[timeline + offset_of!(types::timeline, steps)]).min(STEPS);
         let steps: Vec<Step> = (0..steps_kept)
             .map(|i| {
                 let spent = r.u64(timeline + offset_of!(types::timeline, spent_ns) + 8 * i);
@@ -198,8 +199,11 @@ impl Close {
                     offset_of!(RawClose, total_retrans),
                 ),
                 // No RTT sample: 0 smoothed, the minimum's initial ~0.
-                srtt_us: u32_if(types::close_counters::HAS_SRTT, offset_of!(RawClose, srtt_us))
-                    .filter(|&us| us != 0),
+                srtt_us: u32_if(
+                    types::close_counters::HAS_SRTT,
+                    offset_of!(RawClose, srtt_us),
+                )
+                .filter(|&us| us != 0),
                 rtt_min_us: u32_if(
                     types::close_counters::HAS_RTT_MIN,
                     offset_of!(RawClose, rtt_min_us),
@@ -296,7 +300,13 @@ pub(crate) mod tests {
         for (dst, src) in raw.comm.iter_mut().zip(b"swapper/1") {
             *dst = *src as i8;
         }
-        let steps = [(7, None), (2, Some(51_000)), (1, Some(12_203_000)), (4, Some(10_000)), (5, Some(20_000))];
+        let steps = [
+            (7, None),
+            (2, Some(51_000)),
+            (1, Some(12_203_000)),
+            (4, Some(10_000)),
+            (5, Some(20_000)),
+        ];
         for (i, (state, spent)) in steps.into_iter().enumerate() {
             raw.t.left[i] = state;
             raw.t.spent_ns[i] = spent.unwrap_or(TIME_UNKNOWN);
@@ -314,21 +324,40 @@ pub(crate) mod tests {
     #[test]
     fn decodes_a_client_and_counts_data_bytes_only() {
         let c = close_of(&raw_client());
-        assert_eq!((c.role, c.cause, c.detail), (Role::Client, Cause::Normal, Detail::LocalFirst));
+        assert_eq!(
+            (c.role, c.cause, c.detail),
+            (Role::Client, Cause::Normal, Detail::LocalFirst)
+        );
         assert_eq!(c.lifetime_ns, Some(12_345_000));
         assert_eq!(c.owner.map(|o| (o.pid, o.uid)), Some((4711, 1000)));
         assert_eq!(c.owner.unwrap().comm(), "curl");
         assert_eq!(c.comm_bytes(), b"swapper/1");
         assert_eq!((c.laddr.to_string(), c.lport), ("127.0.0.1".into(), 41234));
         let states: Vec<_> = c.states().map(|s| s.to_string()).collect();
-        assert_eq!(states, ["CLOSE", "SYN_SENT", "ESTABLISHED", "FIN_WAIT1", "FIN_WAIT2", "CLOSE"]);
+        assert_eq!(
+            states,
+            [
+                "CLOSE",
+                "SYN_SENT",
+                "ESTABLISHED",
+                "FIN_WAIT1",
+                "FIN_WAIT2",
+                "CLOSE"
+            ]
+        );
         assert_eq!(c.steps[0].spent_ns, None);
         assert_eq!(c.steps[2].spent_ns, Some(12_203_000));
         // The SYN and this side's FIN off what was acked, the peer's FIN
         // off what was received.
-        assert_eq!((c.counters.bytes_acked, c.counters.bytes_received), (Some(1000), Some(1000)));
+        assert_eq!(
+            (c.counters.bytes_acked, c.counters.bytes_received),
+            (Some(1000), Some(1000))
+        );
         assert_eq!(c.counters.retransmits, Some(1));
-        assert_eq!((c.counters.srtt_us, c.counters.rtt_min_us), (Some(35), Some(12)));
+        assert_eq!(
+            (c.counters.srtt_us, c.counters.rtt_min_us),
+            (Some(35), Some(12))
+        );
         assert_eq!(c.error_name(), None);
     }
 
@@ -336,7 +365,8 @@ pub(crate) mod tests {
     fn what_is_not_known_stays_unknown() {
         let mut raw = raw_client();
         raw.flags = FLAG_LIFETIME_UNKNOWN;
-        raw.present = (types::close_counters::HAS_BYTES_ACKED.0) | types::close_counters::HAS_SRTT.0;
+        raw.present =
+            (types::close_counters::HAS_BYTES_ACKED.0) | types::close_counters::HAS_SRTT.0;
         raw.srtt_us = 0;
         raw.role = Role::Unknown as u8;
         let c = close_of(&raw);
@@ -380,12 +410,21 @@ pub(crate) mod tests {
 
     #[test]
     fn the_names_are_the_kernels() {
-        assert_eq!(Cause::ALL.len(), types::close_cause::CLOSE_CAUSES.0 as usize);
+        assert_eq!(
+            Cause::ALL.len(),
+            types::close_cause::CLOSE_CAUSES.0 as usize
+        );
         assert_eq!(Role::ALL.len(), types::close_role::CLOSE_ROLES.0 as usize);
         assert_eq!(Cause::Error as u32, types::close_cause::CAUSE_ERROR.0);
         assert_eq!(Cause::Listener as u32, types::close_cause::CAUSE_LISTENER.0);
-        assert_eq!(Detail::LingerZero as u32, types::close_detail::DETAIL_LINGER_ZERO.0);
-        assert_eq!(Detail::Keepalive as u32, types::close_detail::DETAIL_KEEPALIVE.0);
+        assert_eq!(
+            Detail::LingerZero as u32,
+            types::close_detail::DETAIL_LINGER_ZERO.0
+        );
+        assert_eq!(
+            Detail::Keepalive as u32,
+            types::close_detail::DETAIL_KEEPALIVE.0
+        );
         assert_eq!(Role::Listener as u32, types::close_role::ROLE_LISTENER.0);
     }
 }

@@ -18,7 +18,6 @@ pub(crate) type RawEvent = types::event;
 #[cfg(test)]
 unsafe impl plain::Plain for RawEvent {}
 
-
 /// The record's sizes, as in `src/bpf/tcpstates.h` (EVENT_SIZE_*): the
 /// kernel leaves out the fields a run does not need, so that the ring
 /// buffer holds more events.

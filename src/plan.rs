@@ -540,7 +540,10 @@ mod tests {
             assert!(!on(s.count_closes) && !on(s.collect_owner) && !on(s.use_sk_storage));
             assert_eq!(s.cause_mask, 1 << 2 | 1 << 4);
             let sizes = p.map_sizes(&c.filter);
-            assert_eq!((sizes.sockets, sizes.close_sockets), (1, DEFAULT_MAP_SOCKETS));
+            assert_eq!(
+                (sizes.sockets, sizes.close_sockets),
+                (1, DEFAULT_MAP_SOCKETS)
+            );
         }
         let bounded = config(&["-C", "--max-sockets", "1000"]);
         let p = Plan::new(&bounded, &HOST, AttachMode::TpBtf, Wake::Batched);

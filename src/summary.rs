@@ -116,7 +116,11 @@ impl Summary {
                 *n += r;
             }
         }
-        for (n, r) in self.lifetime_slots.iter_mut().zip(raw.lifetime_slots.as_flattened()) {
+        for (n, r) in self
+            .lifetime_slots
+            .iter_mut()
+            .zip(raw.lifetime_slots.as_flattened())
+        {
             *n += r;
         }
         self.lifetime_sum_ns += raw.lifetime_sum_ns;
@@ -160,13 +164,17 @@ impl Summary {
     /// The causes and roles closes were counted by, with their counts.
     pub fn closes_by_cause(&self) -> impl Iterator<Item = (Cause, Role, u64)> + '_ {
         self.closed.iter().enumerate().flat_map(|(cause, roles)| {
-            roles.iter().enumerate().filter(|(_, n)| **n > 0).map(move |(role, n)| {
-                (
-                    Cause::from_raw(cause as u8).unwrap_or(Cause::Unknown),
-                    Role::from_raw(role as u8).unwrap_or(Role::Unknown),
-                    *n,
-                )
-            })
+            roles
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(move |(role, n)| {
+                    (
+                        Cause::from_raw(cause as u8).unwrap_or(Cause::Unknown),
+                        Role::from_raw(role as u8).unwrap_or(Role::Unknown),
+                        *n,
+                    )
+                })
         })
     }
 
@@ -381,14 +389,21 @@ impl Summary {
             self.lifetime_unknown,
             self.lifetime_sum_ns / 1000
         );
-        let used = self.lifetime_slots.iter().enumerate().filter(|(_, n)| **n > 0);
+        let used = self
+            .lifetime_slots
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0);
         for (j, (slot, count)) in used.enumerate() {
             if j > 0 {
                 out.push(',');
             }
             let (from, to) = slot_range_us(slot);
             let to = to.map_or("null".to_owned(), |to| to.to_string());
-            let _ = write!(out, "{{\"from_us\":{from},\"to_us\":{to},\"count\":{count}}}");
+            let _ = write!(
+                out,
+                "{{\"from_us\":{from},\"to_us\":{to},\"count\":{count}}}"
+            );
         }
         out.push_str("]}");
     }
@@ -603,7 +618,10 @@ mod tests {
         assert_eq!(since.lifetime_slots.iter().sum::<u64>(), 0);
         let mut none = String::new();
         sample().write_text(&mut none);
-        assert!(!none.contains("Connections closed"), "nothing closed, no table");
+        assert!(
+            !none.contains("Connections closed"),
+            "nothing closed, no table"
+        );
     }
 
     #[test]

@@ -10,7 +10,9 @@
  *     handshake (SYN_SENT), retransmissions (icsk_retransmits > 0) or
  *     keepalive or window probes (icsk_probes_out > 0) gave up;
  *   - tcp_close() with unread data, or with SO_LINGER 0, goes to CLOSE
- *     straight from ESTABLISHED or CLOSE_WAIT (and sends a reset after);
+ *     straight from ESTABLISHED or CLOSE_WAIT (and sends a reset after),
+ *     as does a listener's close for the connections it never handed to
+ *     accept() (they have no struct socket);
  *     in SYN_SENT, the connect is cancelled; no error is set before the
  *     transition (tcp_disconnect sets ECONNRESET only after it);
  *   - otherwise both FINs went through: FIN_WAIT2 (or TIME_WAIT) -> CLOSE
@@ -147,7 +149,10 @@ static __always_inline void add_step(const struct event *e, struct timeline *t)
 			long linger =                                         \
 				LOAD(tp, inet_conn.icsk_inet.sk.sk_lingertime); \
 			(e)->cause = CAUSE_ABORTED;                           \
-			if (unread > 0)                                       \
+			if (old != TCP_FIN_WAIT1 &&                           \
+			    !LOAD(tp, inet_conn.icsk_inet.sk.sk_socket))      \
+				(e)->detail = DETAIL_UNACCEPTED;              \
+			else if (unread > 0)                                  \
 				(e)->detail = DETAIL_UNREAD_DATA;             \
 			else if ((flags >> bpf_core_enum_value(enum sock_flags, \
 							       SOCK_LINGER)) & \

@@ -55,7 +55,7 @@ enum close_cause {
 	/* The peer reset the connection (ECONNRESET, EPIPE). */
 	CAUSE_RESET = 4,
 	/* This side closed it with a reset (detail: unread data, SO_LINGER
-	 * 0, or else). */
+	 * 0, never accepted, or else). */
 	CAUSE_ABORTED = 5,
 	/* The application closed it during SYN_SENT. */
 	CAUSE_CANCELLED = 6,
@@ -81,6 +81,8 @@ enum close_detail {
 	/* CAUSE_ABORTED: why a reset was sent. */
 	DETAIL_UNREAD_DATA = 7,
 	DETAIL_LINGER_ZERO = 8,
+	/* ... its listener closed before the application accepted it. */
+	DETAIL_UNACCEPTED = 9,
 };
 
 /* How the socket came to be. */

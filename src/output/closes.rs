@@ -243,7 +243,11 @@ mod tests {
         for c in records {
             f.write_close(&mut out, c, WallClock::default());
         }
-        String::from_utf8(out).unwrap().lines().map(str::to_owned).collect()
+        String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect()
     }
 
     #[test]

@@ -69,7 +69,8 @@ impl<T, F: LineFormat<T>> Sink<T> for LineSink<F> {
     }
 
     fn record(&mut self, record: &T) {
-        self.format.record(&mut self.pending, record, &mut self.clock);
+        self.format
+            .record(&mut self.pending, record, &mut self.clock);
         if self.each_line || self.pending.len() >= WRITE_BYTES {
             self.flush();
         }

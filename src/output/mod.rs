@@ -21,8 +21,8 @@ pub use lines::LineSink;
 
 use crate::batching::Batching;
 use crate::clock::EventClock;
-use crate::config::{Config, Format};
 use crate::close::Close;
+use crate::config::{Config, Format};
 use crate::event::Event;
 
 /// One output of a stream run, of transitions ([`Event`]) or close

@@ -23,11 +23,11 @@ pub use owners::{Owners, is_owner_moment};
 pub use times::{AddressHasher, SocketTimes, Tracked};
 
 use crate::cgroup::cgroup2_mount;
-use crate::config::Config;
 use crate::close::Close;
+use crate::config::Config;
 use crate::event::{DecodeError, Event, Owner};
-use crate::identity::Identity;
 use crate::identity::Identities;
+use crate::identity::Identity;
 use crate::identity::groups::GroupRules;
 use crate::plan::OwnerKeeper;
 use crate::tracer::Tracer;

@@ -34,7 +34,9 @@ impl Capture {
 impl Capture<Close> {
     /// Close records, as `config` (with `mode: Mode::Closes`) says.
     pub fn closes(config: &Config) -> Self {
-        Capture::with(config, Decoder::decode_close, |records| format!("{records:#?}"))
+        Capture::with(config, Decoder::decode_close, |records| {
+            format!("{records:#?}")
+        })
     }
 }
 

@@ -120,8 +120,14 @@ fn normal_closes_either_side_first() {
             } else {
                 (&server, &client)
             };
-            assert_eq!((active.cause, active.detail), (Cause::Normal, Detail::LocalFirst));
-            assert_eq!((passive.cause, passive.detail), (Cause::Normal, Detail::PeerFirst));
+            assert_eq!(
+                (active.cause, active.detail),
+                (Cause::Normal, Detail::LocalFirst)
+            );
+            assert_eq!(
+                (passive.cause, passive.detail),
+                (Cause::Normal, Detail::PeerFirst)
+            );
             assert_eq!(
                 states(active)[states(active).len() - 3..],
                 [FinWait1, FinWait2, TcpState::Close],
@@ -132,7 +138,10 @@ fn normal_closes_either_side_first() {
                 [CloseWait, LastAck, TcpState::Close],
                 "{passive:#?}"
             );
-            assert_eq!(states(&listener), [TcpState::Close, Listen, TcpState::Close]);
+            assert_eq!(
+                states(&listener),
+                [TcpState::Close, Listen, TcpState::Close]
+            );
             assert_eq!(listener.cause, Cause::Listener);
             assert!(client.lifetime_ns.unwrap() >= HOLD.as_nanos() as u64);
             assert_eq!(client.error, 0);
@@ -154,7 +163,11 @@ fn refused() {
         let records = closes.wait_until("the refused client", |r| !of_port(r, port).is_empty());
         let r = one(&of_port(&records, port), Role::Client);
         mine(&r);
-        assert_eq!((r.cause, r.detail), (Cause::Refused, Detail::None), "{r:#?}");
+        assert_eq!(
+            (r.cause, r.detail),
+            (Cause::Refused, Detail::None),
+            "{r:#?}"
+        );
         assert_eq!(r.error_name().as_deref(), Some("ECONNREFUSED"));
         assert_eq!(states(&r), [TcpState::Close, SynSent, TcpState::Close]);
         assert_eq!(r.counters.bytes_acked, Some(0));
@@ -189,7 +202,11 @@ fn handshake_timeout() {
     for (_, port) in &clients {
         let r = one(&of_port(&records, *port), Role::Client);
         mine(&r);
-        assert_eq!((r.cause, r.detail), (Cause::Timeout, Detail::Handshake), "{r:#?}");
+        assert_eq!(
+            (r.cause, r.detail),
+            (Cause::Timeout, Detail::Handshake),
+            "{r:#?}"
+        );
         assert_eq!(r.error_name().as_deref(), Some("ETIMEDOUT"));
         assert_eq!(states(&r), [TcpState::Close, SynSent, TcpState::Close]);
         let in_syn_sent = r.steps[1].spent_ns.unwrap();
@@ -218,7 +235,9 @@ fn cancelled() {
         sleep(Duration::from_millis(50));
         drop(fd);
         let records = closes.wait_until("the cancelled client", |r| {
-            of_port(r, addr.port()).iter().any(|r| r.role == Role::Client)
+            of_port(r, addr.port())
+                .iter()
+                .any(|r| r.role == Role::Client)
         });
         let r = one(&of_port(&records, addr.port()), Role::Client);
         mine(&r);
@@ -263,10 +282,24 @@ fn resets_and_aborts() {
             } else {
                 Detail::LingerZero
             };
-            assert_eq!((server.cause, server.detail), (Cause::Aborted, why), "{server:#?}");
-            assert_eq!(states(&server), [Listen, SynRecv, Established, TcpState::Close]);
-            assert_eq!((client.cause, client.error), (Cause::Reset, libc::ECONNRESET), "{client:#?}");
-            assert_eq!(states(&client), [TcpState::Close, SynSent, Established, TcpState::Close]);
+            assert_eq!(
+                (server.cause, server.detail),
+                (Cause::Aborted, why),
+                "{server:#?}"
+            );
+            assert_eq!(
+                states(&server),
+                [Listen, SynRecv, Established, TcpState::Close]
+            );
+            assert_eq!(
+                (client.cause, client.error),
+                (Cause::Reset, libc::ECONNRESET),
+                "{client:#?}"
+            );
+            assert_eq!(
+                states(&client),
+                [TcpState::Close, SynSent, Established, TcpState::Close]
+            );
             let sent = if unread { 700 } else { 0 };
             assert_eq!(client.counters.bytes_acked, Some(sent), "{client:#?}");
             assert_eq!(server.counters.bytes_received, Some(sent), "{server:#?}");
@@ -305,5 +338,47 @@ fn filters_by_port_and_cause() {
     // The normal client and server fail the cause filter, the listener
     // the remote port filter (its remote port is 0).
     assert_eq!(records.len(), 1, "{records:#?}");
-    assert_eq!((records[0].cause, records[0].rport), (Cause::Refused, refused_port));
+    assert_eq!(
+        (records[0].cause, records[0].rport),
+        (Cause::Refused, refused_port)
+    );
+}
+
+/// A listener closed with a connection it never handed to accept(): the
+/// child is aborted (unaccepted), the client reset.
+#[test]
+fn unaccepted() {
+    root();
+    let mut closes = Capture::closes(&close_config(Filter::default()));
+    for v6 in [false, true] {
+        closes.forget();
+        let (listener, queued, addr) = full_listener(v6);
+        sleep(Duration::from_millis(20));
+        drop(listener);
+        closes.wait_until("the listener's records", |r| {
+            of_port(r, addr.port()).len() >= 2
+        });
+        drop(queued);
+        let records = closes.wait_until("the client's record", |r| {
+            of_port(r, addr.port()).len() >= 3
+        });
+        let records = of_port(&records, addr.port());
+        let server = one(&records, Role::Server);
+        assert_eq!(
+            (server.cause, server.detail),
+            (Cause::Aborted, Detail::Unaccepted),
+            "{server:#?}"
+        );
+        assert_eq!(
+            states(&server),
+            [Listen, SynRecv, Established, TcpState::Close]
+        );
+        let client = one(&records, Role::Client);
+        assert_eq!(
+            (client.cause, client.error),
+            (Cause::Reset, libc::ECONNRESET),
+            "{client:#?}"
+        );
+        assert_eq!(one(&records, Role::Listener).cause, Cause::Listener);
+    }
 }

@@ -77,6 +77,10 @@ struct Args {
     /// aggregates, one JSON summary at exit, whose transitions are counted)
     #[arg(long)]
     summary: bool,
+    /// Also run each storm under ours in event mode (`-j`), beside ours
+    /// with --ours-args (say, close records: `-C -j`)
+    #[arg(long)]
+    events: bool,
     /// (internal) Be the control: print a header, sleep until SIGINT.
     #[arg(long, hide = true)]
     sleeper: bool,
@@ -145,6 +149,10 @@ struct Tool {
     args: Vec<String>,
     /// False for the control, which loads nothing and prints no events.
     traces: bool,
+    /// It prints one record per socket at close (ours `-C`, tcplife), not
+    /// one line per transition: what it captured is measured against two
+    /// sockets per connection.
+    records: bool,
 }
 
 impl Tool {
@@ -219,7 +227,17 @@ fn main() -> Result<()> {
         path: args.ours.clone(),
         args: args.ours_args.clone(),
         traces: true,
+        records: args.ours_args.iter().any(|a| a == "-C" || a == "--closes"),
     }];
+    if args.events {
+        tools.push(Tool {
+            name: "tcpstates -j (ours, events)",
+            path: args.ours.clone(),
+            args: vec!["-j".into()],
+            traces: true,
+            records: false,
+        });
+    }
     if args.summary {
         tools.push(Tool {
             name: "tcpstates -S (ours, summary)",
@@ -230,6 +248,7 @@ fn main() -> Result<()> {
                 .chain(args.ours_args.iter().cloned())
                 .collect(),
             traces: true,
+            records: false,
         });
     }
     if let Some(path) = &theirs {
@@ -238,6 +257,7 @@ fn main() -> Result<()> {
             path: path.clone(),
             args: args.theirs_args.clone(),
             traces: true,
+            records: path.file_name().is_some_and(|n| n == "tcplife"),
         });
     }
     if args.control {
@@ -246,6 +266,7 @@ fn main() -> Result<()> {
             path: std::env::current_exe()?,
             args: vec!["--sleeper".into()],
             traces: false,
+            records: false,
         });
     }
     let mut untraced = Vec::new();
@@ -255,7 +276,12 @@ fn main() -> Result<()> {
             .chain(tools.iter().map(Some).zip(samples.iter_mut()));
         for (i, (tool, into)) in runs.enumerate() {
             let tag = format!("run{run}-{i}");
-            let sample = storm_once(&args, &storm, tool, &tag, false)?;
+            let mut sample = storm_once(&args, &storm, tool, &tag, false)?;
+            if tool.is_some_and(|t| t.records) {
+                // One record per socket: a client and a server per
+                // connection.
+                sample.truth = 2 * storm.connections as u64;
+            }
             eprintln!(
                 "run {} {}: {:.2} s, busy {:.2} s, truth {}, captured {}, cpu {:.3} s (sys {:.3} s)",
                 run + 1,
@@ -277,10 +303,10 @@ fn main() -> Result<()> {
             .map(|s| storm.connections as f64 / s.storm_secs),
     );
     println!(
-        "| tool | captured (min of runs) | lost | CPU per event | tracer CPU per storm | storm rate | slowdown | slowdown 95% CI | storm CPU | peak RSS |"
+        "| tool | captured (min of runs) | lost | CPU per line | tracer CPU per storm | CPU per connection | storm rate | slowdown | slowdown 95% CI | storm CPU | peak RSS |"
     );
-    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
-    println!("| untraced | | | | | {base_rate:.0} conn/s | | | | |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    println!("| untraced | | | | | | {base_rate:.0} conn/s | | | | |");
     for (tool, runs) in tools.iter().zip(&samples) {
         let min_captured = runs
             .iter()
@@ -296,6 +322,7 @@ fn main() -> Result<()> {
                 .map(|s| s.cpu_secs * 1e6 / s.printed.max(1) as f64),
         );
         let cpu_ms = median(runs.iter().map(|s| s.cpu_secs * 1e3));
+        let per_connection = cpu_ms * 1e3 / storm.connections as f64;
         let rate = median(runs.iter().map(|s| storm.connections as f64 / s.storm_secs));
         let rss = median(runs.iter().map(|s| s.max_rss_kb as f64)) / 1024.0;
         // Each traced storm against the untraced one of the same run: the
@@ -314,9 +341,12 @@ fn main() -> Result<()> {
         let storm_cpu =
             median(pairs().map(|(base, traced)| (traced.busy_secs / base.busy_secs - 1.0) * 100.0));
         let traced = if tool.traces {
-            format!("{min_captured:.3}% | {lost} of {truth} | {cpu_us:.4} us | {cpu_ms:.1} ms")
+            format!(
+                "{min_captured:.3}% | {lost} of {truth} | {cpu_us:.4} us | {cpu_ms:.1} ms | \
+                 {per_connection:.2} us"
+            )
         } else {
-            "- | - | - | -".into()
+            "- | - | - | - | -".into()
         };
         println!(
             "| {} | {traced} | {rate:.0} conn/s | {slowdown:.1}% | {ci} | {storm_cpu:+.1}% | {rss:.1} MB |",

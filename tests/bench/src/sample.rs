@@ -197,7 +197,14 @@ fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
             rows += total;
             continue;
         }
-        let Some(ports) = json_ports(&line).or_else(|| table_ports(&line)) else {
+        // Close records (`-C -j`): a listener's is not a connection's.
+        if line.contains("\"role\":\"listener\"") {
+            continue;
+        }
+        let Some(ports) = json_ports(&line)
+            .or_else(|| table_ports(&line))
+            .or_else(|| tcplife_ports(&line))
+        else {
             continue;
         };
         rows += 1;
@@ -206,6 +213,17 @@ fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
         }
     }
     Ok((captured, rows))
+}
+
+/// The local and remote ports of a row of libbpf-tools' tcplife (`PID COMM
+/// LADDR LPORT RADDR RPORT TX_KB RX_KB MS`), or None for another line.
+fn tcplife_ports(line: &str) -> Option<(u16, u16)> {
+    let t: Vec<&str> = line.split_whitespace().collect();
+    let n = t.len();
+    if n < 9 || t[n - 1].parse::<f64>().is_err() || t[n - 3].parse::<u64>().is_err() {
+        return None;
+    }
+    Some((t[n - 6].parse().ok()?, t[n - 4].parse().ok()?))
 }
 
 /// The transitions a `-S -j` summary line counts; None for another line.

@@ -152,10 +152,13 @@ pub fn promtool_lint(exposition: &str) {
 /// (TCP_SYNCNT: 1 gives up after about 3 s), and it does not block when
 /// `nonblocking`.
 pub fn client_socket(to: SocketAddr, syn_retries: u8, nonblocking: bool) -> io::Result<OwnedFd> {
-    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    let kind = libc::SOCK_STREAM
-        | libc::SOCK_CLOEXEC
-        | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
+    let family = if to.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    let kind =
+        libc::SOCK_STREAM | libc::SOCK_CLOEXEC | if nonblocking { libc::SOCK_NONBLOCK } else { 0 };
     // SAFETY: socket() takes no pointers; a valid descriptor is owned below.
     let fd = unsafe { libc::socket(family, kind, 0) };
     if fd < 0 {
@@ -236,7 +239,11 @@ pub fn start_connect(fd: &OwnedFd, to: SocketAddr) -> io::Result<()> {
 pub fn full_listener(v6: bool) -> (TcpListener, TcpStream, SocketAddr) {
     let listener = TcpListener::bind(SocketAddr::new(loopback(v6), 0)).expect("bind");
     // SAFETY: a valid listening descriptor; listen() takes no pointers.
-    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0, "listen(0)");
+    assert_eq!(
+        unsafe { libc::listen(listener.as_raw_fd(), 0) },
+        0,
+        "listen(0)"
+    );
     let addr = listener.local_addr().expect("address");
     let queued = TcpStream::connect(addr).expect("the connection that fills the queue");
     (listener, queued, addr)
