@@ -113,6 +113,13 @@ pub const COLUMNS: &[(&str, &str)] = &[
          its systemd unit; '-' when none is known",
     ),
     ("CGROUP", "-x: the owner's cgroup v2 path"),
+    (
+        "ROLE, CAUSE, MS, TX_B, RX_B, SEGS_OUT, SEGS_IN, RETRANS, SRTT_US, MINRTT_US, STATES",
+        "-C, one row per socket at close: client, server or listener; why it ended (normal, \
+         refused, timeout, reset, aborted, cancelled, listener, error; :detail); its lifetime in \
+         ms; data bytes acknowledged and received; segments; retransmissions; smoothed and \
+         minimum RTT; every state left with its ms. PID and COMM are then the owner's",
+    ),
 ];
 
 /// The exit codes: `--help`'s and the manual's EXIT STATUS.

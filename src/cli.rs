@@ -411,6 +411,13 @@ mod tests {
             })
         );
         assert!(rejected(&["--label-by", "unit"]).contains("--label-by needs -S or --metrics"));
+        assert!(rejected(&["--cause", "refused"]).contains("--cause needs -C"));
+        assert!(rejected(&["-C", "--cause", "slow"]).contains("'slow' is not a cause"));
+        assert!(rejected(&["-C", "-S"]).contains("cannot be used with"));
+        assert!(rejected(&["-C", "--metrics", "9977"]).contains("cannot be used with"));
+        let closes = config(&["-C", "--cause", "refused", "--cause", "Reset"]);
+        assert_eq!(closes.mode, Mode::Closes);
+        assert_eq!(closes.filter.causes, 1 << 2 | 1 << 4);
         assert!(rejected(&["-S", "--max-labels", "3"]).contains("--label-by"));
         assert!(rejected(&["-S", "--label-by", "unit", "--max-labels", "0"]).contains("0"));
         assert!(rejected(&["--host-root", "/no/such/dir"]).contains("no such directory"));
