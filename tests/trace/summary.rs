@@ -1,5 +1,7 @@
 //! Summary mode: exact counts of one connection's transitions, and its times in the right slots.
 
+use tcpstates::cause::{Cause, Role};
+
 use super::*;
 
 /// A summary-mode tracer (nothing printed) that keeps only `filter`.
@@ -105,6 +107,39 @@ fn summary_counts_one_connection(v6: bool) {
         "{held_us} us in ESTABLISHED"
     );
     assert!(from <= held_us && to.is_none_or(|to| held_us <= to));
+
+    // Each side's closes by cause and role, and their lifetimes: the
+    // listener's start came before the tracer.
+    let closed = |s: &Summary| -> Vec<(Cause, Role, u64)> { s.closes_by_cause().collect() };
+    assert_eq!(closed(&client_side), [(Cause::Normal, Role::Client, 1)]);
+    assert_eq!(
+        closed(&server_side),
+        [
+            (Cause::Normal, Role::Server, 1),
+            (Cause::Listener, Role::Listener, 1)
+        ]
+    );
+    assert_eq!(client_side.lifetime_slots.iter().sum::<u64>(), 1);
+    assert!(client_side.lifetime_sum_ns >= HOLD.as_nanos() as u64);
+    assert_eq!(client_side.lifetime_unknown, 0);
+    assert_eq!(server_side.lifetime_slots.iter().sum::<u64>(), 1);
+    assert_eq!(server_side.lifetime_unknown, 1, "the listener's");
+}
+
+/// A refused connect counts as refused, for a client, in summary mode.
+#[test]
+fn summary_counts_a_refused_connect() {
+    let Some(_root) = root() else { return };
+    let (gone, port) = listen(false);
+    drop(gone);
+    let clients = summary_tracer(Filter {
+        remote_ports: vec![port],
+        ..Filter::default()
+    });
+    std::net::TcpStream::connect(("127.0.0.1", port)).unwrap_err();
+    let summary = summary_of(&clients, 2);
+    let closed: Vec<_> = summary.closes_by_cause().collect();
+    assert_eq!(closed, [(Cause::Refused, Role::Client, 1)]);
 }
 
 #[test]
