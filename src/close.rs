@@ -100,8 +100,10 @@ pub struct Close {
     pub detail: Detail,
     /// The socket's error at CLOSE (an errno), 0 for none.
     pub error: i32,
-    /// The states it left, in order, each with its time.
-    pub steps: Vec<Step>,
+    /// The states it left, in order, each with its time: the first
+    /// `steps_kept` (no allocation per record).
+    timeline: [Step; STEPS],
+    steps_kept: u8,
     /// Steps left out between the first ones and the latest.
     pub steps_left_out: u8,
     /// Its counters.
@@ -126,20 +128,20 @@ impl Close {
         let present = r.u32(offset_of!(RawClose, present));
         let has = |bit: types::close_counters| present & bit.0 != 0;
         let u32_if = |bit, at| has(bit).then(|| r.u32(at));
-        let timeline = offset_of!(RawClose, t);
-        let steps_kept =
-            usize::from(bytes[timeline + offset_of!(types::timeline, steps)]).min(STEPS);
-        let steps: Vec<Step> = (0..steps_kept)
-            .map(|i| {
-                let spent = r.u64(timeline + offset_of!(types::timeline, spent_ns) + 8 * i);
-                Step {
-                    state: TcpState::from_raw(
-                        bytes[timeline + offset_of!(types::timeline, left) + i].into(),
-                    ),
-                    spent_ns: (spent != TIME_UNKNOWN).then_some(spent),
-                }
-            })
-            .collect();
+        let at = offset_of!(RawClose, t);
+        let steps_kept = usize::from(bytes[at + offset_of!(types::timeline, steps)]).min(STEPS);
+        let mut timeline = [Step {
+            state: TcpState::Close,
+            spent_ns: None,
+        }; STEPS];
+        for (i, slot) in timeline.iter_mut().enumerate().take(steps_kept) {
+            let spent = r.u64(at + offset_of!(types::timeline, spent_ns) + 8 * i);
+            *slot = Step {
+                state: TcpState::from_raw(bytes[at + offset_of!(types::timeline, left) + i].into()),
+                spent_ns: (spent != TIME_UNKNOWN).then_some(spent),
+            };
+        }
+        let steps = &timeline[..steps_kept];
         let role = Role::from_raw(bytes[offset_of!(RawClose, role)]).unwrap_or(Role::Unknown);
         // The kernel counts sequence numbers: the SYN a client's peer
         // acknowledged (one that got past SYN_SENT), this side's FIN once
@@ -175,8 +177,9 @@ impl Close {
             cause: Cause::from_raw(bytes[offset_of!(RawClose, cause)]).unwrap_or(Cause::Unknown),
             detail: Detail::from_raw(bytes[offset_of!(RawClose, detail)]).unwrap_or(Detail::None),
             error: r.u32(offset_of!(RawClose, error)) as i32,
-            steps,
-            steps_left_out: bytes[timeline + offset_of!(types::timeline, more)],
+            timeline,
+            steps_kept: steps_kept as u8,
+            steps_left_out: bytes[at + offset_of!(types::timeline, more)],
             counters: Counters {
                 bytes_acked: has(types::close_counters::HAS_BYTES_ACKED).then(|| {
                     r.u64(offset_of!(RawClose, bytes_acked))
@@ -214,9 +217,14 @@ impl Close {
         })
     }
 
+    /// The states it left, in order, each with its time.
+    pub fn steps(&self) -> &[Step] {
+        &self.timeline[..usize::from(self.steps_kept)]
+    }
+
     /// The states the socket was in, in order, ending with CLOSE.
     pub fn states(&self) -> impl Iterator<Item = TcpState> + '_ {
-        self.steps
+        self.steps()
             .iter()
             .map(|s| s.state)
             .chain(std::iter::once(TcpState::Close))
@@ -345,8 +353,8 @@ pub(crate) mod tests {
                 "CLOSE"
             ]
         );
-        assert_eq!(c.steps[0].spent_ns, None);
-        assert_eq!(c.steps[2].spent_ns, Some(12_203_000));
+        assert_eq!(c.steps()[0].spent_ns, None);
+        assert_eq!(c.steps()[2].spent_ns, Some(12_203_000));
         // The SYN and this side's FIN off what was acked, the peer's FIN
         // off what was received.
         assert_eq!(

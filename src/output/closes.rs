@@ -197,8 +197,8 @@ pub fn push_cause(out: &mut Vec<u8>, c: &Close) {
 /// CLOSE: `CLOSE:- SYN_SENT:0.051 ESTABLISHED:12.203 ... CLOSE`; steps left
 /// out of a long timeline as `...(+N)` before the latest.
 pub fn push_states(out: &mut Vec<u8>, c: &Close) {
-    let last = c.steps.len().saturating_sub(1);
-    for (i, step) in c.steps.iter().enumerate() {
+    let last = c.steps().len().saturating_sub(1);
+    for (i, step) in c.steps().iter().enumerate() {
         if i == last && c.steps_left_out > 0 {
             out.extend_from_slice(b"...(+");
             push_u64(out, c.steps_left_out.into());

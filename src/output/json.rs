@@ -72,7 +72,7 @@ pub fn write_close(out: &mut Vec<u8>, c: &Close, time: Utc) {
         None => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"states\":[");
-    for (i, step) in c.steps.iter().enumerate() {
+    for (i, step) in c.steps().iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }

@@ -50,7 +50,7 @@ fn same_as_events(r: &Record, events: &[Event]) {
         .chain(std::iter::once(TcpState::Close))
         .collect();
     assert_eq!(states(r), from_events, "{r:#?}\nevents:\n{}", dump(events));
-    for (step, event) in r.steps.iter().zip(&mine) {
+    for (step, event) in r.steps().iter().zip(&mine) {
         match (step.spent_ns, event.duration_ns) {
             (None, None) => {}
             (Some(a), Some(b)) => assert!(a.abs_diff(b) < 2_000_000, "{step:?} vs {event:?}"),
@@ -209,7 +209,7 @@ fn handshake_timeout() {
         );
         assert_eq!(r.error_name().as_deref(), Some("ETIMEDOUT"));
         assert_eq!(states(&r), [TcpState::Close, SynSent, TcpState::Close]);
-        let in_syn_sent = r.steps[1].spent_ns.unwrap();
+        let in_syn_sent = r.steps()[1].spent_ns.unwrap();
         assert!(
             (2_500_000_000..6_000_000_000).contains(&in_syn_sent),
             "two SYNs, 1 s then 2 s: {r:#?}"
@@ -243,7 +243,7 @@ fn cancelled() {
         mine(&r);
         assert_eq!((r.cause, r.error), (Cause::Cancelled, 0), "{r:#?}");
         assert_eq!(states(&r), [TcpState::Close, SynSent, TcpState::Close]);
-        assert!(r.steps[1].spent_ns.unwrap() >= 50_000_000);
+        assert!(r.steps()[1].spent_ns.unwrap() >= 50_000_000);
     }
 }
 

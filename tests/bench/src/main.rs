@@ -77,8 +77,9 @@ struct Args {
     /// aggregates, one JSON summary at exit, whose transitions are counted)
     #[arg(long)]
     summary: bool,
-    /// Also run each storm under ours in event mode (`-j`), beside ours
-    /// with --ours-args (say, close records: `-C -j`)
+    /// Also run each storm under ours in event mode, beside ours with
+    /// --ours-args (say, close records: `-C -j`), with the same arguments
+    /// but `-C` (`-j`)
     #[arg(long)]
     events: bool,
     /// (internal) Be the control: print a header, sleep until SIGINT.
@@ -231,9 +232,14 @@ fn main() -> Result<()> {
     }];
     if args.events {
         tools.push(Tool {
-            name: "tcpstates -j (ours, events)",
+            name: "tcpstates (ours, events)",
             path: args.ours.clone(),
-            args: vec!["-j".into()],
+            args: args
+                .ours_args
+                .iter()
+                .filter(|a| *a != "-C" && *a != "--closes")
+                .cloned()
+                .collect(),
             traces: true,
             records: false,
         });
@@ -303,7 +309,7 @@ fn main() -> Result<()> {
             .map(|s| storm.connections as f64 / s.storm_secs),
     );
     println!(
-        "| tool | captured (min of runs) | lost | CPU per line | tracer CPU per storm | CPU per connection | storm rate | slowdown | slowdown 95% CI | storm CPU | peak RSS |"
+        "| tool | captured (min of runs) | lost | CPU per line | tracer CPU per storm | CPU per connection in the storm | storm rate | slowdown | slowdown 95% CI | storm CPU | peak RSS |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
     println!("| untraced | | | | | | {base_rate:.0} conn/s | | | | |");
@@ -322,7 +328,10 @@ fn main() -> Result<()> {
                 .map(|s| s.cpu_secs * 1e6 / s.printed.max(1) as f64),
         );
         let cpu_ms = median(runs.iter().map(|s| s.cpu_secs * 1e3));
-        let per_connection = cpu_ms * 1e3 / storm.connections as f64;
+        let per_connection = median(
+            runs.iter()
+                .map(|s| s.storm_cpu_secs * 1e6 / storm.connections as f64),
+        );
         let rate = median(runs.iter().map(|s| storm.connections as f64 / s.storm_secs));
         let rss = median(runs.iter().map(|s| s.max_rss_kb as f64)) / 1024.0;
         // Each traced storm against the untraced one of the same run: the

@@ -25,6 +25,10 @@ pub struct Sample {
     pub captured: u64,
     pub printed: u64,
     pub cpu_secs: f64,
+    /// The tracer's CPU time from the storm's start until its output was
+    /// drained (its threads' run time): what tracing the storm cost it,
+    /// without the start (loading, verifying, preallocating maps).
+    pub storm_cpu_secs: f64,
     pub sys_secs: f64,
     pub max_rss_kb: i64,
     pub busy_secs: f64,
@@ -102,6 +106,8 @@ pub fn storm_once(
     let before_truth = snapshot();
     let truth = TransitionCounter::start(port)?;
     let before_storm = snapshot();
+    let tracer_cpu = || child.as_ref().map_or(Ok(0), |c| threads_cpu_ns(c.id()));
+    let cpu_before = tracer_cpu()?;
     let busy_before = busy_secs()?;
     let storm_secs = storm::run(&listener, storm)
         .context("the storm")?
@@ -109,6 +115,7 @@ pub fn storm_once(
     let busy = busy_secs()? - busy_before;
     let after_storm = snapshot();
     sleep(Duration::from_millis(500));
+    let storm_cpu_ns = tracer_cpu()?.saturating_sub(cpu_before);
     let truth_count = truth.count()?;
     let programs = programs.then(|| {
         let (tracer_ns, tracer_runs) = cost_of(
@@ -132,6 +139,7 @@ pub fn storm_once(
         storm_secs,
         truth: truth_count,
         busy_secs: busy,
+        storm_cpu_secs: storm_cpu_ns as f64 / 1e9,
         programs,
         ..Sample::default()
     };
@@ -158,6 +166,21 @@ pub fn storm_once(
         sample.stderr = fs::read_to_string(&err)?;
     }
     Ok(sample)
+}
+
+/// The run time of every thread of process `pid` so far, in nanoseconds
+/// (the first field of each /proc/PID/task/TID/schedstat).
+fn threads_cpu_ns(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let stat = fs::read_to_string(task?.path().join("schedstat")).unwrap_or_default();
+        total += stat
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// CPU time all CPUs have spent busy since boot (not idle, not waiting for
@@ -220,7 +243,7 @@ fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
 fn tcplife_ports(line: &str) -> Option<(u16, u16)> {
     let t: Vec<&str> = line.split_whitespace().collect();
     let n = t.len();
-    if n < 9 || t[n - 1].parse::<f64>().is_err() || t[n - 3].parse::<u64>().is_err() {
+    if n < 9 || t[n - 1].parse::<f64>().is_err() || t[n - 3].parse::<f64>().is_err() {
         return None;
     }
     Some((t[n - 6].parse().ok()?, t[n - 4].parse().ok()?))
