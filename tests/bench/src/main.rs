@@ -258,12 +258,17 @@ fn main() -> Result<()> {
         });
     }
     if let Some(path) = &theirs {
+        let tcplife = path.file_name().is_some_and(|n| n == "tcplife");
         tools.push(Tool {
-            name: "libbpf-tools",
+            name: if tcplife {
+                "libbpf-tools tcplife"
+            } else {
+                "libbpf-tools"
+            },
             path: path.clone(),
             args: args.theirs_args.clone(),
             traces: true,
-            records: path.file_name().is_some_and(|n| n == "tcplife"),
+            records: tcplife,
         });
     }
     if args.control {

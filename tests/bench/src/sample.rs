@@ -226,6 +226,7 @@ fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
         }
         let Some(ports) = json_ports(&line)
             .or_else(|| table_ports(&line))
+            .or_else(|| close_table_ports(&line))
             .or_else(|| tcplife_ports(&line))
         else {
             continue;
@@ -236,6 +237,18 @@ fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
         }
     }
     Ok((captured, rows))
+}
+
+/// The local and remote ports of a row of ours' close records table
+/// (`-C`): LPORT RADDR RPORT stand before ROLE; None for another line, and
+/// for a listener's row (not a connection's).
+fn close_table_ports(line: &str) -> Option<(u16, u16)> {
+    let t: Vec<&str> = line.split_whitespace().collect();
+    let role = t.iter().position(|&c| matches!(c, "client" | "server" | "unknown"))?;
+    if role < 3 || !t.last()?.ends_with("CLOSE") {
+        return None;
+    }
+    Some((t[role - 3].parse().ok()?, t[role - 1].parse().ok()?))
 }
 
 /// The local and remote ports of a row of libbpf-tools' tcplife (`PID COMM
