@@ -151,8 +151,8 @@ struct Tool {
     /// False for the control, which loads nothing and prints no events.
     traces: bool,
     /// It prints one record per socket at close (ours `-C`, tcplife), not
-    /// one line per transition: what it captured is measured against two
-    /// sockets per connection.
+    /// one line per transition: what it captured is measured against the
+    /// ground truth's sockets that closed (listeners left out).
     records: bool,
 }
 
@@ -289,9 +289,8 @@ fn main() -> Result<()> {
             let tag = format!("run{run}-{i}");
             let mut sample = storm_once(&args, &storm, tool, &tag, false)?;
             if tool.is_some_and(|t| t.records) {
-                // One record per socket: a client and a server per
-                // connection.
-                sample.truth = 2 * storm.connections as u64;
+                // One record per socket that closed.
+                sample.truth = sample.truth_closes;
             }
             eprintln!(
                 "run {} {}: {:.2} s, busy {:.2} s, truth {}, captured {}, cpu {:.3} s (sys {:.3} s)",

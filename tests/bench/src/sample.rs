@@ -22,6 +22,9 @@ use crate::{Args, Tool};
 pub struct Sample {
     pub storm_secs: f64,
     pub truth: u64,
+    /// Of the truth, the sockets that closed, but listeners: the close
+    /// records a tracer with `-C` (or tcplife) must print.
+    pub truth_closes: u64,
     pub captured: u64,
     pub printed: u64,
     pub cpu_secs: f64,
@@ -117,6 +120,7 @@ pub fn storm_once(
     sleep(Duration::from_millis(500));
     let storm_cpu_ns = tracer_cpu()?.saturating_sub(cpu_before);
     let truth_count = truth.count()?;
+    let truth_closes = truth.closes()?;
     let programs = programs.then(|| {
         let (tracer_ns, tracer_runs) = cost_of(
             &new_ids(&before_tool, &before_truth),
@@ -138,6 +142,7 @@ pub fn storm_once(
     let mut sample = Sample {
         storm_secs,
         truth: truth_count,
+        truth_closes,
         busy_secs: busy,
         storm_cpu_secs: storm_cpu_ns as f64 / 1e9,
         programs,
@@ -244,7 +249,9 @@ fn count_in(input: impl BufRead, port: u16) -> Result<(u64, u64)> {
 /// for a listener's row (not a connection's).
 fn close_table_ports(line: &str) -> Option<(u16, u16)> {
     let t: Vec<&str> = line.split_whitespace().collect();
-    let role = t.iter().position(|&c| matches!(c, "client" | "server" | "unknown"))?;
+    let role = t
+        .iter()
+        .position(|&c| matches!(c, "client" | "server" | "unknown"))?;
     if role < 3 || !t.last()?.ends_with("CLOSE") {
         return None;
     }

@@ -93,6 +93,12 @@ impl TransitionCounter {
         self.slot(0)
     }
 
+    /// Of those, the transitions to CLOSE of sockets that were not
+    /// listening: one per close record a tracer with `-C` must print.
+    pub fn closes(&self) -> Result<u64> {
+        self.slot(2)
+    }
+
     /// Of those, how many the backup program counted: transitions that
     /// interrupted the main one.
     pub fn nested(&self) -> Result<u64> {

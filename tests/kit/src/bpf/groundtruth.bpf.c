@@ -22,7 +22,7 @@ struct {
 /* [0]: transitions counted; [1]: times the backup program counted one. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, 3);
 	__type(key, __u32);
 	__type(value, __u64);
 } transitions SEC(".maps");
@@ -107,6 +107,10 @@ static __always_inline void count(const struct sock *sk, int oldstate,
 	    bpf_map_update_elem(&counted, &key, &one, BPF_NOEXIST))
 		return;
 	add(0);
+	/* Slot 2: sockets that closed, but listeners (7: CLOSE, 10: LISTEN):
+	 * the close records a tracer with -C must print. */
+	if (newstate == 7 && oldstate != 10)
+		add(2);
 }
 
 /*
