@@ -1,6 +1,7 @@
 //! Close records (`-C`) from the binary, on real loopback traffic: its JSON
 //! lines against libbpf-tools' `tcplife` (Debian's /usr/sbin/tcplife) on
-//! the same connections, and its table. The causes themselves are the
+//! the same connections, its table, and its journal entries read back from
+//! a real journald. The causes themselves are the
 //! kernel matrix's tests (tests/trace/closes.rs).
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use tcpstates_testkit::host::root;
+use tcpstates_testkit::journal::{Journald, tcpstates_entries, text};
 use tcpstates_testkit::net::{loopback, read_to_eof};
 use tcpstates_testkit::tracer::TracerProcess;
 
@@ -210,4 +212,91 @@ fn the_table_has_a_row_per_socket() {
         "no RTT sample"
     );
     assert!(row[19].starts_with("SYN_SENT:"), "{row:?}");
+}
+
+/// `-C -Y`: one journal entry per socket, read back from a real journald,
+/// with the cause, the role and the data bytes; a failure at warning.
+#[test]
+fn journal_entries_per_socket() {
+    let Some(_root) = root() else { return };
+    let _journald = Journald::get();
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 1;
+    let tracer = TracerProcess::start(Command::new(BIN).args(["-C", "-Y", "-4"]));
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (client_port, _) = exchange(&listener, true);
+    drop(listener);
+    let gone = TcpListener::bind("127.0.0.1:0").unwrap();
+    let refused_port = gone.local_addr().unwrap().port();
+    drop(gone);
+    TcpStream::connect(("127.0.0.1", refused_port)).unwrap_err();
+    sleep(Duration::from_millis(300));
+    tracer.interrupt_and_read();
+    let field = |e: &Value, k: &str| text(&e[k]).unwrap_or_default();
+    let ours = |entries: &[Value]| -> Vec<Value> {
+        entries
+            .iter()
+            .filter(|e| {
+                let ports = [
+                    field(e, "OBJECT_TCP_SOURCE_PORT"),
+                    field(e, "OBJECT_TCP_DESTINATION_PORT"),
+                ];
+                ports.contains(&port.to_string()) || ports.contains(&refused_port.to_string())
+            })
+            .cloned()
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut entries = ours(&tcpstates_entries(since));
+    while entries.len() < 5 && std::time::Instant::now() < deadline {
+        sleep(Duration::from_millis(100));
+        entries = ours(&tcpstates_entries(since));
+    }
+    // The client, the server, the two listeners, the refused client.
+    assert_eq!(entries.len(), 5, "{entries:#?}");
+    let by_role_and_cause: HashMap<(String, String), &Value> = entries
+        .iter()
+        .map(|e| ((field(e, "TCPSTATES_ROLE"), field(e, "TCPSTATES_CAUSE")), e))
+        .collect();
+    let client = by_role_and_cause[&("client".into(), "normal".into())];
+    assert_eq!(
+        field(client, "OBJECT_TCP_SOURCE_PORT"),
+        client_port.to_string()
+    );
+    assert_eq!(field(client, "TCPSTATES_CAUSE_DETAIL"), "local-first");
+    assert_eq!(
+        field(client, "TCPSTATES_BYTES_ACKED"),
+        CLIENT_SENDS.to_string()
+    );
+    assert_eq!(
+        field(client, "TCPSTATES_BYTES_RECEIVED"),
+        SERVER_SENDS.to_string()
+    );
+    assert_eq!(
+        field(client, "TCPSTATES_OWNER_PID"),
+        std::process::id().to_string()
+    );
+    assert_eq!(field(client, "PRIORITY"), "5");
+    assert!(
+        field(client, "TCPSTATES_STATES").starts_with("CLOSE:- SYN_SENT:"),
+        "{client:#?}"
+    );
+    let server = by_role_and_cause[&("server".into(), "normal".into())];
+    assert_eq!(field(server, "TCPSTATES_CAUSE_DETAIL"), "peer-first");
+    assert_eq!(
+        field(server, "TCPSTATES_BYTES_RECEIVED"),
+        CLIENT_SENDS.to_string()
+    );
+    assert!(by_role_and_cause.contains_key(&("listener".into(), "listener".into())));
+    let refused = by_role_and_cause[&("client".into(), "refused".into())];
+    assert_eq!(field(refused, "TCPSTATES_ERROR"), "ECONNREFUSED");
+    assert_eq!(field(refused, "PRIORITY"), "4", "a failure is a warning");
+    assert!(
+        field(refused, "MESSAGE").contains(" client refused "),
+        "{refused:#?}"
+    );
 }

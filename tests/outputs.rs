@@ -6,15 +6,14 @@ use std::collections::HashMap;
 
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::net::UnixDatagram;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 use tcpstates_testkit::host::root;
+use tcpstates_testkit::journal::{Journald, tcpstates_entries, text};
 use tcpstates_testkit::net::read_to_eof;
 use tcpstates_testkit::tracer::TracerProcess;
 
@@ -22,7 +21,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_tcpstates");
 /// A task name with a quote, a newline, a backslash and a byte that is not
 /// UTF-8: what JSON and the journal must carry as one valid value.
 const HOSTILE: &[u8] = b"q\"n\nb\\x\xff";
-const JOURNAL: &str = "/run/systemd/journal/socket";
 
 fn micros_now() -> u64 {
     SystemTime::now()
@@ -281,77 +279,6 @@ fn json_lines_carry_every_field_of_real_traffic() {
     assert!(lives["client"][2]["ms"].as_f64().unwrap() >= 20.0);
 }
 
-/// A journald to test against: the host's when one listens, else one
-/// started here (and stopped by its pid when dropped).
-struct Journald {
-    started: Option<Child>,
-}
-
-fn journal_listens() -> bool {
-    UnixDatagram::unbound()
-        .and_then(|s| s.connect(JOURNAL))
-        .is_ok()
-}
-
-impl Journald {
-    fn get() -> Journald {
-        if journal_listens() {
-            return Journald { started: None };
-        }
-        let binary = "/lib/systemd/systemd-journald";
-        assert!(
-            Path::new(binary).exists(),
-            "{binary} is missing: apt-get install systemd"
-        );
-        std::fs::create_dir_all("/run/systemd/journal").unwrap();
-        let child = Command::new(binary)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let journald = Journald {
-            started: Some(child),
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !journal_listens() {
-            assert!(
-                Instant::now() < deadline,
-                "journald did not start listening"
-            );
-            sleep(Duration::from_millis(20));
-        }
-        journald
-    }
-}
-
-impl Drop for Journald {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.started {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A journal field's value from `journalctl -o json`: a string, or an
-/// array of bytes for a value that is not printable text.
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::String(s) => Some(s.clone()),
-        Value::Array(bytes) => Some(
-            String::from_utf8_lossy(
-                &bytes
-                    .iter()
-                    .map(|b| b.as_u64().unwrap() as u8)
-                    .collect::<Vec<u8>>(),
-            )
-            .into_owned(),
-        ),
-        _ => None,
-    }
-}
-
 #[test]
 fn journal_entries_carry_bcc_fields_and_ours() {
     let Some(_root) = root() else { return };
@@ -366,14 +293,8 @@ fn journal_entries_carry_bcc_fields_and_ours() {
     assert!(lines[0].starts_with("SKADDR "), "{}", lines[0]);
 
     let read = || -> Vec<Value> {
-        let out = Command::new("journalctl")
-            .args(["-o", "json", "--no-pager", "SYSLOG_IDENTIFIER=tcpstates"])
-            .arg(format!("--since=@{}", start / 1_000_000))
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        tcpstates_entries(start / 1_000_000)
+            .into_iter()
             .filter(|e| {
                 [
                     &e["OBJECT_TCP_SOURCE_PORT"],

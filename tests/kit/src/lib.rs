@@ -21,6 +21,7 @@ pub mod burst;
 pub mod groundtruth;
 pub mod hold;
 pub mod host;
+pub mod journal;
 pub mod net;
 pub mod process;
 pub mod rows;
