@@ -353,21 +353,7 @@ impl Summary {
                 self.unknown[state],
                 self.sum_ns[state] / 1000
             );
-            let used = self.slots[state]
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| **n > 0);
-            for (j, (slot, count)) in used.enumerate() {
-                if j > 0 {
-                    out.push(',');
-                }
-                let (from, to) = slot_range_us(slot);
-                let to = to.map_or("null".to_owned(), |to| to.to_string());
-                let _ = write!(
-                    out,
-                    "{{\"from_us\":{from},\"to_us\":{to},\"count\":{count}}}"
-                );
-            }
+            write_json_slots(out, &self.slots[state]);
             out.push_str("]}");
         }
         out.push_str("],\"closed\":[");
@@ -389,22 +375,7 @@ impl Summary {
             self.lifetime_unknown,
             self.lifetime_sum_ns / 1000
         );
-        let used = self
-            .lifetime_slots
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0);
-        for (j, (slot, count)) in used.enumerate() {
-            if j > 0 {
-                out.push(',');
-            }
-            let (from, to) = slot_range_us(slot);
-            let to = to.map_or("null".to_owned(), |to| to.to_string());
-            let _ = write!(
-                out,
-                "{{\"from_us\":{from},\"to_us\":{to},\"count\":{count}}}"
-            );
-        }
+        write_json_slots(out, &self.lifetime_slots);
         out.push_str("]}");
     }
 
@@ -430,6 +401,23 @@ impl Summary {
         }
         self.lifetime_sum_ns += other.lifetime_sum_ns;
         self.lifetime_unknown += other.lifetime_unknown;
+    }
+}
+
+/// The non-zero slots of a histogram as JSON objects, comma-separated:
+/// `{"from_us":..,"to_us":..,"count":..}` (`to_us` null for the last).
+fn write_json_slots(out: &mut String, slots: &[u64; SLOTS]) {
+    let used = slots.iter().enumerate().filter(|(_, n)| **n > 0);
+    for (j, (slot, count)) in used.enumerate() {
+        if j > 0 {
+            out.push(',');
+        }
+        let (from, to) = slot_range_us(slot);
+        let to = to.map_or("null".to_owned(), |to| to.to_string());
+        let _ = write!(
+            out,
+            "{{\"from_us\":{from},\"to_us\":{to},\"count\":{count}}}"
+        );
     }
 }
 

@@ -36,21 +36,15 @@ struct {
 	__type(value, struct sock_state);
 } sk_states SEC(".maps");
 
-/* The same two stores with close records on (close_records): each
- * socket's state with its timeline. */
+/* With close records on (close_records), the map instead: each socket's
+ * state with its timeline, by address (close records always keep the
+ * map, src/plan.rs). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1);
 	__type(key, __u64);
 	__type(value, struct close_state);
 } close_sockets SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC | BPF_F_CLONE);
-	__type(key, int);
-	__type(value, struct close_state);
-} sk_close_states SEC(".maps");
 
 /* Owner pids for filter_pid, filled by user space after load. */
 struct {

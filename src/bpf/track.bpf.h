@@ -178,16 +178,6 @@ static __always_inline void delete_state(__u64 *key)
 		bpf_map_delete_elem(&sockets, key);
 }
 
-/* The socket's own state, made on first use. */
-static __always_inline struct sock_state *local_state(struct sock *sk)
-{
-	if (settings.close_records)
-		return bpf_sk_storage_get(&sk_close_states, sk, 0,
-					  BPF_SK_STORAGE_GET_F_CREATE);
-	return bpf_sk_storage_get(&sk_states, sk, 0,
-				  BPF_SK_STORAGE_GET_F_CREATE);
-}
-
 /* A socket's role, timeline and, at CLOSE, its end (close.bpf.h). */
 static __always_inline void chronicle(struct event *e, struct sock_state *st,
 				      const struct tcp_sock *tp, __u64 now);
@@ -212,7 +202,10 @@ static __always_inline void track(struct event *e, struct sock *sk,
 	bool kept;
 
 	if (local) {
-		st = local_state(sk);
+		/* Never with close records or summary mode: they keep the
+		 * map (src/plan.rs). */
+		st = bpf_sk_storage_get(&sk_states, sk, 0,
+					BPF_SK_STORAGE_GET_F_CREATE);
 		if (!st) {
 			/* The allocation failed: the kernel is short of memory. */
 			count(COUNTER_MAP_FULL);

@@ -3,8 +3,8 @@
 //! wall clock is passed in.
 
 use super::LineFormat;
-use super::number::{push_hex, push_ip, push_micros, push_two_digits, push_u64};
-use super::table::{Column, UNKNOWN, col, push_csv_text, push_name, write_line};
+use super::number::{push_hex, push_ip, push_micros, push_u64};
+use super::table::{Column, UNKNOWN, col, push_clock, push_csv_text, push_name, write_line};
 use crate::clock::{EventClock, WallClock};
 use crate::close::{Close, Detail};
 use crate::config::TimeColumns;
@@ -122,13 +122,7 @@ impl CloseFormatter {
             None => unknown(out),
         };
         write_line(&self.columns, csv, out, |column, out| match column.field {
-            Field::Time => {
-                push_two_digits(out, clock.hour);
-                out.push(b':');
-                push_two_digits(out, clock.minute);
-                out.push(b':');
-                push_two_digits(out, clock.second);
-            }
+            Field::Time => push_clock(out, clock),
             Field::Timestamp => push_micros(out, c.ts_ns.saturating_sub(first), 6),
             Field::Skaddr => push_hex(out, c.skaddr),
             Field::Pid => number(out, c.owner.map(|o| o.pid.into())),

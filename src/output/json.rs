@@ -13,6 +13,7 @@ use crate::clock::{EventClock, Utc};
 use crate::close::{Close, Detail};
 use crate::event::{Event, Owner};
 use crate::identity::Identity;
+use std::net::IpAddr;
 
 /// Formats events as JSON lines.
 #[derive(Debug, Clone, Default)]
@@ -39,25 +40,14 @@ impl LineFormat<Close> for JsonFormat {
 /// owner, addresses, role, cause, lifetime, every state with its time and
 /// the counters; a counter the kernel lacks is left out, never zero.
 pub fn write_close(out: &mut Vec<u8>, c: &Close, time: Utc) {
-    out.extend_from_slice(b"{\"time\":\"");
-    push_iso8601(out, time);
-    out.extend_from_slice(b"\",\"skaddr\":\"");
-    push_hex(out, c.skaddr);
-    out.extend_from_slice(b"\",\"pid\":");
-    push_u64(out, c.pid.into());
-    out.extend_from_slice(b",\"comm\":");
-    push_json_string(out, c.comm_bytes());
-    push_owner(out, c.owner.as_ref());
-    out.extend_from_slice(b",\"family\":");
-    out.push(if c.laddr.is_ipv4() { b'4' } else { b'6' });
-    out.extend_from_slice(b",\"laddr\":\"");
-    push_ip(out, c.laddr);
-    out.extend_from_slice(b"\",\"lport\":");
-    push_u64(out, c.lport.into());
-    out.extend_from_slice(b",\"raddr\":\"");
-    push_ip(out, c.raddr);
-    out.extend_from_slice(b"\",\"rport\":");
-    push_u64(out, c.rport.into());
+    push_head(
+        out,
+        time,
+        c.skaddr,
+        (c.pid, c.comm_bytes()),
+        c.owner.as_ref(),
+        (c.laddr, c.lport, c.raddr, c.rport),
+    );
     out.extend_from_slice(b",\"role\":");
     push_json_string(out, c.role.name().as_bytes());
     out.extend_from_slice(b",\"cause\":");
@@ -112,6 +102,38 @@ pub fn write_close(out: &mut Vec<u8>, c: &Close, time: Utc) {
     out.extend_from_slice(b"}\n");
 }
 
+/// What a transition's and a close record's objects start with: `{`, the
+/// time, the socket's address, the task on the CPU (pid, name), the owner,
+/// the family, the addresses and ports.
+fn push_head(
+    out: &mut Vec<u8>,
+    time: Utc,
+    skaddr: u64,
+    (pid, comm): (u32, &[u8]),
+    owner: Option<&Owner>,
+    (laddr, lport, raddr, rport): (IpAddr, u16, IpAddr, u16),
+) {
+    out.extend_from_slice(b"{\"time\":\"");
+    push_iso8601(out, time);
+    out.extend_from_slice(b"\",\"skaddr\":\"");
+    push_hex(out, skaddr);
+    out.extend_from_slice(b"\",\"pid\":");
+    push_u64(out, pid.into());
+    out.extend_from_slice(b",\"comm\":");
+    push_json_string(out, comm);
+    push_owner(out, owner);
+    out.extend_from_slice(b",\"family\":");
+    out.push(if laddr.is_ipv4() { b'4' } else { b'6' });
+    out.extend_from_slice(b",\"laddr\":\"");
+    push_ip(out, laddr);
+    out.extend_from_slice(b"\",\"lport\":");
+    push_u64(out, lport.into());
+    out.extend_from_slice(b",\"raddr\":\"");
+    push_ip(out, raddr);
+    out.extend_from_slice(b"\",\"rport\":");
+    push_u64(out, rport.into());
+}
+
 /// The owner's pid, name and uid, `null` each when not known.
 fn push_owner(out: &mut Vec<u8>, owner: Option<&Owner>) {
     match owner {
@@ -132,25 +154,14 @@ fn push_owner(out: &mut Vec<u8>, owner: Option<&Owner>) {
 /// Appends `ev` as one JSON object and a newline; `time` is the kernel's
 /// event time as UTC.
 pub fn write_event(out: &mut Vec<u8>, ev: &Event, time: Utc) {
-    out.extend_from_slice(b"{\"time\":\"");
-    push_iso8601(out, time);
-    out.extend_from_slice(b"\",\"skaddr\":\"");
-    push_hex(out, ev.skaddr);
-    out.extend_from_slice(b"\",\"pid\":");
-    push_u64(out, ev.pid.into());
-    out.extend_from_slice(b",\"comm\":");
-    push_json_string(out, ev.comm_bytes());
-    push_owner(out, ev.owner.as_ref());
-    out.extend_from_slice(b",\"family\":");
-    out.push(b'0' + ev.ip_version());
-    out.extend_from_slice(b",\"laddr\":\"");
-    push_ip(out, ev.laddr);
-    out.extend_from_slice(b"\",\"lport\":");
-    push_u64(out, ev.lport.into());
-    out.extend_from_slice(b",\"raddr\":\"");
-    push_ip(out, ev.raddr);
-    out.extend_from_slice(b"\",\"rport\":");
-    push_u64(out, ev.rport.into());
+    push_head(
+        out,
+        time,
+        ev.skaddr,
+        (ev.pid, ev.comm_bytes()),
+        ev.owner.as_ref(),
+        (ev.laddr, ev.lport, ev.raddr, ev.rport),
+    );
     out.extend_from_slice(b",\"oldstate\":");
     ev.old.text().write_json(out);
     out.extend_from_slice(b",\"newstate\":");

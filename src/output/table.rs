@@ -150,13 +150,7 @@ impl Formatter {
         let first = *self.first_ts_ns.get_or_insert(ev.ts_ns);
         let csv = self.csv;
         self.write_line(out, |column, out| match column.field {
-            Field::Time => {
-                push_two_digits(out, clock.hour);
-                out.push(b':');
-                push_two_digits(out, clock.minute);
-                out.push(b':');
-                push_two_digits(out, clock.second);
-            }
+            Field::Time => push_clock(out, clock),
             Field::Timestamp => push_micros(out, ev.ts_ns.saturating_sub(first), 6),
             Field::Skaddr => push_hex(out, ev.skaddr),
             Field::Pid => push_u64(out, ev.pid.into()),
@@ -251,6 +245,15 @@ impl LineFormat for Formatter {
         };
         self.write_event(out, ev, wall);
     }
+}
+
+/// The TIME cell: HH:MM:SS.
+pub(super) fn push_clock(out: &mut Vec<u8>, clock: WallClock) {
+    push_two_digits(out, clock.hour);
+    out.push(b':');
+    push_two_digits(out, clock.minute);
+    out.push(b':');
+    push_two_digits(out, clock.second);
 }
 
 /// Cuts the text from `start` to the end of `out` to `width` characters and
