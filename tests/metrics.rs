@@ -336,3 +336,120 @@ fn a_hostile_scraper_cannot_hurt_the_tracer() {
     );
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
 }
+
+/// The alerting rules and Grafana dashboard shipped in docs/monitoring/.
+const MONITORING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/monitoring");
+
+/// Runs promtool with `args` in `dir`; fails with its output unless it
+/// succeeds.
+fn promtool(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("promtool")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("promtool (Debian package prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The rules load, and every alert's unit tests (synthetic series, the
+/// time it fires, its labels and text) pass.
+#[test]
+fn alert_rules_pass_promtool_and_their_unit_tests() {
+    let dir = std::path::Path::new(MONITORING);
+    promtool(dir, &["check", "rules", "tcpstates-alerts.yml"]);
+    promtool(dir, &["test", "rules", "tcpstates-alerts.test.yml"]);
+}
+
+/// The dashboard's queries, with its variables given values.
+fn dashboard_queries() -> Vec<String> {
+    let text = std::fs::read_to_string(format!("{MONITORING}/tcpstates-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("the dashboard's JSON");
+    let queries: Vec<String> = dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| {
+            t["expr"]
+                .as_str()
+                .unwrap()
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*")
+        })
+        .collect();
+    assert!(queries.len() >= 9, "{queries:?}");
+    queries
+}
+
+/// Every dashboard query is PromQL Prometheus takes (checked as recording
+/// rules by promtool).
+#[test]
+fn dashboard_queries_are_promql() {
+    let dir = std::env::temp_dir().join(format!("tcpstates-dashboard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, query) in dashboard_queries().iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard_query_{i}\n        expr: {}\n",
+            serde_json::to_string(query).unwrap()
+        ));
+    }
+    std::fs::write(dir.join("dashboard.yml"), rules).unwrap();
+    promtool(&dir, &["check", "rules", "dashboard.yml"]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The `tcpstates_*` series names in `text`.
+fn series_names(text: &str) -> std::collections::BTreeSet<String> {
+    text.match_indices("tcpstates_")
+        .map(|(at, _)| {
+            text[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit())
+                .collect()
+        })
+        .collect()
+}
+
+/// Every series the rules and the dashboard query is one the endpoint
+/// really exports (a real endpoint, after one connection).
+#[test]
+fn dashboard_and_rules_use_only_exported_metrics() {
+    let Some(_root) = root() else { return };
+    let port = free_port();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let tracer = tracer(&["--metrics", &addr.to_string()]);
+    let (listener, _) = listen(false);
+    server_closes_first(&listener);
+    sleep(Duration::from_millis(200));
+    let (status, exposition) = get(addr, "/metrics", "text/plain").unwrap();
+    tracer.interrupt_and_read();
+    assert_eq!(status, 200);
+    let exported: std::collections::BTreeSet<String> = exposition
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .map(str::to_owned)
+        .collect();
+    let rules = std::fs::read_to_string(format!("{MONITORING}/tcpstates-alerts.yml")).unwrap();
+    let rules: String = rules
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.contains("description:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let used: std::collections::BTreeSet<String> = series_names(&rules)
+        .into_iter()
+        .chain(dashboard_queries().iter().flat_map(|q| series_names(q)))
+        .collect();
+    assert!(used.len() >= 8, "{used:?}");
+    let missing: Vec<&String> = used.difference(&exported).collect();
+    assert!(
+        missing.is_empty(),
+        "not exported: {missing:?}\n{exposition}"
+    );
+}

@@ -40,8 +40,12 @@ fn states(r: &Record) -> Vec<TcpState> {
 }
 
 /// The record says what event mode says of the same socket: the same
-/// states in the same order, each known time within 2 ms of event mode's
-/// (two programs, two clock reads), unknown where it is unknown.
+/// states in the same order, each known time within 10 ms of event mode's,
+/// unknown where it is unknown. The two tracers' programs read the clock one
+/// after the other for each transition; an interrupt between them (slow
+/// under the kernel matrix's emulated CPU) moves one time and the next by
+/// its length. 10 ms still tells each state's time from the next one's: the
+/// connection is held 30 ms, every other state takes well under 1 ms.
 fn same_as_events(r: &Record, events: &[Event]) {
     let mine: Vec<&Event> = events.iter().filter(|e| e.skaddr == r.skaddr).collect();
     let from_events: Vec<TcpState> = mine
@@ -53,7 +57,7 @@ fn same_as_events(r: &Record, events: &[Event]) {
     for (step, event) in r.steps().iter().zip(&mine) {
         match (step.spent_ns, event.duration_ns) {
             (None, None) => {}
-            (Some(a), Some(b)) => assert!(a.abs_diff(b) < 2_000_000, "{step:?} vs {event:?}"),
+            (Some(a), Some(b)) => assert!(a.abs_diff(b) < 10_000_000, "{step:?} vs {event:?}"),
             other => panic!("known in one and not the other: {other:?} {r:#?}"),
         }
     }
