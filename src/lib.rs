@@ -23,6 +23,10 @@
 //!   root), with
 //!   [`clock`] for every time conversion and [`batching`] for how events
 //!   are batched on their way out;
+//! - with `-C` the kernel sends one record per socket at its CLOSE instead:
+//!   [`close`] decodes it (its role, the cause of its end, every state with
+//!   its time, its counters), [`cause`] names the causes, and the same
+//!   outputs print it;
 //! - in summary mode the kernel aggregates instead: [`summary`] reads and
 //!   renders its histograms and transition counts (printed by
 //!   [`output::summary`]), [`metrics`] serves them to Prometheus;
