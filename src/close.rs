@@ -62,6 +62,22 @@ pub struct Counters {
     pub rtt_min_us: Option<u32>,
 }
 
+impl Counters {
+    /// Each counter with its name in every output (JSON's, upper-cased
+    /// after `TCPSTATES_` in the journal), in the order they print.
+    pub fn named(&self) -> [(&'static str, Option<u64>); 7] {
+        [
+            ("bytes_acked", self.bytes_acked),
+            ("bytes_received", self.bytes_received),
+            ("segs_out", self.segs_out.map(u64::from)),
+            ("segs_in", self.segs_in.map(u64::from)),
+            ("retransmits", self.retransmits.map(u64::from)),
+            ("srtt_us", self.srtt_us.map(u64::from)),
+            ("rtt_min_us", self.rtt_min_us.map(u64::from)),
+        ]
+    }
+}
+
 /// One socket's life, recorded when it reached CLOSE.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Close {

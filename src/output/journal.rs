@@ -19,7 +19,7 @@ use super::closes::{push_cause, push_states};
 use super::number::{push_hex, push_ip, push_micros, push_u64};
 use crate::clock::EventClock;
 use crate::close::Close;
-use crate::event::Event;
+use crate::event::{Event, Owner};
 use crate::identity::Identity;
 
 /// Where journald listens for native messages.
@@ -137,33 +137,23 @@ pub fn write_close_entry(out: &mut Vec<u8>, c: &Close, unix_ns: i128) {
     text.clear();
     push_states(&mut text, c);
     field(out, "TCPSTATES_STATES", &text);
-    let counters = &c.counters;
-    for (name, value) in [
-        ("TCPSTATES_BYTES_ACKED", counters.bytes_acked),
-        ("TCPSTATES_BYTES_RECEIVED", counters.bytes_received),
-        ("TCPSTATES_SEGS_OUT", counters.segs_out.map(u64::from)),
-        ("TCPSTATES_SEGS_IN", counters.segs_in.map(u64::from)),
-        ("TCPSTATES_RETRANSMITS", counters.retransmits.map(u64::from)),
-        ("TCPSTATES_SRTT_US", counters.srtt_us.map(u64::from)),
-        ("TCPSTATES_RTT_MIN_US", counters.rtt_min_us.map(u64::from)),
-    ] {
+    for (name, value) in c.counters.named() {
         if let Some(value) = value {
-            number(out, name, value);
+            number(
+                out,
+                &format!("TCPSTATES_{}", name.to_ascii_uppercase()),
+                value,
+            );
         }
     }
     number(out, "TCPSTATES_NETNS", c.netns.into());
     number(out, "TCPSTATES_CPU_PID", c.pid.into());
-    if let Some(owner) = &c.owner {
-        number(out, "TCPSTATES_OWNER_PID", owner.pid.into());
-        field(out, "TCPSTATES_OWNER_COMM", owner.comm().as_bytes());
-        number(out, "TCPSTATES_OWNER_UID", owner.uid.into());
-    }
-    if let Some(path) = &c.cgroup {
-        field(out, "TCPSTATES_CGROUP", path.as_bytes());
-    }
-    if let Some(id) = &c.identity {
-        identity_fields(out, id);
-    }
+    owner_fields(
+        out,
+        c.owner.as_ref(),
+        c.cgroup.as_deref(),
+        c.identity.as_deref(),
+    );
 }
 
 /// Appends the entry for `ev`, which happened at `unix_ns`.
@@ -224,16 +214,31 @@ pub fn write_entry(out: &mut Vec<u8>, ev: &Event, unix_ns: i128, object_comm: bo
         Some(ns) => number(out, "TCPSTATES_SPAN_NS", ns),
         None => field(out, "TCPSTATES_SPAN_NS", b"unknown"),
     }
-    // The owner, when known; absent otherwise.
-    if let Some(owner) = &ev.owner {
+    owner_fields(
+        out,
+        ev.owner.as_ref(),
+        ev.cgroup.as_deref(),
+        ev.identity.as_deref(),
+    );
+}
+
+/// The owner, its cgroup path and its unit, container and pod, each field
+/// present only when known.
+fn owner_fields(
+    out: &mut Vec<u8>,
+    owner: Option<&Owner>,
+    cgroup: Option<&str>,
+    identity: Option<&Identity>,
+) {
+    if let Some(owner) = owner {
         number(out, "TCPSTATES_OWNER_PID", owner.pid.into());
         field(out, "TCPSTATES_OWNER_COMM", owner.comm().as_bytes());
         number(out, "TCPSTATES_OWNER_UID", owner.uid.into());
     }
-    if let Some(path) = &ev.cgroup {
+    if let Some(path) = cgroup {
         field(out, "TCPSTATES_CGROUP", path.as_bytes());
     }
-    if let Some(id) = &ev.identity {
+    if let Some(id) = identity {
         identity_fields(out, id);
     }
 }

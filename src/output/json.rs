@@ -77,16 +77,7 @@ pub fn write_close(out: &mut Vec<u8>, c: &Close, time: Utc) {
     }
     out.extend_from_slice(b"],\"states_left_out\":");
     push_u64(out, c.steps_left_out.into());
-    let counters = &c.counters;
-    for (name, value) in [
-        ("bytes_acked", counters.bytes_acked),
-        ("bytes_received", counters.bytes_received),
-        ("segs_out", counters.segs_out.map(u64::from)),
-        ("segs_in", counters.segs_in.map(u64::from)),
-        ("retransmits", counters.retransmits.map(u64::from)),
-        ("srtt_us", counters.srtt_us.map(u64::from)),
-        ("rtt_min_us", counters.rtt_min_us.map(u64::from)),
-    ] {
+    for (name, value) in c.counters.named() {
         if let Some(value) = value {
             out.extend_from_slice(b",\"");
             out.extend_from_slice(name.as_bytes());

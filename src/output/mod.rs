@@ -59,16 +59,25 @@ pub trait LineFormat<T = Event> {
 /// The outputs `config` asks for, writing to `stdout`. Fails, before any
 /// tracing, when an output cannot be reached (no journal listening).
 pub fn build(config: &Config, stdout: io::Stdout, batching: Batching) -> Result<Box<dyn Sink>> {
-    let format: Box<dyn LineFormat + Send> = match config.format {
+    match config.format {
         Format::Table {
             times,
             wide,
             extended,
-        } => Box::new(table::Formatter::table(times, wide, extended)),
-        Format::Csv { times, extended } => Box::new(table::Formatter::csv(times, extended)),
-        Format::Json => Box::new(json::JsonFormat),
-    };
-    with_journal(config, format, stdout, batching)
+        } => with_journal(
+            config,
+            table::Formatter::table(times, wide, extended),
+            stdout,
+            batching,
+        ),
+        Format::Csv { times, extended } => with_journal(
+            config,
+            table::Formatter::csv(times, extended),
+            stdout,
+            batching,
+        ),
+        Format::Json => with_journal(config, json::JsonFormat, stdout, batching),
+    }
 }
 
 /// The outputs of close records (`-C`) `config` asks for, as [`build`].
@@ -77,24 +86,24 @@ pub fn build_closes(
     stdout: io::Stdout,
     batching: Batching,
 ) -> Result<Box<dyn Sink<Close>>> {
-    let format: Box<dyn LineFormat<Close> + Send> = match config.format {
+    let format = match config.format {
         Format::Table {
             times,
             wide,
             extended,
-        } => Box::new(closes::CloseFormatter::new(times, wide, extended, false)),
+        } => closes::CloseFormatter::new(times, wide, extended, false),
         Format::Csv { times, extended } => {
-            Box::new(closes::CloseFormatter::new(times, false, extended, true))
+            closes::CloseFormatter::new(times, false, extended, true)
         }
-        Format::Json => Box::new(json::JsonFormat),
+        Format::Json => return with_journal(config, json::JsonFormat, stdout, batching),
     };
     with_journal(config, format, stdout, batching)
 }
 
 /// The line output `format` on `stdout`, and the journal's when `-Y`.
-fn with_journal<T: 'static>(
+fn with_journal<T: 'static, F: LineFormat<T> + 'static>(
     config: &Config,
-    format: Box<dyn LineFormat<T> + Send>,
+    format: F,
     stdout: io::Stdout,
     batching: Batching,
 ) -> Result<Box<dyn Sink<T>>>
@@ -121,17 +130,6 @@ where
         )?));
     }
     Ok(Fanout::of(sinks))
-}
-
-/// A boxed format formats as the format in it.
-impl<T, F: LineFormat<T> + ?Sized> LineFormat<T> for Box<F> {
-    fn header(&mut self, out: &mut Vec<u8>) {
-        (**self).header(out)
-    }
-
-    fn record(&mut self, out: &mut Vec<u8>, record: &T, clock: &mut EventClock) {
-        (**self).record(out, record, clock)
-    }
 }
 
 /// Several outputs as one: each gets every record, in the order listed.
