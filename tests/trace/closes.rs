@@ -75,7 +75,7 @@ fn mine(r: &Record) {
 /// states (as event mode reports them), which side sent the first FIN.
 #[test]
 fn normal_closes_either_side_first() {
-    root();
+    let Some(_root) = root() else { return };
     let mut closes = Capture::closes(&close_config(Filter::default()));
     let mut events = Capture::start(&opts(test_attach(), Filter::default()));
     for v6 in [false, true] {
@@ -156,7 +156,7 @@ fn normal_closes_either_side_first() {
 /// A closed port answers the SYN with a reset: refused, ECONNREFUSED.
 #[test]
 fn refused() {
-    root();
+    let Some(_root) = root() else { return };
     let mut closes = Capture::closes(&close_config(Filter::default()));
     for v6 in [false, true] {
         closes.forget();
@@ -184,7 +184,7 @@ fn refused() {
 /// timeout in the handshake, ETIMEDOUT. Both families at once.
 #[test]
 fn handshake_timeout() {
-    root();
+    let Some(_root) = root() else { return };
     let mut closes = Capture::closes(&close_config(Filter::default()));
     let full = [full_listener(false), full_listener(true)];
     let clients: Vec<_> = full
@@ -226,7 +226,7 @@ fn handshake_timeout() {
 /// a full listener, closed in SYN_SENT): cancelled, no error.
 #[test]
 fn cancelled() {
-    root();
+    let Some(_root) = root() else { return };
     let mut closes = Capture::closes(&close_config(Filter::default()));
     for v6 in [false, true] {
         closes.forget();
@@ -256,7 +256,7 @@ fn cancelled() {
 /// unread data; reset for the client).
 #[test]
 fn resets_and_aborts() {
-    root();
+    let Some(_root) = root() else { return };
     let mut closes = Capture::closes(&close_config(Filter::default()));
     for v6 in [false, true] {
         for unread in [false, true] {
@@ -314,7 +314,7 @@ fn resets_and_aborts() {
 /// The filters apply to records: a local port and a cause.
 #[test]
 fn filters_by_port_and_cause() {
-    root();
+    let Some(_root) = root() else { return };
     let (listener, port) = listen(false);
     let refused_port = {
         let (gone, port) = listen(false);
@@ -352,7 +352,7 @@ fn filters_by_port_and_cause() {
 /// child is aborted (unaccepted), the client reset.
 #[test]
 fn unaccepted() {
-    root();
+    let Some(_root) = root() else { return };
     let mut closes = Capture::closes(&close_config(Filter::default()));
     for v6 in [false, true] {
         closes.forget();
