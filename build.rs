@@ -26,6 +26,11 @@ mod config;
 #[allow(dead_code)]
 #[path = "src/state.rs"]
 mod state;
+/// config.rs names the web configuration's type; only its name is needed.
+mod web {
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct WebConfig;
+}
 
 /// The name the packages install the binary under: libbpf-tools owns
 /// /usr/sbin/tcpstates and bpfcc-tools /usr/sbin/tcpstates-bpfcc.

@@ -270,6 +270,11 @@ pub struct Args {
           conflicts_with_all = ["csv", "timestamp", "wide", "extended", "journal", "count"])]
     pub metrics: Option<std::net::SocketAddr>,
 
+    /// With --metrics: TLS, client certificates and basic auth from FILE, in the Prometheus
+    /// exporter toolkit's web configuration format (as node_exporter's)
+    #[arg(long = "web.config.file", value_name = "FILE", requires = "metrics")]
+    pub web_config_file: Option<PathBuf>,
+
     /// Summary and metrics: count by the owner's unit or container, as a label
     #[arg(long, value_enum, value_name = "WHAT")]
     pub label_by: Option<LabelBy>,

@@ -89,7 +89,13 @@ fn one_line(err: &clap::Error) -> String {
         Some(ContextValue::Strings(values)) if !values.is_empty() => {
             format!("{first}; valid values: {}", values.join(", "))
         }
-        _ => first.to_owned(),
+        _ => match (err.kind(), err.get(ContextKind::InvalidArg)) {
+            // Which: clap names them on lines of their own.
+            (ErrorKind::MissingRequiredArgument, Some(ContextValue::Strings(missing))) => {
+                format!("{} {}", first.trim_end_matches(':'), missing.join(", "))
+            }
+            _ => first.to_owned(),
+        },
     }
 }
 
@@ -157,6 +163,11 @@ impl Args {
         let mut pids: Vec<u32> = self.pids.into_iter().flatten().collect();
         pids.sort_unstable();
         pids.dedup();
+        let web = self
+            .web_config_file
+            .as_deref()
+            .map(crate::web::WebConfig::load)
+            .transpose()?;
         let mode = if self.summary.is_some() || self.metrics.is_some() {
             Mode::Summary(SummaryOutput {
                 print: self.summary.is_some(),
@@ -200,6 +211,7 @@ impl Args {
             verbose: self.verbose,
             report: self.report,
             metrics: self.metrics,
+            web,
             labels: self.label_by.map(|by| Labels {
                 by,
                 max: self.max_labels.unwrap_or(crate::args::DEFAULT_MAX_LABELS),
@@ -351,6 +363,19 @@ mod tests {
             assert!(rejected(args).contains("cannot be used with"), "{args:?}");
         }
         assert!(rejected(&["--metrics", "host"]).contains("is not ADDR:PORT or PORT"));
+        assert!(
+            rejected(&["--web.config.file", "web.yml"])
+                .contains("required arguments were not provided --metrics <ADDR:PORT>")
+        );
+        assert!(
+            rejected(&[
+                "--metrics",
+                "1",
+                "--web.config.file",
+                "/nonexistent/web.yml"
+            ])
+            .starts_with("tcpstates: --web.config.file /nonexistent/web.yml: No such file")
+        );
         assert!(rejected(&["-S", "0"]).contains("above 0"));
     }
 

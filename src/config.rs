@@ -46,6 +46,8 @@ pub struct Config {
     /// `--metrics`: serve the in-kernel summary to Prometheus at this
     /// address (summary mode).
     pub metrics: Option<SocketAddr>,
+    /// `--web.config.file`: TLS and basic auth for the metrics endpoint.
+    pub web: Option<crate::web::WebConfig>,
     /// `--label-by`: summary mode counts by the owner's unit or container.
     pub labels: Option<Labels>,
     /// `--host-root`: where the container runtimes' state and the kubelet's
@@ -125,6 +127,7 @@ impl Default for Config {
             verbose: false,
             report: ReportFormat::Text,
             metrics: None,
+            web: None,
             labels: None,
             host_root: PathBuf::from("/"),
         }

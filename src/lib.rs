@@ -57,6 +57,7 @@ pub mod stats;
 pub mod summary;
 pub mod tracer;
 pub mod track;
+pub mod web;
 
 /// The skeleton libbpf-cargo generates from `src/bpf/tcpstates.bpf.c`.
 mod bpf {

@@ -5,19 +5,27 @@
 //! thread of its own. Every scrape reads the kernel's maps afresh.
 //!
 //! A scraper cannot hurt the tracer: the server runs apart from it and
-//! never blocks it; each connection has a deadline for its request's
-//! headers and a lifetime; at most [`MAX_CONNECTIONS`] are open at once
-//! (more are closed at once), so its memory is bounded.
+//! never blocks it; each connection has a deadline for its TLS handshake
+//! and its request's headers, and a lifetime. At most [`MAX_CONNECTIONS`]
+//! are open at once, so its memory is bounded; when all are taken, the
+//! connection that has waited longest without a request in progress (one
+//! that never sent one first) is closed to make room for the new one, so
+//! that no number of idle or slow connections locks out a scrape.
+//!
+//! `--web.config.file` adds TLS, client certificates and basic auth
+//! ([`crate::web`]).
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
-use hyper::header::{ACCEPT, ALLOW, CONTENT_TYPE, HeaderValue};
+use hyper::header::{ACCEPT, ALLOW, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -26,19 +34,30 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text, text};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::task::AbortHandle;
 
 use crate::cause::{Cause, Role};
 use crate::config::AttachMode;
 use crate::state::TcpState;
 use crate::summary::{ByLabel, SLOTS, STATES, Summary, slot_range_us, state_name};
 use crate::tracer::KernelView;
+use crate::web::WebConfig;
 
-/// Connections served at once; more are closed as they come.
+/// Connections served at once.
 pub const MAX_CONNECTIONS: usize = 512;
-/// How long a connection may take to send a request's headers.
+/// Connections the kernel queues for accept(): room for thousands of
+/// clients reconnecting at once without dropping a scraper's SYN.
+const BACKLOG: libc::c_int = 4096;
+/// How long a connection may take for its TLS handshake, and then for a
+/// request's headers.
 const HEADER_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a connection may stay open at all.
 const LIFETIME: Duration = Duration::from_secs(120);
+/// Basic-auth logins checked with bcrypt at once (each costs tens of
+/// milliseconds of CPU); more are answered 503 until one ends. A login
+/// that succeeded is remembered and needs none.
+const LOGINS_CHECKED: usize = 2;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -53,6 +72,11 @@ impl Endpoint {
     pub fn bind(addr: SocketAddr) -> Result<Self> {
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        // SAFETY: listen() on a socket this function owns, already
+        // listening: it only sets the accept queue's length.
+        if unsafe { libc::listen(listener.as_raw_fd(), BACKLOG) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("setting up the metrics socket");
+        }
         listener
             .set_nonblocking(true)
             .context("setting up the metrics socket")?;
@@ -65,26 +89,115 @@ impl Endpoint {
     }
 
     /// Serves the kernel's counts from now on, on a thread of its own,
-    /// until the process ends.
-    pub fn serve(self, view: Arc<KernelView>, mode: AttachMode) -> Result<()> {
+    /// until the process ends; with TLS and basic auth if `web` says so.
+    pub fn serve(
+        self,
+        view: Arc<KernelView>,
+        mode: AttachMode,
+        web: Option<WebConfig>,
+    ) -> Result<()> {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(Exposition { view, mode }));
-        let registry = Arc::new(registry);
+        let served = Arc::new(Served {
+            registry,
+            tls: web
+                .as_ref()
+                .and_then(|web| web.tls.clone())
+                .map(tokio_rustls::TlsAcceptor::from),
+            web,
+            logins: Arc::new(tokio::sync::Semaphore::new(LOGINS_CHECKED)),
+        });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
+            .max_blocking_threads(LOGINS_CHECKED)
             .build()
             .context("starting the metrics server")?;
         let listener = self.listener;
         std::thread::Builder::new()
             .name("metrics".into())
-            .spawn(move || runtime.block_on(accept(listener, registry)))
+            .spawn(move || runtime.block_on(accept(listener, served)))
             .context("starting the metrics server")?;
         Ok(())
     }
 }
 
-async fn accept(listener: std::net::TcpListener, registry: Arc<Registry>) {
+/// What every connection is served with.
+struct Served {
+    registry: Registry,
+    web: Option<WebConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    logins: Arc<tokio::sync::Semaphore>,
+}
+
+/// Where a connection is, for choosing which one makes room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Stage {
+    /// Connected, no request answered yet (handshaking, or sending its
+    /// first request's headers, or nothing at all).
+    Fresh,
+    /// Between requests (a scraper's kept-alive connection).
+    Idle,
+    /// A request is being answered: never closed to make room.
+    Busy,
+}
+
+struct Connection {
+    stage: Stage,
+    since: Instant,
+    abort: AbortHandle,
+}
+
+/// The open connections.
+#[derive(Default)]
+struct Open {
+    next_id: u64,
+    connections: HashMap<u64, Connection>,
+}
+
+impl Open {
+    /// Closes the connection that has waited longest without a request in
+    /// progress, fresh ones first; false if every one is busy.
+    fn make_room(&mut self) -> bool {
+        let victim = self
+            .connections
+            .iter()
+            .filter(|(_, c)| c.stage != Stage::Busy)
+            .min_by_key(|(_, c)| (c.stage, c.since))
+            .map(|(id, _)| *id);
+        match victim.and_then(|id| self.connections.remove(&id)) {
+            Some(connection) => {
+                connection.abort.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn set(&mut self, id: u64, stage: Stage) {
+        if let Some(connection) = self.connections.get_mut(&id) {
+            connection.stage = stage;
+            connection.since = Instant::now();
+        }
+    }
+}
+
+type Table = Arc<Mutex<Open>>;
+
+fn lock(table: &Table) -> std::sync::MutexGuard<'_, Open> {
+    table.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Takes a connection out of the table when its task ends (or is aborted).
+struct Leaves(u64, Table);
+
+impl Drop for Leaves {
+    fn drop(&mut self) {
+        lock(&self.1).connections.remove(&self.0);
+    }
+}
+
+async fn accept(listener: std::net::TcpListener, served: Arc<Served>) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(err) => {
@@ -92,7 +205,7 @@ async fn accept(listener: std::net::TcpListener, registry: Arc<Registry>) {
             return;
         }
     };
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let table: Table = Arc::default();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -102,23 +215,129 @@ async fn accept(listener: std::net::TcpListener, registry: Arc<Registry>) {
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
-            continue;
-        };
-        let registry = Arc::clone(&registry);
-        tokio::spawn(async move {
-            let service = service_fn(move |request| {
-                let response = respond(&request, &registry);
-                async move { Ok::<_, Infallible>(response) }
-            });
-            let connection = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_DEADLINE)
-                .serve_connection(TokioIo::new(stream), service);
-            let _ = tokio::time::timeout(LIFETIME, connection).await;
-            drop(permit);
-        });
+        admit(stream, &served, &table);
+        // Serve before accepting more: a flood of connections would
+        // otherwise be accepted (and each make room) faster than any of
+        // them is read, and a scraper's request be closed unread.
+        tokio::task::yield_now().await;
     }
+}
+
+/// Serves a connection just accepted, making room for it if need be.
+fn admit(stream: tokio::net::TcpStream, served: &Arc<Served>, table: &Table) {
+    let mut open = lock(table);
+    if open.connections.len() >= MAX_CONNECTIONS && !open.make_room() {
+        return;
+    }
+    let id = open.next_id;
+    open.next_id += 1;
+    // The task cannot run before it is in the table: this thread runs
+    // it, after the accept loop's next await.
+    let task = tokio::spawn(connection(
+        stream,
+        id,
+        Arc::clone(served),
+        Arc::clone(table),
+    ));
+    open.connections.insert(
+        id,
+        Connection {
+            stage: Stage::Fresh,
+            since: Instant::now(),
+            abort: task.abort_handle(),
+        },
+    );
+}
+
+async fn connection(stream: tokio::net::TcpStream, id: u64, served: Arc<Served>, table: Table) {
+    let _leaves = Leaves(id, Arc::clone(&table));
+    match &served.tls {
+        Some(tls) => {
+            let Ok(Ok(stream)) = tokio::time::timeout(HEADER_DEADLINE, tls.accept(stream)).await
+            else {
+                return;
+            };
+            http(stream, id, served, table).await;
+        }
+        None => http(stream, id, served, table).await,
+    }
+}
+
+/// HTTP/1.1 on a connection, until it closes, fails or lives too long.
+async fn http<S>(stream: S, id: u64, served: Arc<Served>, table: Table)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request: Request<Incoming>| {
+        let served = Arc::clone(&served);
+        let table = Arc::clone(&table);
+        async move {
+            let response = match login(&request, &served).await {
+                Ok(()) => {
+                    lock(&table).set(id, Stage::Busy);
+                    respond(&request, &served.registry)
+                }
+                Err(refused) => refused,
+            };
+            lock(&table).set(id, Stage::Idle);
+            Ok::<_, Infallible>(with_headers(response, served.web.as_ref()))
+        }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_DEADLINE)
+        .serve_connection(TokioIo::new(stream), service);
+    let _ = tokio::time::timeout(LIFETIME, connection).await;
+}
+
+/// Basic auth, when the web configuration names users: Ok to answer the
+/// request, else the refusal to send.
+async fn login(request: &Request<Incoming>, served: &Served) -> Result<(), Response<Full<Bytes>>> {
+    let Some(users) = served.web.as_ref().and_then(|web| web.users.clone()) else {
+        return Ok(());
+    };
+    let credentials = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(|value| value.as_bytes().to_vec());
+    let allowed = match users.remembers(credentials.as_deref()) {
+        true => true,
+        false => {
+            let Ok(permit) = Arc::clone(&served.logins).try_acquire_owned() else {
+                return Err(plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many logins being checked; try again\n",
+                ));
+            };
+            tokio::task::spawn_blocking(move || {
+                let allowed = users.allows(credentials.as_deref());
+                drop(permit);
+                allowed
+            })
+            .await
+            .unwrap_or(false)
+        }
+    };
+    if allowed {
+        return Ok(());
+    }
+    let mut refused = plain(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    refused.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"tcpstates\""),
+    );
+    Err(refused)
+}
+
+/// The web configuration's headers on a response.
+fn with_headers(
+    mut response: Response<Full<Bytes>>,
+    web: Option<&WebConfig>,
+) -> Response<Full<Bytes>> {
+    for (name, value) in web.map(|web| &web.headers[..]).unwrap_or_default() {
+        response.headers_mut().insert(name.clone(), value.clone());
+    }
+    response
 }
 
 /// The answer to one request: the metrics at /metrics, a pointer to them

@@ -53,8 +53,12 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
     match endpoint {
         Some(endpoint) => {
             let addr = endpoint.addr()?;
-            endpoint.serve(tracer.view(), tracer.mode())?;
-            eprintln!("Tracing tcpstates ... metrics at http://{addr}/metrics; Ctrl-C to end");
+            let scheme = match config.web.as_ref().and_then(|web| web.tls.as_ref()) {
+                Some(_) => "https",
+                None => "http",
+            };
+            endpoint.serve(tracer.view(), tracer.mode(), config.web.clone())?;
+            eprintln!("Tracing tcpstates ... metrics at {scheme}://{addr}/metrics; Ctrl-C to end");
         }
         None => eprintln!("Tracing tcpstates ... Hit Ctrl-C to end"),
     }

@@ -62,6 +62,13 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(target: SocketAddr) -> Self {
+        Self::start_jobs(&format!(
+            "  - job_name: tcpstates\n    static_configs:\n      - targets: ['{target}']\n"
+        ))
+    }
+
+    /// Scraping as the scrape configurations `jobs` (YAML list items) say.
+    fn start_jobs(jobs: &str) -> Self {
         let dir = std::env::temp_dir().join(format!("tcpstates-prometheus-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).unwrap();
@@ -70,8 +77,7 @@ impl Prometheus {
             &config,
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
-                 scrape_configs:\n  - job_name: tcpstates\n    static_configs:\n      \
-                 - targets: ['{target}']\n"
+                 scrape_configs:\n{jobs}"
             ),
         )
         .unwrap();
@@ -335,6 +341,337 @@ fn a_hostile_scraper_cannot_hurt_the_tracer() {
          peak RSS {before} KiB before, {peak} KiB after"
     );
     assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+}
+
+/// curl's answer to `args`: its exit code, the HTTP status (0 when there
+/// was none) and the body.
+fn curl(args: &[&str]) -> (i32, u16, String) {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl (Debian package curl: scripts/setup --test installs it)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+    (
+        out.status.code().unwrap_or(-1),
+        code.trim().parse().unwrap_or(0),
+        body.to_owned(),
+    )
+}
+
+/// What a plain HTTP request to `addr` gets back (bytes, lossy), within 3 s.
+fn plain_http_answer(addr: SocketAddr) -> String {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let _ = write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    );
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn prometheus_scrapes_over_tls_with_client_certificates_and_basic_auth() {
+    let Some(_root) = root() else { return };
+    let pki = tcpstates_testkit::tls::Pki::make("scrape");
+    let hash = bcrypt::hash("s3cret", 6).unwrap();
+    // Relative paths: from the file's directory, as in the toolkit.
+    let web = pki.dir().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  \
+             client_ca_file: ca.pem\n\
+             http_server_config:\n  headers:\n    Strict-Transport-Security: max-age=31536000\n\
+             basic_auth_users:\n  prometheus: '{hash}'\n"
+        ),
+    )
+    .unwrap();
+    let mutual = tracer(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--web.config.file",
+        &web.display().to_string(),
+    ]);
+    let addr = mutual.metrics.expect("the tracer names its https address");
+    let url = format!("https://{addr}/metrics");
+    let (ca, cert, key) = (
+        pki.path("ca.pem"),
+        pki.path("client.pem"),
+        pki.path("client.key"),
+    );
+    let tls = ["--cacert", &ca, "--cert", &cert, "--key", &key];
+
+    // The right certificate and password: the metrics.
+    let (_, status, body) = curl(&[&tls[..], &["-u", "prometheus:s3cret", "-i", &url]].concat());
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("tcpstates_build_info{"), "{body}");
+    assert!(
+        body.to_ascii_lowercase()
+            .contains("strict-transport-security: max-age=31536000"),
+        "{body}"
+    );
+    // A wrong password, or none: 401, asking for basic auth.
+    let (_, status, body) = curl(&[&tls[..], &["-u", "prometheus:wrong", "-i", &url]].concat());
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("WWW-Authenticate: Basic") || body.contains("www-authenticate: Basic"));
+    let (_, status, body) = curl(&[&tls[..], &["-u", "intruder:s3cret", &url]].concat());
+    assert_eq!(status, 401, "{body}");
+    let (_, status, body) = curl(&[&tls[..], &[url.as_str()]].concat());
+    assert_eq!(status, 401, "{body}");
+    // No client certificate, or one another CA signed: no HTTP at all.
+    let (code, status, body) = curl(&["--cacert", &ca, "-u", "prometheus:s3cret", &url]);
+    assert!(
+        code != 0 && status == 0,
+        "no client certificate: {code} {status} {body}"
+    );
+    let rogue = [pki.path("rogue.pem"), pki.path("rogue.key")];
+    let (code, status, body) = curl(&[
+        "--cacert",
+        &ca,
+        "--cert",
+        &rogue[0],
+        "--key",
+        &rogue[1],
+        "-u",
+        "prometheus:s3cret",
+        &url,
+    ]);
+    assert!(
+        code != 0 && status == 0,
+        "a rogue certificate: {code} {status} {body}"
+    );
+    // Plain HTTP to the TLS port: no HTTP answer, no metrics.
+    let answer = plain_http_answer(addr);
+    assert!(
+        !answer.starts_with("HTTP/") && !answer.contains("tcpstates_"),
+        "{answer:?}"
+    );
+
+    // A real Prometheus, as a fleet's would scrape it; and two that get
+    // nothing: a wrong password, no client certificate.
+    let job = |name: &str, tls: &str, password: &str| {
+        format!(
+            "  - job_name: {name}\n    scheme: https\n    tls_config:\n      ca_file: {ca}\n{tls}\
+             \n    basic_auth:\n      username: prometheus\n      password: {password}\n\
+             \x20   static_configs:\n      - targets: ['{addr}']\n"
+        )
+    };
+    let with_cert = format!("      cert_file: {cert}\n      key_file: {key}");
+    let prometheus = Prometheus::start_jobs(
+        &[
+            job("tcpstates", &with_cert, "s3cret"),
+            job("wrong-password", &with_cert, "guess"),
+            job("no-certificate", "", "s3cret"),
+        ]
+        .concat(),
+    );
+    prometheus.wait_for("up{job=\"tcpstates\"}", 1.0);
+    prometheus.wait_for("up{job=\"wrong-password\"}", 0.0);
+    prometheus.wait_for("up{job=\"no-certificate\"}", 0.0);
+    assert_eq!(
+        prometheus.query("count(tcpstates_build_info{job=\"tcpstates\"})"),
+        Some(1.0)
+    );
+    assert_eq!(
+        prometheus.query("count(tcpstates_build_info{job!=\"tcpstates\"})"),
+        None
+    );
+    drop(prometheus);
+    let stopped = mutual.stop(libc::SIGINT);
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+
+    // TLS without a client CA: any client with the server's CA.
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  min_version: TLS13\n",
+    )
+    .unwrap();
+    let tls_only = tracer(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--web.config.file",
+        &web.display().to_string(),
+    ]);
+    let addr = tls_only
+        .metrics
+        .expect("the tracer names its https address");
+    let (_, status, body) = curl(&["--cacert", &ca, &format!("https://{addr}/metrics")]);
+    assert_eq!(status, 200, "{body}");
+    let (code, status, _) = curl(&[
+        "--cacert",
+        &ca,
+        "--tls-max",
+        "1.2",
+        &format!("https://{addr}/"),
+    ]);
+    assert!(
+        code != 0 && status == 0,
+        "TLS 1.2 below min_version: {code} {status}"
+    );
+    let stopped = tls_only.stop(libc::SIGINT);
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+}
+
+/// Connections that never finish a request, `n` held open at all times:
+/// each one the server closes is opened again at once, on a thread of its
+/// own until `stop`. How many were reopened.
+fn hold_idle(addr: SocketAddr, n: usize, stop: &std::sync::atomic::AtomicBool) -> usize {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+    let open = |i: usize| loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+            Ok(mut stream) => {
+                // Nothing, half a request's headers, or one byte.
+                let _ = match i % 3 {
+                    0 => Ok(()),
+                    1 => stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n"),
+                    _ => stream.write_all(b"G"),
+                };
+                stream.set_nonblocking(true).unwrap();
+                return stream;
+            }
+            Err(_) if stop.load(Ordering::Relaxed) => {
+                return TcpStream::connect(addr).unwrap_or_else(|e| panic!("{e}"));
+            }
+            Err(_) => continue,
+        }
+    };
+    let mut held: Vec<TcpStream> = (0..n).map(open).collect();
+    let mut reopened = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let mut fds: Vec<libc::pollfd> = held
+            .iter()
+            .map(|s| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid array of `fds.len()` pollfd.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 100) };
+        if ready <= 0 {
+            continue;
+        }
+        for (i, fd) in fds.iter().enumerate() {
+            if fd.revents == 0 {
+                continue;
+            }
+            let mut buf = [0u8; 512];
+            match (&held[i]).read(&mut buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                // Closed (or reset) by the server, or answered: reopen.
+                _ => {
+                    held[i] = open(i);
+                    reopened += 1;
+                }
+            }
+        }
+    }
+    reopened
+}
+
+/// Raises this process's open-file limit to its hard limit.
+fn raise_file_limit() -> libc::rlim_t {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        limit.rlim_cur = limit.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+    limit.rlim_cur
+}
+
+/// One scrape of `url` through curl (`tls`: its TLS arguments), checked.
+fn scrape_with_curl(url: &str, tls: &[&str]) -> Result<(), String> {
+    let (code, status, body) = curl(&[tls, &[url]].concat());
+    match status == 200 && body.contains("tcpstates_build_info{") {
+        true => Ok(()),
+        false => Err(format!("curl {code}, HTTP {status}: {body}")),
+    }
+}
+
+/// Scrapes for 10 s, every 100 ms, while 2,500 connections that never
+/// finish a request are held open and reopened as the server closes them:
+/// every scrape must succeed, the tracer's memory stay bounded.
+fn no_lockout(args: &[&str], scrape: impl Fn(SocketAddr) -> Result<(), String>) {
+    const HOSTILE: usize = 2500;
+    assert!(
+        raise_file_limit() > HOSTILE as u64 + 100,
+        "too few descriptors"
+    );
+    let tracer = tracer(&[&["--metrics", "127.0.0.1:0"], args].concat());
+    let addr = tracer
+        .metrics
+        .expect("the tracer names its metrics address");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (scrapes, slowest, reopened) = std::thread::scope(|scope| {
+        let holding = scope.spawn(|| hold_idle(addr, HOSTILE, &stop));
+        // Until every hostile connection was opened once, and the server
+        // has had to close some to make room.
+        sleep(Duration::from_secs(3));
+        let mut scrapes = 0;
+        let mut slowest = Duration::ZERO;
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            let start = Instant::now();
+            scrape(addr).unwrap_or_else(|e| panic!("scrape {scrapes} locked out: {e}"));
+            slowest = slowest.max(start.elapsed());
+            scrapes += 1;
+            sleep(Duration::from_millis(100));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (scrapes, slowest, holding.join().unwrap())
+    });
+    let peak = peak_rss_kib(tracer.pid());
+    eprintln!(
+        "{HOSTILE} idle connections held and reopened ({reopened} reopened), {args:?}: \
+         {scrapes} scrapes answered, the slowest in {slowest:?}; the tracer's peak RSS {peak} KiB"
+    );
+    assert!(scrapes >= 50, "{scrapes} scrapes");
+    // The server had to make room, over and over: the hostile connections
+    // outnumber its slots.
+    assert!(reopened >= HOSTILE - 512, "{reopened} reopened");
+    assert!(peak < 64 * 1024, "peak RSS {peak} KiB");
+    let stopped = tracer.stop(libc::SIGINT);
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+}
+
+#[test]
+fn thousands_of_idle_connections_reopened_never_lock_out_a_scrape() {
+    let Some(_root) = root() else { return };
+    no_lockout(&[], |addr| {
+        let (status, body) = get(addr, "/metrics", "text/plain").map_err(|e| e.to_string())?;
+        match status == 200 && body.contains("tcpstates_build_info{") {
+            true => Ok(()),
+            false => Err(format!("HTTP {status}: {body}")),
+        }
+    });
+}
+
+#[test]
+fn thousands_of_idle_connections_never_lock_out_a_scrape_over_tls() {
+    let Some(_root) = root() else { return };
+    let pki = tcpstates_testkit::tls::Pki::make("lockout");
+    let web = pki.dir().join("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n",
+    )
+    .unwrap();
+    let ca = pki.path("ca.pem");
+    no_lockout(&["--web.config.file", &web.display().to_string()], |addr| {
+        scrape_with_curl(&format!("https://{addr}/metrics"), &["--cacert", &ca])
+    });
 }
 
 /// The alerting rules and Grafana dashboard shipped in docs/monitoring/.

@@ -13,7 +13,8 @@
 //! - [`process`] stops, reaps and guards child processes;
 //! - [`hold`] holds many connections open from child processes;
 //! - [`burst`] closes them all at once under a tracer, and keeps every CPU
-//!   busy when asked.
+//!   busy when asked;
+//! - [`tls`] makes certificates for the metrics endpoint's TLS.
 
 #![warn(missing_docs)]
 
@@ -26,4 +27,5 @@ pub mod net;
 pub mod process;
 pub mod rows;
 pub mod storm;
+pub mod tls;
 pub mod tracer;

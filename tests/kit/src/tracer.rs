@@ -76,6 +76,7 @@ impl TracerProcess {
             .unwrap_or_default();
         let serving = first
             .strip_prefix("Tracing tcpstates ... metrics at http://")
+            .or_else(|| first.strip_prefix("Tracing tcpstates ... metrics at https://"))
             .and_then(|rest| rest.strip_suffix("/metrics; Ctrl-C to end"));
         match serving {
             Some(addr) => tracer.metrics = Some(addr.parse().expect("the metrics address")),
