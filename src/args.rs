@@ -275,9 +275,15 @@ pub struct Args {
     #[arg(long = "web.config.file", value_name = "FILE", requires = "metrics")]
     pub web_config_file: Option<PathBuf>,
 
-    /// Summary and metrics: count by the owner's unit or container, as a label
+    /// Summary and metrics: count by the owner's unit or container, or by service port, as a
+    /// label
     #[arg(long, value_enum, value_name = "WHAT")]
     pub label_by: Option<LabelBy>,
+
+    /// With --label-by port: these local ports are the labels (the rest: `other`), not the
+    /// busiest
+    #[arg(long, value_name = "PORTS", value_parser = parse_ports, requires = "label_by")]
+    pub label_ports: Vec<Ports>,
 
     /// With --label-by: at most N values; the rest count under `other` [default: 20]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=MAX_LABELS as i64))]

@@ -7,10 +7,12 @@ use std::path::Path;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{CommandFactory, FromArgMatches};
 
+use crate::args::MAX_LABELS;
 use crate::args::{Args, Ports};
 use crate::cgroup;
 use crate::config::{
-    AttachMode, Config, Family, Filter, Format, Labels, Mode, SummaryOutput, TimeColumns,
+    AttachMode, Config, Family, Filter, Format, LabelBy, Labels, Mode, PortLabels, SummaryOutput,
+    TimeColumns,
 };
 
 /// The outcome of parsing: run, or print something and exit.
@@ -147,6 +149,27 @@ impl Args {
         if self.max_labels.is_some() && self.label_by.is_none() {
             return Err("--max-labels needs --label-by".into());
         }
+        let named_ports = flatten(self.label_ports.clone());
+        let label_ports = match (self.label_by, named_ports.is_empty()) {
+            (_, true) => PortLabels::Busiest,
+            (Some(LabelBy::Port), false) if self.max_labels.is_some() => {
+                return Err("--label-ports names the labels: no --max-labels with it".into());
+            }
+            (Some(LabelBy::Port), false) if named_ports.len() > usize::from(MAX_LABELS) => {
+                return Err(format!("--label-ports: at most {MAX_LABELS} ports"));
+            }
+            (Some(LabelBy::Port), false) => {
+                // In the order given, each once.
+                let mut ports: Vec<u16> = Vec::new();
+                for port in self.label_ports.iter().flat_map(|p| p.0.iter()) {
+                    if !ports.contains(port) {
+                        ports.push(*port);
+                    }
+                }
+                PortLabels::Named(ports)
+            }
+            (_, false) => return Err("--label-ports needs --label-by port".into()),
+        };
         if self.label_by.is_some() && self.summary.is_none() && self.metrics.is_none() {
             return Err("--label-by needs -S or --metrics (it labels the summary's counts)".into());
         }
@@ -214,8 +237,12 @@ impl Args {
             web,
             labels: self.label_by.map(|by| Labels {
                 by,
-                max: self.max_labels.unwrap_or(crate::args::DEFAULT_MAX_LABELS),
+                max: match &label_ports {
+                    PortLabels::Named(ports) if by == LabelBy::Port => ports.len() as u16,
+                    _ => self.max_labels.unwrap_or(crate::args::DEFAULT_MAX_LABELS),
+                },
             }),
+            label_ports,
             host_root: self.host_root,
         })
     }
@@ -436,6 +463,37 @@ mod tests {
             })
         );
         assert!(rejected(&["--label-by", "unit"]).contains("--label-by needs -S or --metrics"));
+        let c = config(&[
+            "-S",
+            "--label-by",
+            "port",
+            "--label-ports",
+            "443,80",
+            "--label-ports",
+            "443,22",
+        ]);
+        assert_eq!(c.label_ports, PortLabels::Named(vec![443, 80, 22]));
+        assert_eq!(c.labels.map(|l| (l.by, l.max)), Some((LabelBy::Port, 3)));
+        let c = config(&["--metrics", "1", "--label-by", "port"]);
+        assert_eq!(c.label_ports, PortLabels::Busiest);
+        assert_eq!(c.labels.map(|l| l.max), Some(20));
+        assert!(
+            rejected(&["-S", "--label-by", "unit", "--label-ports", "80"])
+                .contains("--label-ports needs --label-by port")
+        );
+        assert!(
+            rejected(&[
+                "-S",
+                "--label-by",
+                "port",
+                "--label-ports",
+                "80",
+                "--max-labels",
+                "3"
+            ])
+            .contains("no --max-labels with it")
+        );
+        assert!(rejected(&["-S", "--label-ports", "80"]).contains("--label-by"));
         assert!(rejected(&["--cause", "refused"]).contains("--cause needs -C"));
         assert!(rejected(&["-C", "--cause", "slow"]).contains("'slow' is not a cause"));
         assert!(rejected(&["-C", "-S"]).contains("cannot be used with"));

@@ -48,8 +48,11 @@ pub struct Config {
     pub metrics: Option<SocketAddr>,
     /// `--web.config.file`: TLS and basic auth for the metrics endpoint.
     pub web: Option<crate::web::WebConfig>,
-    /// `--label-by`: summary mode counts by the owner's unit or container.
+    /// `--label-by`: summary mode counts by the owner's unit or container,
+    /// or by service port.
     pub labels: Option<Labels>,
+    /// With `--label-by port`: which ports.
+    pub label_ports: PortLabels,
     /// `--host-root`: where the container runtimes' state and the kubelet's
     /// logs are read (`/`).
     pub host_root: PathBuf,
@@ -63,6 +66,9 @@ pub enum LabelBy {
     /// The owner's container (its name, or its id's first 12 digits; a
     /// pod's container as NAMESPACE/POD/CONTAINER)
     Container,
+    /// The service: the local port of listening sockets and the
+    /// connections they accept (--label-ports, or the busiest)
+    Port,
 }
 
 impl LabelBy {
@@ -71,7 +77,14 @@ impl LabelBy {
         match self {
             LabelBy::Unit => "unit",
             LabelBy::Container => "container",
+            LabelBy::Port => "port",
         }
+    }
+
+    /// Whether the label is the owner's (a unit or container), which the
+    /// kernel keeps with each socket.
+    pub fn by_owner(self) -> bool {
+        self != LabelBy::Port
     }
 }
 
@@ -83,6 +96,15 @@ pub struct Labels {
     pub by: LabelBy,
     /// At most this many values.
     pub max: u16,
+}
+
+/// `--label-by port`: which ports are labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortLabels {
+    /// These, in this order (`--label-ports`).
+    Named(Vec<u16>),
+    /// The busiest ones as they show, up to `--max-labels`.
+    Busiest,
 }
 
 impl Config {
@@ -129,6 +151,7 @@ impl Default for Config {
             metrics: None,
             web: None,
             labels: None,
+            label_ports: PortLabels::Busiest,
             host_root: PathBuf::from("/"),
         }
     }

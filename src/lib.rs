@@ -49,6 +49,7 @@ pub mod identity;
 pub mod metrics;
 pub mod output;
 pub mod plan;
+pub mod ports;
 pub mod ring;
 pub mod session;
 pub mod signals;

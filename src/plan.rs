@@ -8,7 +8,7 @@
 
 use crate::batching;
 use crate::bpf::types;
-use crate::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Filter, Mode};
+use crate::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Filter, Mode, PortLabels};
 use crate::event::record;
 use crate::identity::groups;
 
@@ -114,6 +114,10 @@ pub struct Plan {
     pub group_table: bool,
     /// Summary mode's slots: one, or one per label (--label-by).
     pub summary_slots: u32,
+    /// The labels are service ports (--label-by port), not owners' groups.
+    pub port_labels: bool,
+    /// ... the busiest ones, which the kernel counts until named.
+    pub rank_ports: bool,
     /// The host's page size: the smallest ring buffer.
     pub page_bytes: u32,
 }
@@ -146,7 +150,14 @@ pub struct MapSizes {
     pub group_events: u32,
     /// Summary mode's slots.
     pub summary: u32,
+    /// Ports with a label slot.
+    pub port_labels: u32,
+    /// Service ports counted until they have a label.
+    pub port_busy: u32,
 }
+
+/// Service ports the kernel counts, to find the busiest, at most.
+pub const RANKED_PORTS: u32 = 1024;
 
 impl Plan {
     /// The plan for `config` in `mode` on `host`, delivering as `wake` says.
@@ -177,9 +188,11 @@ impl Plan {
             KernelStore::Map(config.max_sockets.unwrap_or(DEFAULT_MAP_SOCKETS))
         };
         let labels = config.labels.filter(|_| summary);
+        let owner_labels = labels.filter(|l| l.by.by_owner());
+        let port_labels = labels.is_some_and(|l| !l.by.by_owner());
         let owners = if store != KernelStore::None
             && (config.filter.by_owner()
-                || labels.is_some()
+                || owner_labels.is_some()
                 || closes
                 || (!summary && owners_shown))
         {
@@ -223,8 +236,10 @@ impl Plan {
                 record::in_ring(record_bytes),
             ),
             record_bytes,
-            group_table: config.filter.by_group() || labels.is_some(),
+            group_table: config.filter.by_group() || owner_labels.is_some(),
             summary_slots: labels.map_or(1, |l| u32::from(groups::LABEL_FIRST + l.max)),
+            port_labels,
+            rank_ports: port_labels && config.label_ports == PortLabels::Busiest,
             page_bytes: host.page_bytes,
         }
     }
@@ -248,7 +263,9 @@ impl Plan {
             filter_uid: u8::from(filter.uid.is_some()),
             target_uid: filter.uid.unwrap_or(0),
             filter_groups: u8::from(filter.by_group()),
-            label_groups: u8::from(self.summary_slots > 1),
+            label_groups: u8::from(self.summary_slots > 1 && !self.port_labels),
+            label_ports: u8::from(self.port_labels),
+            rank_ports: u8::from(self.rank_ports),
             collect_owner: u8::from(self.owners == OwnerKeeper::Reader),
             track_sockets: u8::from(self.store != KernelStore::None),
             use_sk_storage: u8::from(self.store == KernelStore::SocketLocal),
@@ -309,6 +326,12 @@ impl Plan {
                 self.page_bytes
             },
             summary: self.summary_slots,
+            port_labels: if self.port_labels {
+                self.summary_slots
+            } else {
+                1
+            },
+            port_busy: if self.rank_ports { RANKED_PORTS } else { 1 },
         }
     }
 
@@ -489,6 +512,29 @@ mod tests {
         assert!(on(s.label_groups) && !on(s.filter_groups) && on(s.keep_owner));
         assert!(!p.lean_reads && p.group_table);
         assert_eq!(p.map_sizes(&labels.filter).summary, 23);
+        assert!(!on(s.label_ports) && !on(s.rank_ports));
+
+        // By service port: no owners, no groups; the busiest ranked in
+        // the kernel, or the named ones only.
+        let ports = config(&["-S", "--label-by", "port", "--max-labels", "5"]);
+        let p = Plan::new(&ports, &HOST, AttachMode::TpBtf, Wake::Batched);
+        let s = p.settings(&ports.filter);
+        assert!(on(s.label_ports) && on(s.rank_ports) && !on(s.label_groups));
+        assert!(!on(s.keep_owner) && !p.group_table && p.lean_reads);
+        let sizes = p.map_sizes(&ports.filter);
+        assert_eq!(
+            (sizes.summary, sizes.port_labels, sizes.port_busy),
+            (8, 8, RANKED_PORTS)
+        );
+        let named = config(&["-S", "--label-by", "port", "--label-ports", "443,80"]);
+        let p = Plan::new(&named, &HOST, AttachMode::TpBtf, Wake::Batched);
+        let s = p.settings(&named.filter);
+        assert!(on(s.label_ports) && !on(s.rank_ports));
+        let sizes = p.map_sizes(&named.filter);
+        assert_eq!(
+            (sizes.summary, sizes.port_labels, sizes.port_busy),
+            (5, 5, 1)
+        );
     }
 
     /// Maps a run does not use get one entry.
@@ -511,6 +557,8 @@ mod tests {
                 group_paths: 1,
                 group_events: 4096,
                 summary: 1,
+                port_labels: 1,
+                port_busy: 1,
             }
         );
         let c = config(&["-L", "80,443", "-p", "1,2,3"]);

@@ -72,6 +72,7 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
         if deadline.is_some_and(|end| now >= end) {
             break;
         }
+        view.rank_ports()?;
         if let Some(at) = next_print.filter(|at| now >= *at) {
             let (total, labelled) = view.summaries()?;
             if printer.print(&total, labelled.as_ref()).is_err() {

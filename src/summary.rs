@@ -424,8 +424,9 @@ fn write_json_slots(out: &mut String, slots: &[u64; SLOTS]) {
 /// Summary mode's counts by the owner's unit or container (`--label-by`):
 /// each label with its own summary; besides the labels named, `unknown`
 /// (the owner is not known, or its group was too new to judge), `none` (in
-/// no unit, or no container) and `other` (beyond `--max-labels`). Labels
-/// with nothing counted are left out.
+/// no unit, or no container) and `other` (beyond `--max-labels`); by port,
+/// `unknown`, `client` and `other` (src/ports.rs). Labels with nothing
+/// counted are left out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ByLabel {
     /// What the labels are.
@@ -436,8 +437,13 @@ pub struct ByLabel {
 
 impl ByLabel {
     /// The labels of the kernel's slots: the reserved ones, then `named`.
-    pub fn slot_names(named: &[String]) -> Vec<String> {
-        ["unknown", "none", "other"]
+    pub fn slot_names(by: Option<LabelBy>, named: &[String]) -> Vec<String> {
+        let reserved = match by {
+            // enum port_label_slots.
+            Some(LabelBy::Port) => ["unknown", "client", "other"],
+            _ => ["unknown", "none", "other"],
+        };
+        reserved
             .iter()
             .map(|s| s.to_string())
             .chain(named.iter().cloned())
@@ -563,7 +569,7 @@ mod tests {
         assert_eq!(delta.values.len(), 1);
         assert_eq!(delta.values[0].0, "b.service");
         assert_eq!(
-            ByLabel::slot_names(&["x".into()]),
+            ByLabel::slot_names(None, &["x".into()]),
             ["unknown", "none", "other", "x"]
         );
     }

@@ -20,6 +20,7 @@ use crate::host;
 use crate::identity::groups::{GroupMaps, GroupRules, GroupTable, Keeper};
 use crate::identity::names::{Names, SharedNames};
 use crate::plan::{KernelStore, Plan, Wake};
+use crate::ports::PortLabeller;
 use crate::ring::RingReader;
 use crate::stats::KernelCounters;
 use crate::summary::{ByLabel, Summary};
@@ -124,11 +125,26 @@ impl Tracer {
                 format!("attaching the {mode} program{}", host::attach_hint(mode))
             })?);
         }
+        let ports = match config.labels {
+            Some(labels) if plan.port_labels => {
+                Some(PortLabeller::start(&skel, &config.label_ports, labels.max)?)
+            }
+            _ => None,
+        };
         let labels = config
             .labels
             .filter(|_| plan.summary_slots > 1)
-            .zip(groups.as_ref().map(Keeper::label_list));
-        let view = Arc::new(KernelView::new(&skel, mode, labels, plan.summary_slots)?);
+            .zip(match &ports {
+                Some(ports) => Some(ports.names()),
+                None => groups.as_ref().map(Keeper::label_list),
+            });
+        let view = Arc::new(KernelView::new(
+            &skel,
+            mode,
+            labels,
+            ports,
+            plan.summary_slots,
+        )?);
         Ok(Tracer {
             _groups: groups,
             names,
@@ -220,6 +236,8 @@ pub struct KernelView {
     backup: bool,
     /// With --label-by: what the labels are, and the named ones so far.
     labels: Option<(LabelBy, Arc<Mutex<Vec<String>>>)>,
+    /// With --label-by port: who gives ports their labels.
+    ports: Option<PortLabeller>,
     /// The summary map's slots.
     slots: u32,
 }
@@ -229,6 +247,7 @@ impl KernelView {
         skel: &TcpstatesSkel<'_>,
         mode: AttachMode,
         labels: Option<(Labels, Arc<Mutex<Vec<String>>>)>,
+        ports: Option<PortLabeller>,
         slots: u32,
     ) -> Result<Self> {
         let progs = &skel.progs;
@@ -248,6 +267,7 @@ impl KernelView {
                 .context("duplicating a program's descriptor")?,
             backup: mode == AttachMode::TpBtf,
             labels: labels.map(|(l, names)| (l.by, names)),
+            ports,
             slots,
         })
     }
@@ -277,13 +297,17 @@ impl KernelView {
     /// Both, each slot of the map read once: the total of every slot, and,
     /// with --label-by, each label's counts (those with any).
     pub fn summaries(&self) -> Result<(Summary, Option<ByLabel>)> {
+        if let Some(ports) = &self.ports {
+            ports.rank(true)?;
+        }
         let named = match &self.labels {
             Some((_, named)) => named.lock().unwrap_or_else(|e| e.into_inner()).clone(),
             None => Vec::new(),
         };
         let mut total = Summary::default();
         let mut values = Vec::new();
-        for (slot, label) in (0..self.slots).zip(ByLabel::slot_names(&named)) {
+        let by = self.labels.as_ref().map(|(by, _)| *by);
+        for (slot, label) in (0..self.slots).zip(ByLabel::slot_names(by, &named)) {
             let summary = self.summary_slot(slot)?;
             total.merge(&summary);
             if summary.total() > 0 {
@@ -295,6 +319,16 @@ impl KernelView {
             .as_ref()
             .map(|(by, _)| ByLabel { by: *by, values });
         Ok((total, labelled))
+    }
+
+    /// With --label-by port and no --label-ports: labels the busiest
+    /// service ports, if a second has passed since they were last looked
+    /// for.
+    pub fn rank_ports(&self) -> Result<()> {
+        match &self.ports {
+            Some(ports) => ports.rank(false),
+            None => Ok(()),
+        }
     }
 
     fn summary_slot(&self, slot: u32) -> Result<Summary> {
@@ -399,6 +433,12 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
             "the new groups' ring buffer",
         ),
         (&mut maps.summary, sizes.summary, "the summary map"),
+        (&mut maps.port_labels, sizes.port_labels, "the port labels"),
+        (
+            &mut maps.port_busy,
+            sizes.port_busy,
+            "the service ports' counts",
+        ),
     ] {
         map.set_max_entries(entries)
             .with_context(|| format!("sizing {what}"))?;

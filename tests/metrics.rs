@@ -674,6 +674,95 @@ fn thousands_of_idle_connections_never_lock_out_a_scrape_over_tls() {
     });
 }
 
+/// The value of the one series `name{labels}` in an exposition, 0 if absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |v| v.parse().unwrap())
+}
+
+#[test]
+fn port_label_counts_each_service_and_the_rest_as_other() {
+    let Some(_root) = root() else { return };
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let named = format!("{},{}", ports[0], ports[1]);
+    let pid = std::process::id().to_string();
+    let tracer = tracer(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--label-by",
+        "port",
+        "--label-ports",
+        &named,
+        "-p",
+        &pid,
+    ]);
+    let addr = tracer
+        .metrics
+        .expect("the tracer names its metrics address");
+    // Listening while traced: the pid filter knows the listeners' owner.
+    let listeners: Vec<TcpListener> = ports
+        .iter()
+        .map(|&p| TcpListener::bind(SocketAddr::new(loopback(false), p)).unwrap())
+        .collect();
+    for (listener, n) in listeners.iter().zip([3, 2, 1]) {
+        for _ in 0..n {
+            server_closes_first(listener);
+        }
+    }
+    let accepts = |port: &str| {
+        format!(
+            "tcpstates_transitions_total{{port=\"{port}\",old_state=\"LISTEN\",new_state=\"SYN_RECV\"}}"
+        )
+    };
+    let connects =
+        "tcpstates_transitions_total{port=\"client\",old_state=\"CLOSE\",new_state=\"SYN_SENT\"}";
+    // This process's connections: the test's six, and its scrapes (each
+    // counted in its own answer).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut scrapes = 0;
+    let (a, b) = (ports[0].to_string(), ports[1].to_string());
+    let text = loop {
+        let (status, text) = get(addr, "/metrics", "text/plain").unwrap();
+        assert_eq!(status, 200, "{text}");
+        scrapes += 1;
+        if sample(&text, &accepts(&a)) == 3.0 || Instant::now() > deadline {
+            break text;
+        }
+        sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sample(&text, &accepts(&a)), 3.0, "{text}");
+    assert_eq!(sample(&text, &accepts(&b)), 2.0, "{text}");
+    assert_eq!(sample(&text, &accepts("other")), 1.0, "{text}");
+    assert_eq!(sample(&text, connects), 6.0 + scrapes as f64, "{text}");
+    assert!(!text.contains(&format!("port=\"{}\"", ports[2])), "{text}");
+    // Every labelled series, and the time in SYN_RECV of port A's.
+    assert_eq!(
+        sample(
+            &text,
+            &format!("tcpstates_state_duration_seconds_count{{port=\"{a}\",state=\"SYN_RECV\"}}")
+        ),
+        3.0
+    );
+    assert!(!text.contains("{state="), "every series labelled: {text}");
+    promtool_lint(&text);
+    let series = |value: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.contains(&format!("port=\"{value}\"")))
+            .count()
+    };
+    eprintln!(
+        "series: port {a} (3 connections, the server closing first) {}, client {}, other {}, \
+         all {}",
+        series(&a),
+        series("client"),
+        series("other"),
+        text.lines().filter(|l| !l.starts_with('#')).count()
+    );
+    let stopped = tracer.stop(libc::SIGINT);
+    assert_eq!(stopped.code, Some(0), "{}", stopped.stderr);
+}
+
 /// The alerting rules and Grafana dashboard shipped in docs/monitoring/.
 const MONITORING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/monitoring");
 

@@ -141,6 +141,24 @@ struct {
 	__type(value, struct summary);
 } summary SEC(".maps");
 
+/* --label-by port: each labelled local port's summary slot, by port (host
+ * byte order); filled by user space. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u16);
+	__type(value, __u16);
+} port_labels SEC(".maps");
+
+/* --label-by port without --label-ports: transitions of each service
+ * port without a label yet, for user space to label the busiest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, __u16);
+	__type(value, __u64);
+} port_busy SEC(".maps");
+
 /* Adds one to a counter; returns its value on this CPU after the add. */
 static __always_inline __u64 count(__u32 which)
 {

@@ -30,7 +30,7 @@
 /*
  * Family, ports, addresses and netns of the socket `inet` into `e`, as the
  * tracepoint reports them; with lean_reads (summary mode sends nothing)
- * only what a filter looks at. skc_num is already 0 when a socket reaches
+ * only what a filter (or the port label) looks at. skc_num is already 0 when a socket reaches
  * CLOSE (the port is released first): inet_sport still holds it, in
  * network order.
  */
@@ -39,7 +39,7 @@
 		bool all = !settings.lean_reads;                              \
 		(e)->skaddr = (__u64)(inet);                                  \
 		(e)->family = LOAD(inet, sk.__sk_common.skc_family);          \
-		if (all || settings.filter_sport)                             \
+		if (all || settings.filter_sport || settings.label_ports)     \
 			(e)->sport = bpf_ntohs(LOAD(inet, inet_sport));       \
 		if (all || settings.filter_dport)                             \
 			(e)->dport = bpf_ntohs(                               \

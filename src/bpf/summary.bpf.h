@@ -70,14 +70,47 @@ static __always_inline void count_close(struct summary *s,
 }
 
 /*
+ * --label-by port: the slot of the socket's service. A listener and the
+ * connections it accepted are their local port's (if labelled, else
+ * `other`, counted for the ranking of the busiest); a connection this host
+ * opened is `client`; a socket older than the trace whose role its states
+ * have not told is its port's if labelled, else `unknown`.
+ */
+static __always_inline __u32 port_label(const struct event *e)
+{
+	__u16 port = e->sport;
+	__u16 *slot;
+	__u64 one = 1, *busy;
+
+	if (e->role == ROLE_CLIENT)
+		return PORT_LABEL_CLIENT;
+	slot = bpf_map_lookup_elem(&port_labels, &port);
+	if (slot)
+		return *slot;
+	if (e->role == ROLE_UNKNOWN)
+		return PORT_LABEL_UNKNOWN;
+	if (settings.rank_ports) {
+		busy = bpf_map_lookup_elem(&port_busy, &port);
+		if (busy)
+			__sync_fetch_and_add(busy, 1);
+		else
+			/* Full: this port is not ranked (counted under other). */
+			bpf_map_update_elem(&port_busy, &port, &one, BPF_NOEXIST);
+	}
+	return PORT_LABEL_OTHER;
+}
+
+/*
  * Summary mode: counts the transition and its time in the state left, in
- * the owner's label's slot with --label-by.
+ * the owner's label's slot with --label-by, or the service port's.
  * Atomic adds, as in count(): the tp_btf backup program can run in the
  * middle of the main one on the same CPU.
  */
 static __always_inline void aggregate(const struct event *e)
 {
-	__u32 slot_key = settings.label_groups ? e->label : 0;
+	__u32 slot_key = settings.label_groups ? e->label :
+			 settings.label_ports  ? port_label(e) :
+						 0;
 	/* 64-bit, so that each bound is checked on the register that is used:
 	 * with 32-bit indexes the compiler checks a zero-extended copy, whose
 	 * bound verifiers before 6.12 or so do not carry over. */

@@ -225,6 +225,17 @@ enum group_labels {
 	GROUP_LABEL_FIRST = 3,
 };
 
+/* The same slots with --label-by port (summary.bpf.h's port_label). */
+enum port_label_slots {
+	/* A socket whose role is unknown (older than the trace), on a port
+	 * with no label. */
+	PORT_LABEL_UNKNOWN = GROUP_LABEL_UNKNOWN,
+	/* A connection this host opened (its local port is no service's). */
+	PORT_LABEL_CLIENT = GROUP_LABEL_NONE,
+	/* A listener, or a connection it accepted, on a port with no label. */
+	PORT_LABEL_OTHER = GROUP_LABEL_OTHER,
+};
+
 /* One TCP state transition. */
 struct event {
 	__u64 skaddr;
@@ -403,6 +414,12 @@ struct settings {
 	__u8 filter_groups;
 	/* Summary mode: count by the owner's group's label (--label-by). */
 	__u8 label_groups;
+	/* Summary mode: count by service port (--label-by port): the label
+	 * slot in `port_labels`. */
+	__u8 label_ports;
+	/* ... and count the unlabelled service ports' transitions in
+	 * `port_busy`, for user space to label the busiest. */
+	__u8 rank_ports;
 	/* Each event carries the current task's uid and cgroup, from which
 	 * user space keeps the sockets' owners. */
 	__u8 collect_owner;

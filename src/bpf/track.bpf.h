@@ -226,6 +226,9 @@ static __always_inline void track(struct event *e, struct sock *sk,
 	track_owner(e, at, local);
 	if (settings.close_records || settings.count_closes)
 		chronicle(e, at, tp, now);
+	/* The service port's label needs every transition's role. */
+	if (settings.label_ports)
+		e->role = at->role;
 	if (local) {
 		if (e->newstate == TCP_CLOSE && kept)
 			count(COUNTER_LOCAL_STOPPED);

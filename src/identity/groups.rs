@@ -79,7 +79,8 @@ impl GroupRules {
             cgroup: f.cgroup.clone(),
             unit: f.unit.clone(),
             container: f.container.clone(),
-            labels: config.labels,
+            // Port labels are not the owner's.
+            labels: config.labels.filter(|l| l.by.by_owner()),
         };
         (f.by_group() || rules.labels.is_some()).then_some(rules)
     }
@@ -118,6 +119,7 @@ impl GroupRules {
                 None => identity.unit.clone(),
             },
             LabelBy::Container => identity.container.is_some().then(|| identity.to_string()),
+            LabelBy::Port => None,
         }
     }
 }

@@ -23,7 +23,8 @@ use std::time::Duration;
 
 use common::*;
 use tcpstates::config::{
-    AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Filter, Mode, SummaryOutput,
+    AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Filter, LabelBy, Labels, Mode, PortLabels,
+    SummaryOutput,
 };
 use tcpstates::event::{Event, TcpState, TcpState::*};
 use tcpstates::host;

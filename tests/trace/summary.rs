@@ -177,3 +177,155 @@ fn summary_owner_filter_keeps_the_owners_sockets() {
     );
     assert_eq!(summary_of(&init, 0).total(), 0, "owned by init");
 }
+
+/// `n` connections to `listener`, each closed by the client first, then by
+/// the server once it has read the client's FIN: five transitions a side.
+fn connections_to(listener: &std::net::TcpListener, n: usize) {
+    let addr = listener.local_addr().unwrap();
+    for _ in 0..n {
+        let client = TcpStream::connect(addr).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        drop(client);
+        read_to_eof(&server);
+    }
+}
+
+/// A server's socket when the client closes first.
+const SERVER_CLOSING_SECOND: [(TcpState, TcpState, bool); 5] = [
+    (Listen, SynRecv, false),
+    (SynRecv, Established, true),
+    (Established, CloseWait, true),
+    (CloseWait, LastAck, true),
+    (LastAck, Close, true),
+];
+
+/// A port-labelled summary tracer (this process's sockets only).
+fn port_tracer(ports: PortLabels, max: u16) -> Tracer {
+    let config = Config {
+        mode: Mode::Summary(SummaryOutput::default()),
+        labels: Some(Labels {
+            by: LabelBy::Port,
+            max,
+        }),
+        label_ports: ports,
+        ..opts(
+            test_attach(),
+            Filter {
+                pids: vec![std::process::id()],
+                ..Filter::default()
+            },
+        )
+    };
+    Tracer::start(&config, Wake::EachEvent).expect("starting a port-labelled tracer")
+}
+
+/// Each label's summary, once `total` transitions are counted.
+fn by_port(tracer: &Tracer, total: u64) -> std::collections::BTreeMap<String, Summary> {
+    summary_of(tracer, total);
+    let labelled = tracer.view().by_label().unwrap().expect("labels");
+    assert_eq!(labelled.by, LabelBy::Port);
+    labelled.values.into_iter().collect()
+}
+
+/// `expected`, `times` times over.
+fn times(expected: &[(TcpState, TcpState, bool)], times: usize) -> Vec<(TcpState, TcpState, bool)> {
+    expected
+        .iter()
+        .copied()
+        .cycle()
+        .take(expected.len() * times)
+        .collect()
+}
+
+/// A listener's start, then `n` connections' server sides.
+fn listener_with(n: usize) -> Vec<(TcpState, TcpState, bool)> {
+    let mut expected = vec![(Close, Listen, false)];
+    expected.extend(times(&SERVER_CLOSING_SECOND, n));
+    expected
+}
+
+/// A port number a listener of the test's gets (the tracer knows its
+/// owner only if it starts listening while traced, as the pid filter
+/// needs); the port chosen first, then the listener.
+fn ports_for(
+    tracer_first: impl FnOnce(&[u16]) -> Tracer,
+    v6: &[bool],
+) -> (Tracer, Vec<std::net::TcpListener>) {
+    let ports: Vec<u16> = v6.iter().map(|&v6| listen(v6).1).collect();
+    let tracer = tracer_first(&ports);
+    let listeners = ports
+        .iter()
+        .zip(v6)
+        .map(|(&port, &v6)| {
+            std::net::TcpListener::bind(SocketAddr::new(loopback(v6), port)).unwrap()
+        })
+        .collect();
+    (tracer, listeners)
+}
+
+/// --label-by port --label-ports A,B: A's and B's listeners' connections
+/// under their ports, exactly; C's under `other`; the clients' under
+/// `client`.
+#[test]
+fn summary_counts_by_named_service_port() {
+    let Some(_root) = root() else { return };
+    let (tracer, listeners) = ports_for(
+        |ports| port_tracer(PortLabels::Named(ports[..2].to_vec()), 2),
+        &[false, true, false],
+    );
+    let (a, b, c) = (&listeners[0], &listeners[1], &listeners[2]);
+    let port_a = a.local_addr().unwrap().port();
+    let port_b = b.local_addr().unwrap().port();
+    connections_to(a, 3);
+    connections_to(b, 2);
+    connections_to(c, 1);
+    let labels = by_port(&tracer, 63);
+    let names: Vec<&String> = labels.keys().collect();
+    let (a_name, b_name) = (port_a.to_string(), port_b.to_string());
+    let mut expected = vec!["client", "other", a_name.as_str(), b_name.as_str()];
+    expected.sort();
+    assert_eq!(names, expected, "{labels:?}");
+    assert_counts(&labels[&a_name], &listener_with(3), "port A");
+    assert_counts(&labels[&b_name], &listener_with(2), "port B (IPv6)");
+    assert_counts(&labels["other"], &listener_with(1), "other");
+    assert_counts(
+        &labels["client"],
+        &times(&CLIENT_CLOSING_FIRST, 6),
+        "client",
+    );
+}
+
+/// --label-by port --max-labels 1: the busiest service port gets the
+/// label when the ports are ranked (at a read of the summary here), and
+/// counts under it from then on; before, and the other ports, under
+/// `other`.
+#[test]
+fn summary_labels_the_busiest_service_port() {
+    let Some(_root) = root() else { return };
+    let (tracer, listeners) = ports_for(|_| port_tracer(PortLabels::Busiest, 1), &[false, false]);
+    let (a, b) = (&listeners[0], &listeners[1]);
+    let port_a = a.local_addr().unwrap().port();
+    connections_to(a, 2);
+    connections_to(b, 1);
+    // Ranked at this read: A, the busier, takes the one label.
+    let before = by_port(&tracer, 32);
+    assert_eq!(before.keys().collect::<Vec<_>>(), ["client", "other"]);
+    connections_to(a, 1);
+    connections_to(b, 2);
+    let labels = by_port(&tracer, 62);
+    let a_name = port_a.to_string();
+    assert_counts(
+        &labels[&a_name],
+        &SERVER_CLOSING_SECOND,
+        "port A, once labelled",
+    );
+    let mut other = listener_with(2);
+    other.extend(listener_with(3));
+    assert_counts(&labels["other"], &other, "other");
+    assert_counts(
+        &labels["client"],
+        &times(&CLIENT_CLOSING_FIRST, 6),
+        "client",
+    );
+    assert_eq!(labels.len(), 3, "{labels:?}");
+}
