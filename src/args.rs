@@ -103,7 +103,7 @@ pub const COLUMNS: &[(&str, &str)] = &[
     (
         "MS",
         "the time spent in OLDSTATE, in milliseconds; '-' when it is not known (the socket \
-         is new, or predates the trace)",
+         is new); '>N' when the socket was in OLDSTATE before the trace began: at least N",
     ),
     ("NETNS", "-x: the socket's network namespace inode"),
     (

@@ -56,6 +56,7 @@ const AF_INET6: u16 = libc::AF_INET6 as u16;
 // The event flags of tcpstates.h, through the skeleton.
 const FLAG_DURATION_UNKNOWN: u32 = types::event_flags::EVENT_F_DURATION_UNKNOWN.0;
 const FLAG_MAP_FULL: u32 = types::event_flags::EVENT_F_MAP_FULL.0;
+const FLAG_BEFORE_TRACE: u32 = types::event_flags::EVENT_F_BEFORE_TRACE.0;
 const FLAG_OWNER_KNOWN: u32 = types::event_flags::EVENT_F_OWNER_KNOWN.0;
 const FLAG_ACCEPTED: u32 = types::event_flags::EVENT_F_ACCEPTED.0;
 const FLAG_OWNER_UNDECIDED: u32 = types::event_flags::EVENT_F_OWNER_UNDECIDED.0;
@@ -70,6 +71,13 @@ pub struct Event {
     /// Time spent in `old`, or `None` when it is not known (the socket
     /// predates the trace, or the per-socket map was full).
     pub duration_ns: Option<u64>,
+    /// When `duration_ns` is not known because the socket has been in
+    /// `old` since before the trace began: a lower bound of the time, the
+    /// trace's age (set by the decoder, which knows when it began).
+    pub at_least_ns: Option<u64>,
+    /// The kernel saw the socket in `old` since before the trace began
+    /// (see [`Event::at_least_ns`]).
+    pub before_trace: bool,
     /// Thread group id of the task on the CPU at the transition.
     pub pid: u32,
     /// Name of that task, NUL padded.
@@ -178,6 +186,8 @@ impl Event {
             ts_ns: r.u64(offset_of!(RawEvent, ts_ns)),
             duration_ns: (flags & FLAG_DURATION_UNKNOWN == 0)
                 .then(|| r.u64(offset_of!(RawEvent, delta_ns))),
+            at_least_ns: None,
+            before_trace: flags & FLAG_BEFORE_TRACE != 0,
             pid: r.u32(offset_of!(RawEvent, pid)),
             comm: r.array(offset_of!(RawEvent, comm)),
             netns: r.u32(offset_of!(RawEvent, netns)),

@@ -61,6 +61,9 @@ pub struct Tracer {
     links: Cell<Vec<Link>>,
     plan: Plan,
     view: Arc<KernelView>,
+    /// The monotonic time once every program was attached: a socket not
+    /// seen since has been in its state at least since then.
+    began_ns: u64,
 }
 
 impl Tracer {
@@ -152,6 +155,7 @@ impl Tracer {
             links: Cell::new(links),
             plan,
             view,
+            began_ns: crate::clock::monotonic_ns(),
         })
     }
 
@@ -179,6 +183,11 @@ impl Tracer {
     /// The mode that attached.
     pub fn mode(&self) -> AttachMode {
         self.plan.mode
+    }
+
+    /// When the trace began (monotonic): every program was attached.
+    pub fn began_ns(&self) -> u64 {
+        self.began_ns
     }
 
     /// The plan the program was loaded with: the reader's decoder is

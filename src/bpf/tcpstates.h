@@ -37,6 +37,11 @@ enum event_flags {
 	 * bytes_received). */
 	EVENT_F_FIN_ACKED = 0x80,
 	EVENT_F_FIN_RECEIVED = 0x100,
+	/* With EVENT_F_DURATION_UNKNOWN: the socket has been in `oldstate`
+	 * since before the trace began (no transition of it was seen, and the
+	 * per-socket store never ran out), so its time there is at least the
+	 * trace's age. */
+	EVENT_F_BEFORE_TRACE = 0x200,
 };
 
 /*

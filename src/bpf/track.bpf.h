@@ -178,6 +178,20 @@ static __always_inline void delete_state(__u64 *key)
 		bpf_map_delete_elem(&sockets, key);
 }
 
+/*
+ * Set once the per-socket store had no room (the map full, or no memory for
+ * a socket's storage): from then on a socket missing from it may have been
+ * seen before, and no time is claimed as older than the trace.
+ */
+volatile __u8 store_ran_out = 0;
+
+static __always_inline void ran_out(struct event *e)
+{
+	count(COUNTER_MAP_FULL);
+	e->flags |= EVENT_F_MAP_FULL;
+	store_ran_out = 1;
+}
+
 /* A socket's role, timeline and, at CLOSE, its end (close.bpf.h). */
 static __always_inline void chronicle(struct event *e, struct sock_state *st,
 				      const struct tcp_sock *tp, __u64 now);
@@ -208,8 +222,8 @@ static __always_inline void track(struct event *e, struct sock *sk,
 					BPF_SK_STORAGE_GET_F_CREATE);
 		if (!st) {
 			/* The allocation failed: the kernel is short of memory. */
-			count(COUNTER_MAP_FULL);
-			e->flags |= EVENT_F_DURATION_UNKNOWN | EVENT_F_MAP_FULL;
+			ran_out(e);
+			e->flags |= EVENT_F_DURATION_UNKNOWN;
 			return;
 		}
 	} else {
@@ -218,6 +232,10 @@ static __always_inline void track(struct event *e, struct sock *sk,
 	kept = st && st->since_ns;
 	if (kept && !starts_anew(e))
 		e->delta_ns = now - st->since_ns;
+	else if (!kept && !starts_anew(e) && !store_ran_out)
+		/* Never seen, and every socket seen is in the store: it has
+		 * been in its old state since before the trace. */
+		e->flags |= EVENT_F_DURATION_UNKNOWN | EVENT_F_BEFORE_TRACE;
 	else
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
 	if (!st)
@@ -242,10 +260,8 @@ static __always_inline void track(struct event *e, struct sock *sk,
 		st->since_ns = now;
 	} else {
 		fresh.s.since_ns = now;
-		if (update_state(&key, &fresh)) {
-			count(COUNTER_MAP_FULL);
-			e->flags |= EVENT_F_MAP_FULL;
-		}
+		if (update_state(&key, &fresh))
+			ran_out(e);
 	}
 }
 

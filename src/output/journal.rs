@@ -210,9 +210,14 @@ pub fn write_entry(out: &mut Vec<u8>, ev: &Event, unix_ns: i128, object_comm: bo
     field(out, "TCPSTATES_SKADDR", &hex);
     field(out, "TCPSTATES_COMM", comm.as_bytes());
     number(out, "TCPSTATES_NETNS", ev.netns.into());
-    match ev.duration_ns {
-        Some(ns) => number(out, "TCPSTATES_SPAN_NS", ns),
-        None => field(out, "TCPSTATES_SPAN_NS", b"unknown"),
+    match (ev.duration_ns, ev.at_least_ns) {
+        (Some(ns), _) => number(out, "TCPSTATES_SPAN_NS", ns),
+        // In the state since before the trace: at least this long.
+        (None, Some(ns)) => {
+            number(out, "TCPSTATES_SPAN_NS", ns);
+            field(out, "TCPSTATES_SPAN_AT_LEAST", b"1");
+        }
+        (None, None) => field(out, "TCPSTATES_SPAN_NS", b"unknown"),
     }
     owner_fields(
         out,
@@ -490,6 +495,19 @@ mod tests {
         let f = fields(&out);
         assert_eq!(get(&f, "TCPSTATES_UNIT"), Some("nginx.service"));
         assert_eq!(get(&f, "TCPSTATES_CONTAINER_ID"), None);
+    }
+
+    #[test]
+    fn a_lower_bound_is_marked() {
+        let mut ev = Event::from_raw(&raw_v4()).unwrap();
+        ev.duration_ns = None;
+        ev.at_least_ns = Some(5_000);
+        let mut out = Vec::new();
+        write_entry(&mut out, &ev, 0, false);
+        let f = fields(&out);
+        assert_eq!(get(&f, "TCPSTATES_SPAN_NS"), Some("5000"));
+        assert_eq!(get(&f, "TCPSTATES_SPAN_AT_LEAST"), Some("1"));
+        assert_eq!(get(&f, "OBJECT_TCP_SPAN_TIME"), None);
     }
 
     #[test]

@@ -158,9 +158,14 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event, time: Utc) {
     out.extend_from_slice(b",\"newstate\":");
     ev.new.text().write_json(out);
     out.extend_from_slice(b",\"ms\":");
-    match ev.duration_ns {
-        Some(ns) => push_micros(out, ns, 3),
-        None => out.extend_from_slice(b"null"),
+    match (ev.duration_ns, ev.at_least_ns) {
+        (Some(ns), _) => push_micros(out, ns, 3),
+        // In the state since before the trace: at least this long.
+        (None, Some(ns)) => {
+            push_micros(out, ns, 3);
+            out.extend_from_slice(b",\"ms_at_least\":true");
+        }
+        (None, None) => out.extend_from_slice(b"null"),
     }
     out.extend_from_slice(b",\"netns\":");
     push_u64(out, ev.netns.into());
@@ -367,6 +372,19 @@ mod tests {
         assert!(line(&ev).ends_with(
             ",\"unit\":\"user@1000.service\",\"user_unit\":\"a.service\",\"container\":null,\"pod\":null}\n"
         ));
+    }
+
+    #[test]
+    fn a_lower_bound_is_marked() {
+        let mut ev = v4();
+        ev.duration_ns = None;
+        ev.at_least_ns = Some(12_034_521_400);
+        assert!(
+            line(&ev).contains(",\"ms\":12034.521,\"ms_at_least\":true,\"netns\":"),
+            "{}",
+            line(&ev)
+        );
+        assert!(!line(&v4()).contains("ms_at_least"));
     }
 
     #[test]

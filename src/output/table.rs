@@ -164,9 +164,14 @@ impl Formatter {
             Field::Old => ev.old.text().write(out),
             Field::Arrow => out.extend_from_slice(b"->"),
             Field::New => ev.new.text().write(out),
-            Field::Ms => match ev.duration_ns {
-                Some(ns) => push_micros(out, ns, 3),
-                None => out.extend_from_slice(UNKNOWN.as_bytes()),
+            Field::Ms => match (ev.duration_ns, ev.at_least_ns) {
+                (Some(ns), _) => push_micros(out, ns, 3),
+                // In the state since before the trace: at least this long.
+                (None, Some(ns)) => {
+                    out.push(b'>');
+                    push_micros(out, ns, 3);
+                }
+                (None, None) => out.extend_from_slice(UNKNOWN.as_bytes()),
             },
             Field::OwnerPid => match &ev.owner {
                 Some(owner) => push_u64(out, owner.pid.into()),
@@ -497,6 +502,27 @@ mod tests {
             &[ev],
         );
         assert!(csv[1].ends_with(",SYN_SENT,ESTABLISHED,-"), "{}", csv[1]);
+    }
+
+    #[test]
+    fn a_lower_bound_is_marked() {
+        let mut ev = v4();
+        ev.duration_ns = None;
+        ev.at_least_ns = Some(12_034_521_400);
+        let lines = render(Format::default(), &[ev.clone()]);
+        assert!(
+            lines[1].ends_with("-> ESTABLISHED >12034.521"),
+            "{}",
+            lines[1]
+        );
+        let csv = render(
+            Format::Csv {
+                times: TimeColumns::default(),
+                extended: false,
+            },
+            &[ev],
+        );
+        assert!(csv[1].ends_with(",ESTABLISHED,>12034.521"), "{}", csv[1]);
     }
 
     #[test]

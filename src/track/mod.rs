@@ -30,7 +30,7 @@ use crate::identity::Identities;
 use crate::identity::Identity;
 use crate::identity::groups::GroupRules;
 use crate::plan::OwnerKeeper;
-use crate::tracer::Tracer;
+use crate::tracer::{KernelView, Tracer};
 
 /// What [`Decoder::place`] says of an owner.
 enum Placed {
@@ -60,6 +60,43 @@ pub struct Decoder {
     group_filter: Option<GroupRules>,
     /// Such events whose owner's group was gone before it could be judged.
     unjudged: u64,
+    /// When the trace began: the lower bound of a time in a state entered
+    /// before it is the time since.
+    began_ns: u64,
+    /// What tells whether an event was lost (a lower bound assumes none).
+    losses: Losses,
+}
+
+/// Whether any transition went unseen so far: then a socket not seen
+/// before may have entered its state during the trace, and no lower bound
+/// is claimed from then on.
+#[derive(Debug)]
+struct Losses {
+    view: Arc<KernelView>,
+    /// The counters showed no loss at this monotonic time.
+    none_until_ns: u64,
+    lost: bool,
+}
+
+impl Losses {
+    /// Nothing was lost up to `ts_ns`: the counters are read again only
+    /// for an event later than their last reading.
+    fn none_before(&mut self, ts_ns: u64) -> bool {
+        if self.lost || ts_ns <= self.none_until_ns {
+            return !self.lost;
+        }
+        let now = crate::clock::monotonic_ns();
+        match self.view.counters() {
+            Ok(c) if c.ringbuf_drops == 0 && c.recursion_misses == 0 => {
+                self.none_until_ns = now;
+                true
+            }
+            _ => {
+                self.lost = true;
+                false
+            }
+        }
+    }
 }
 
 impl Decoder {
@@ -87,6 +124,12 @@ impl Decoder {
             owners_shown: plan.owners_shown,
             group_filter,
             unjudged: 0,
+            began_ns: tracer.began_ns(),
+            losses: Losses {
+                view: tracer.view(),
+                none_until_ns: 0,
+                lost: false,
+            },
         })
     }
 
@@ -106,6 +149,10 @@ impl Decoder {
             let tracked = times.observe(event.skaddr, event.old, event.new, event.ts_ns);
             event.duration_ns = tracked.duration_ns;
             event.map_full = tracked.no_room;
+            event.before_trace = tracked.before_trace;
+        }
+        if event.before_trace && self.losses.none_before(event.ts_ns) {
+            event.at_least_ns = Some(event.ts_ns.saturating_sub(self.began_ns));
         }
         if let Some(owners) = &mut self.owners {
             event.owner = owners.observe(&event);

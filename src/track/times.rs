@@ -13,6 +13,10 @@ pub struct Tracked {
     pub duration_ns: Option<u64>,
     /// There was no room to remember this socket.
     pub no_room: bool,
+    /// No transition of the socket was seen, and every socket seen was
+    /// remembered: it has been in the state left since before the trace
+    /// (if no event was lost: the caller knows).
+    pub before_trace: bool,
 }
 
 /// Removes `key` from `map`, and hands memory back once three quarters of
@@ -70,11 +74,16 @@ impl SocketTimes {
     pub fn observe(&mut self, skaddr: u64, old: TcpState, new: TcpState, ts_ns: u64) -> Tracked {
         let is_new =
             old == TcpState::Close || (old == TcpState::Listen && new == TcpState::SynRecv);
+        // Unseen, while every socket seen is remembered.
+        let unseen = |this: &Self| !is_new && this.no_room == 0;
         if new == TcpState::Close {
-            let since = self.forget(skaddr).filter(|_| !is_new);
+            let since = self.forget(skaddr);
             return Tracked {
-                duration_ns: since.map(|since| ts_ns.saturating_sub(since)),
+                duration_ns: since
+                    .filter(|_| !is_new)
+                    .map(|since| ts_ns.saturating_sub(since)),
                 no_room: false,
+                before_trace: since.is_none() && unseen(self),
             };
         }
         let room = self.since.len() < self.limit;
@@ -85,6 +94,7 @@ impl SocketTimes {
                 Tracked {
                     duration_ns,
                     no_room: false,
+                    before_trace: false,
                 }
             }
             None if room => {
@@ -92,13 +102,16 @@ impl SocketTimes {
                 Tracked {
                     duration_ns: None,
                     no_room: false,
+                    before_trace: unseen(self),
                 }
             }
             None => {
+                let before_trace = unseen(self);
                 self.no_room += 1;
                 Tracked {
                     duration_ns: None,
                     no_room: true,
+                    before_trace,
                 }
             }
         }
@@ -196,6 +209,30 @@ mod tests {
     }
 
     #[test]
+    fn an_unseen_socket_is_older_than_the_trace_while_every_one_is_kept() {
+        let mut t = SocketTimes::new(Some(3));
+        let first = t.observe(SK, Established, FinWait1, ms(1));
+        assert_eq!((first.duration_ns, first.before_trace), (None, true));
+        // Seen now: exact.
+        let next = t.observe(SK, FinWait1, FinWait2, ms(3));
+        assert_eq!((next.duration_ns, next.before_trace), (Some(ms(2)), false));
+        // Closing unseen: older too; starting anew: not.
+        assert!(t.observe(SK + 64, CloseWait, Close, ms(4)).before_trace);
+        assert!(!t.observe(SK + 128, Close, SynSent, ms(4)).before_trace);
+        assert!(!t.observe(SK + 192, Listen, SynRecv, ms(4)).before_trace);
+        // The table is full (SK, SK + 128, SK + 192): the next unseen one is
+        // (nothing was forgotten before it), none after it.
+        assert!(
+            t.observe(SK + 256, Established, CloseWait, ms(5))
+                .before_trace
+        );
+        assert!(
+            !t.observe(SK + 320, Established, CloseWait, ms(6))
+                .before_trace
+        );
+    }
+
+    #[test]
     fn a_new_socket_at_a_reused_address_starts_unknown() {
         let mut t = SocketTimes::new(None);
         // An earlier socket whose CLOSE was never seen.
@@ -230,13 +267,13 @@ mod tests {
             other,
             Tracked {
                 duration_ns: None,
-                no_room: true
+                no_room: true,
+                before_trace: false,
             }
         );
-        assert_eq!(
-            t.observe(SK + 64, SynSent, Established, ms(2)).duration_ns,
-            None
-        );
+        // Unseen, but the table was full: no claim on its age.
+        let unseen = t.observe(SK + 64, SynSent, Established, ms(2));
+        assert_eq!((unseen.duration_ns, unseen.before_trace), (None, false));
         assert_eq!(t.no_room(), 2);
         t.observe(SK, SynSent, Close, ms(3));
         t.observe(SK + 64, Established, FinWait1, ms(4));

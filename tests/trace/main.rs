@@ -14,6 +14,7 @@ mod filters;
 mod groups;
 mod json;
 mod lifecycle;
+mod older;
 mod owners;
 mod summary;
 
