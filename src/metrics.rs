@@ -535,8 +535,8 @@ impl Counts {
         {
             let mut metric = encoder.encode_descriptor(
                 "tcpstates_unknown_durations",
-                "Transitions whose time in the state left is not known (the socket predates \
-                 the trace, or the kernel had no room for it)",
+                "Transitions whose time in the state left is not known (a new socket, or the \
+                 kernel had no room for it, or a socket older than the trace after a loss)",
                 None,
                 MetricType::Counter,
             )?;
@@ -547,6 +547,24 @@ impl Counts {
                     metric
                         .encode_family(&labels)?
                         .encode_counter::<NoLabelSet, _, u64>(&s.unknown[state], None)?;
+                }
+            }
+        }
+        {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_durations_before_trace",
+                "Transitions out of a state the socket had been in since before the trace began \
+                 (their time is at least the trace's age; not in tcpstates_unknown_durations)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (extra, s) in self.series() {
+                for state in histogram_states(s, extra.is_some()) {
+                    let name = state_name(state);
+                    let labels = with(extra, [("state", name.as_str())]);
+                    metric
+                        .encode_family(&labels)?
+                        .encode_counter::<NoLabelSet, _, u64>(&s.before_trace[state], None)?;
                 }
             }
         }
@@ -725,6 +743,7 @@ mod tests {
             "tcpstates_transitions_total{old_state=\"ESTABLISHED\",new_state=\"CLOSE_WAIT\"} 4",
             "tcpstates_transitions_total{old_state=\"14\",new_state=\"CLOSE\"} 1",
             "tcpstates_unknown_durations_total{state=\"ESTABLISHED\"} 1",
+            "tcpstates_durations_before_trace_total{state=\"ESTABLISHED\"} 0",
             "tcpstates_recursion_misses_total 2",
             "tcpstates_ring_drops_total 0",
             "tcpstates_build_info{version=\"0.1.0\",attach_mode=\"tp-btf\"} 1",

@@ -42,6 +42,9 @@ pub struct Summary {
     pub sum_ns: [u64; STATES],
     /// Transitions whose time in the state left is not known, by state.
     pub unknown: [u64; STATES],
+    /// Transitions out of a state the socket had been in since before the
+    /// trace began (at least the trace's age), by state; not in `unknown`.
+    pub before_trace: [u64; STATES],
     /// Connections closed, by cause and role (see [`crate::cause`]).
     pub closed: [[u64; ROLES]; CAUSES],
     /// Their lifetimes when known, by slot; their sum in nanoseconds; how
@@ -60,6 +63,7 @@ impl Default for Summary {
             slots: [[0; SLOTS]; STATES],
             sum_ns: [0; STATES],
             unknown: [0; STATES],
+            before_trace: [0; STATES],
             closed: [[0; ROLES]; CAUSES],
             lifetime_slots: [0; SLOTS],
             lifetime_sum_ns: 0,
@@ -110,6 +114,7 @@ impl Summary {
             }
             self.sum_ns[old] += raw.sum_ns[old];
             self.unknown[old] += raw.unknown[old];
+            self.before_trace[old] += raw.before_trace[old];
         }
         for (counts, raw) in self.closed.iter_mut().zip(&raw.closed) {
             for (n, r) in counts.iter_mut().zip(raw) {
@@ -142,6 +147,8 @@ impl Summary {
             }
             d.sum_ns[state] = d.sum_ns[state].saturating_sub(earlier.sum_ns[state]);
             d.unknown[state] = d.unknown[state].saturating_sub(earlier.unknown[state]);
+            d.before_trace[state] =
+                d.before_trace[state].saturating_sub(earlier.before_trace[state]);
         }
         for (counts, e) in d.closed.iter_mut().zip(&earlier.closed) {
             for (n, e) in counts.iter_mut().zip(e) {
@@ -207,13 +214,19 @@ impl Summary {
         }
         for state in self.states_left() {
             let timed = self.timed(state);
-            let _ = writeln!(
+            let _ = write!(
                 out,
                 "Time in {} before leaving it: {} timed, {} unknown",
                 state_name(state),
                 timed,
                 self.unknown[state]
             );
+            match self.before_trace[state] {
+                0 => out.push('\n'),
+                n => {
+                    let _ = writeln!(out, ", {n} in it since before the trace");
+                }
+            }
             if timed > 0 {
                 write_log2(out, &self.slots[state]);
             }
@@ -347,10 +360,12 @@ impl Summary {
             }
             let _ = write!(
                 out,
-                "{{\"state\":{},\"timed\":{},\"unknown\":{},\"sum_us\":{},\"slots\":[",
+                "{{\"state\":{},\"timed\":{},\"unknown\":{},\"before_trace\":{},\"sum_us\":{},\
+                 \"slots\":[",
                 json_state(state),
                 self.timed(state),
                 self.unknown[state],
+                self.before_trace[state],
                 self.sum_ns[state] / 1000
             );
             write_json_slots(out, &self.slots[state]);
@@ -390,6 +405,7 @@ impl Summary {
             }
             self.sum_ns[state] += other.sum_ns[state];
             self.unknown[state] += other.unknown[state];
+            self.before_trace[state] += other.before_trace[state];
         }
         for (counts, o) in self.closed.iter_mut().zip(&other.closed) {
             for (n, o) in counts.iter_mut().zip(o) {
@@ -680,6 +696,31 @@ CLOSE               0         3
     }
 
     #[test]
+    fn states_entered_before_the_trace_count_apart() {
+        let mut s = Summary::default();
+        s.transitions[1][8] = 3; // ESTABLISHED -> CLOSE_WAIT
+        s.before_trace[1] = 2;
+        s.slots[1][4] = 1;
+        let mut text = String::new();
+        s.write_text(&mut text);
+        assert!(
+            text.contains(
+                "Time in ESTABLISHED before leaving it: 1 timed, 0 unknown, 2 in it since before \
+                 the trace\n"
+            ),
+            "{text}"
+        );
+        let mut json = String::new();
+        s.write_json(&mut json, Utc::at_unix_ns(0), 1.0);
+        assert!(json.contains("\"unknown\":0,\"before_trace\":2,"), "{json}");
+        let mut later = s.clone();
+        later.before_trace[1] = 5;
+        assert_eq!(later.since(&s).before_trace[1], 3);
+        later.merge(&s);
+        assert_eq!(later.before_trace[1], 7);
+    }
+
+    #[test]
     fn json_object_on_one_line() {
         let mut out = String::new();
         let at = Utc::at_unix_ns(1_700_000_000_123_456_789);
@@ -694,10 +735,10 @@ CLOSE               0         3
             r#"{"time":"2023-11-14T22:13:20.123456Z","seconds":2.500,"transitions":["#,
             r#"{"old":"SYN_SENT","new":"ESTABLISHED","count":3},"#,
             r#"{"old":"CLOSE","new":"SYN_SENT","count":3}],"states":["#,
-            r#"{"state":"SYN_SENT","timed":3,"unknown":0,"sum_us":103,"slots":["#,
+            r#"{"state":"SYN_SENT","timed":3,"unknown":0,"before_trace":0,"sum_us":103,"slots":["#,
             r#"{"from_us":0,"to_us":0,"count":1},{"from_us":2,"to_us":3,"count":1},"#,
             r#"{"from_us":64,"to_us":127,"count":1}]},"#,
-            r#"{"state":"CLOSE","timed":0,"unknown":3,"sum_us":0,"slots":[]}],"#,
+            r#"{"state":"CLOSE","timed":0,"unknown":3,"before_trace":0,"sum_us":0,"slots":[]}],"#,
             r#""closed":[{"cause":"refused","role":"client","count":2}],"#,
             r#""lifetimes":{"timed":1,"unknown":1,"sum_us":5,"slots":[{"from_us":4,"to_us":7,"count":1}]}}"#,
             "\n"

@@ -178,7 +178,12 @@ fn summary_total(summary: &serde_json::Value) -> u64 {
         let timed = s["timed"].as_u64().unwrap();
         assert_eq!(slots, timed, "{s}");
         let unknown = s["unknown"].as_u64().unwrap();
-        assert_eq!(timed + unknown, left[&s["state"].to_string()], "{s}");
+        let before_trace = s["before_trace"].as_u64().unwrap();
+        assert_eq!(
+            timed + unknown + before_trace,
+            left[&s["state"].to_string()],
+            "{s}"
+        );
     }
     left.values().sum()
 }

@@ -129,6 +129,10 @@ static __always_inline void aggregate(const struct event *e)
 	__sync_fetch_and_add(&s->transitions[old][new], 1);
 	if (settings.count_closes && e->closing)
 		count_close(s, e);
+	if (e->flags & EVENT_F_BEFORE_TRACE) {
+		__sync_fetch_and_add(&s->before_trace[old], 1);
+		return;
+	}
 	if (e->flags & EVENT_F_DURATION_UNKNOWN) {
 		__sync_fetch_and_add(&s->unknown[old], 1);
 		return;

@@ -371,6 +371,10 @@ struct summary {
 	__u64 sum_ns[SUMMARY_STATES];
 	/* Transitions whose time in the state left is not known, by state. */
 	__u64 unknown[SUMMARY_STATES];
+	/* Transitions out of a state the socket had been in since before the
+	 * trace (EVENT_F_BEFORE_TRACE: at least the trace's age), by state;
+	 * not in `unknown`. */
+	__u64 before_trace[SUMMARY_STATES];
 	/* Connections closed, by enum close_cause and enum close_role. */
 	__u64 closed[CLOSE_CAUSES][CLOSE_ROLES];
 	/* Their lifetimes when known, in the slots above; their sum. */

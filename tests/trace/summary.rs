@@ -41,7 +41,8 @@ const CLIENT_CLOSING_FIRST: [(TcpState, TcpState, bool); 5] = [
 ];
 
 /// The counts a summary must hold: one of each transition listed, the
-/// time in the state left known except for those marked unknown.
+/// time in the state left known except for those marked unknown (or in
+/// the state since before the trace).
 fn assert_counts(summary: &Summary, expected: &[(TcpState, TcpState, bool)], side: &str) {
     let mut transitions = [[0u64; STATES]; STATES];
     let mut unknown = [0u64; STATES];
@@ -52,11 +53,17 @@ fn assert_counts(summary: &Summary, expected: &[(TcpState, TcpState, bool)], sid
         }
     }
     assert_eq!(summary.transitions, transitions, "{side}: transitions");
-    assert_eq!(summary.unknown, unknown, "{side}: unknown times");
+    // Not timed: unknown, or in the state since before the trace (the
+    // callers say which of those).
+    let mut untimed = summary.unknown;
+    for (n, before) in untimed.iter_mut().zip(summary.before_trace) {
+        *n += before;
+    }
+    assert_eq!(untimed, unknown, "{side}: unknown times");
     for state in 0..STATES {
         assert_eq!(
             summary.timed(state),
-            summary.left(state) - summary.unknown[state],
+            summary.left(state) - summary.unknown[state] - summary.before_trace[state],
             "{side}: every transition out of {state} has a time or is unknown"
         );
     }
@@ -84,7 +91,8 @@ fn summary_counts_one_connection(v6: bool) {
     assert_counts(
         &server_side,
         &[
-            // The listener predates the tracer: its time is not known.
+            // The listener predates the tracer: its time is at least the
+            // trace's age.
             (Listen, Close, false),
             (Listen, SynRecv, false),
             (SynRecv, Established, true),
@@ -94,6 +102,10 @@ fn summary_counts_one_connection(v6: bool) {
         ],
         "server",
     );
+    let mut before_trace = [0; STATES];
+    before_trace[Listen.number() as usize] = 1;
+    assert_eq!(server_side.before_trace, before_trace, "server");
+    assert_eq!(client_side.before_trace, [0; STATES], "client");
     // The client held the connection HOLD before closing it.
     let established = Established.number() as usize;
     let slot = client_side.slots[established]
@@ -328,4 +340,38 @@ fn summary_labels_the_busiest_service_port() {
         "client",
     );
     assert_eq!(labels.len(), 3, "{labels:?}");
+}
+
+/// A connection made before the tracer started, then closed: the two
+/// ESTABLISHED it leaves count as since before the trace, not unknown; the
+/// states entered during the trace are timed.
+#[test]
+fn summary_counts_states_entered_before_the_trace_apart() {
+    let Some(_root) = root() else { return };
+    let (listener, port) = listen(false);
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let client_port = client.local_addr().unwrap().port();
+    let tracer = summary_tracer(Filter {
+        local_ports: vec![port, client_port],
+        ..Filter::default()
+    });
+    drop(client);
+    read_to_eof(&server);
+    drop(server);
+    let summary = summary_of(&tracer, 6);
+    let established = Established.number() as usize;
+    let mut before_trace = [0u64; STATES];
+    before_trace[established] = 2;
+    assert_eq!(
+        summary.before_trace, before_trace,
+        "{:?}",
+        summary.transitions
+    );
+    assert_eq!(summary.unknown, [0; STATES]);
+    assert_eq!(summary.timed(established), 0);
+    for state in [FinWait1, FinWait2, CloseWait, LastAck] {
+        assert_eq!(summary.timed(state.number() as usize), 1, "{state}");
+    }
+    drop(listener);
 }
