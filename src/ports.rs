@@ -74,13 +74,12 @@ impl PortLabeller {
         let Some(busy) = &self.busy else {
             return Ok(());
         };
-        {
-            let mut ranked = self.ranked.lock().unwrap_or_else(|e| e.into_inner());
-            if !now && ranked.is_some_and(|at| at.elapsed() < RANK_EVERY) {
-                return Ok(());
-            }
-            *ranked = Some(Instant::now());
+        // Held to the end: the session's tick and a scrape may rank at once.
+        let mut ranked = self.ranked.lock().unwrap_or_else(|e| e.into_inner());
+        if !now && ranked.is_some_and(|at| at.elapsed() < RANK_EVERY) {
+            return Ok(());
         }
+        *ranked = Some(Instant::now());
         let free = self.max - self.names.lock().unwrap_or_else(|e| e.into_inner()).len();
         if free == 0 {
             return Ok(());

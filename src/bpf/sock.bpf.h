@@ -30,9 +30,9 @@
 /*
  * Family, ports, addresses and netns of the socket `inet` into `e`, as the
  * tracepoint reports them; with lean_reads (summary mode sends nothing)
- * only what a filter (or the port label) looks at. skc_num is already 0 when a socket reaches
- * CLOSE (the port is released first): inet_sport still holds it, in
- * network order.
+ * only what a filter or the port label looks at. skc_num is already 0 when
+ * a socket reaches CLOSE (the port is released first): inet_sport still
+ * holds it, in network order.
  */
 #define READ_SOCK(e, inet, LOAD, LOAD_16, NETNS)                                   \
 	do {                                                                  \
