@@ -149,7 +149,13 @@ impl Args {
         if self.max_labels.is_some() && self.label_by.is_none() {
             return Err("--max-labels needs --label-by".into());
         }
-        let named_ports = flatten(self.label_ports.clone());
+        // In the order given, each once.
+        let mut named_ports: Vec<u16> = Vec::new();
+        for &port in self.label_ports.iter().flat_map(|p| &p.0) {
+            if !named_ports.contains(&port) {
+                named_ports.push(port);
+            }
+        }
         let label_ports = match (self.label_by, named_ports.is_empty()) {
             (_, true) => PortLabels::Busiest,
             (Some(LabelBy::Port), false) if self.max_labels.is_some() => {
@@ -158,16 +164,7 @@ impl Args {
             (Some(LabelBy::Port), false) if named_ports.len() > usize::from(MAX_LABELS) => {
                 return Err(format!("--label-ports: at most {MAX_LABELS} ports"));
             }
-            (Some(LabelBy::Port), false) => {
-                // In the order given, each once.
-                let mut ports: Vec<u16> = Vec::new();
-                for port in self.label_ports.iter().flat_map(|p| p.0.iter()) {
-                    if !ports.contains(port) {
-                        ports.push(*port);
-                    }
-                }
-                PortLabels::Named(ports)
-            }
+            (Some(LabelBy::Port), false) => PortLabels::Named(named_ports),
             (_, false) => return Err("--label-ports needs --label-by port".into()),
         };
         if self.label_by.is_some() && self.summary.is_none() && self.metrics.is_none() {

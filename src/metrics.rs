@@ -100,10 +100,6 @@ impl Endpoint {
         registry.register_collector(Box::new(Exposition { view, mode }));
         let served = Arc::new(Served {
             registry,
-            tls: web
-                .as_ref()
-                .and_then(|web| web.tls.clone())
-                .map(tokio_rustls::TlsAcceptor::from),
             web,
             logins: Arc::new(tokio::sync::Semaphore::new(LOGINS_CHECKED)),
         });
@@ -126,7 +122,6 @@ impl Endpoint {
 struct Served {
     registry: Registry,
     web: Option<WebConfig>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
     logins: Arc<tokio::sync::Semaphore>,
 }
 
@@ -251,7 +246,8 @@ fn admit(stream: tokio::net::TcpStream, served: &Arc<Served>, table: &Table) {
 
 async fn connection(stream: tokio::net::TcpStream, id: u64, served: Arc<Served>, table: Table) {
     let _leaves = Leaves(id, Arc::clone(&table));
-    match &served.tls {
+    let tls = served.web.as_ref().and_then(|web| web.tls.clone());
+    match tls.map(tokio_rustls::TlsAcceptor::from) {
         Some(tls) => {
             let Ok(Ok(stream)) = tokio::time::timeout(HEADER_DEADLINE, tls.accept(stream)).await
             else {
@@ -296,13 +292,16 @@ async fn login(request: &Request<Incoming>, served: &Served) -> Result<(), Respo
     let Some(users) = served.web.as_ref().and_then(|web| web.users.clone()) else {
         return Ok(());
     };
-    let credentials = request
-        .headers()
-        .get(AUTHORIZATION)
-        .map(|value| value.as_bytes().to_vec());
-    let allowed = match users.remembers(credentials.as_deref()) {
-        true => true,
-        false => {
+    let login = users.login(
+        request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes),
+    );
+    let allowed = match login {
+        None => false,
+        Some(login) if users.remembers(&login) => true,
+        Some(login) => {
             let Ok(permit) = Arc::clone(&served.logins).try_acquire_owned() else {
                 return Err(plain(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -310,7 +309,7 @@ async fn login(request: &Request<Incoming>, served: &Served) -> Result<(), Respo
                 ));
             };
             tokio::task::spawn_blocking(move || {
-                let allowed = users.allows(credentials.as_deref());
+                let allowed = users.verify(&login);
                 drop(permit);
                 allowed
             })
@@ -532,39 +531,30 @@ impl Counts {
                 }
             }
         }
-        {
-            let mut metric = encoder.encode_descriptor(
+        type PerState = fn(&Summary) -> &[u64; STATES];
+        let per_state: [(&str, &str, PerState); 2] = [
+            (
                 "tcpstates_unknown_durations",
                 "Transitions whose time in the state left is not known (a new socket, or the \
                  kernel had no room for it, or a socket older than the trace after a loss)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (extra, s) in self.series() {
-                for state in histogram_states(s, extra.is_some()) {
-                    let name = state_name(state);
-                    let labels = with(extra, [("state", name.as_str())]);
-                    metric
-                        .encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, _, u64>(&s.unknown[state], None)?;
-                }
-            }
-        }
-        {
-            let mut metric = encoder.encode_descriptor(
+                |s| &s.unknown,
+            ),
+            (
                 "tcpstates_durations_before_trace",
                 "Transitions out of a state the socket had been in since before the trace began \
                  (their time is at least the trace's age; not in tcpstates_unknown_durations)",
-                None,
-                MetricType::Counter,
-            )?;
+                |s| &s.before_trace,
+            ),
+        ];
+        for (name, help, counts) in per_state {
+            let mut metric = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
             for (extra, s) in self.series() {
                 for state in histogram_states(s, extra.is_some()) {
-                    let name = state_name(state);
-                    let labels = with(extra, [("state", name.as_str())]);
+                    let state_label = state_name(state);
+                    let labels = with(extra, [("state", state_label.as_str())]);
                     metric
                         .encode_family(&labels)?
-                        .encode_counter::<NoLabelSet, _, u64>(&s.before_trace[state], None)?;
+                        .encode_counter::<NoLabelSet, _, u64>(&counts(s)[state], None)?;
                 }
             }
         }

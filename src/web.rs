@@ -156,18 +156,9 @@ fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> 
         ));
     };
     let value = HeaderValue::from_str(value).map_err(|_| format!("{field}: not a header value"))?;
-    Ok((HeaderName::from_static(lowercase(known)), value))
-}
-
-/// The header names in lower case, as HeaderName::from_static wants them.
-fn lowercase(name: &str) -> &'static str {
-    match name {
-        "Content-Security-Policy" => "content-security-policy",
-        "X-Frame-Options" => "x-frame-options",
-        "X-Content-Type-Options" => "x-content-type-options",
-        "X-XSS-Protection" => "x-xss-protection",
-        _ => "strict-transport-security",
-    }
+    let name =
+        HeaderName::from_bytes(known.as_bytes()).map_err(|_| format!("{field}: bad name"))?;
+    Ok((name, value))
 }
 
 /// PEM text, from the file `file` (relative to `dir`) or inline, one of
@@ -353,44 +344,54 @@ impl Users {
         })
     }
 
-    /// Whether an Authorization header's credentials are a user's; may
-    /// take bcrypt's time (run it off the server's thread).
-    pub fn allows(&self, authorization: Option<&[u8]>) -> bool {
-        let Some((user, password)) = authorization.and_then(basic_credentials) else {
-            return false;
-        };
-        let hash = self.hashes.get(&user);
-        let key = login_key(&user, &password, hash);
-        let granted = || self.granted.lock().unwrap_or_else(|e| e.into_inner());
-        if hash.is_some() && granted().contains(&key) {
-            return true;
-        }
-        let ok = bcrypt::verify(&password, hash.map_or(NOBODY, String::as_str)).unwrap_or(false);
-        if ok && hash.is_some() {
-            let mut granted = granted();
-            if granted.len() >= GRANTED {
-                granted.clear();
-            }
-            granted.insert(key);
-            return true;
-        }
-        false
+    /// The credentials of an Authorization header, read once for
+    /// [`Users::remembers`] and [`Users::verify`]; None without (or with
+    /// malformed) basic credentials.
+    pub fn login(&self, authorization: Option<&[u8]>) -> Option<Login> {
+        let (user, password) = authorization.and_then(basic_credentials)?;
+        let hash = self.hashes.get(&user).cloned();
+        let key = login_key(&user, &password, hash.as_ref());
+        Some(Login {
+            password,
+            hash,
+            key,
+        })
     }
 
-    /// Whether these credentials logged in before (no bcrypt needed).
-    pub fn remembers(&self, authorization: Option<&[u8]>) -> bool {
-        let Some((user, password)) = authorization.and_then(basic_credentials) else {
-            return false;
-        };
-        let Some(hash) = self.hashes.get(&user) else {
-            return false;
-        };
-        let key = login_key(&user, &password, Some(hash));
-        self.granted
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
+    fn granted(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.granted.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Whether this login succeeded before (no bcrypt needed).
+    pub fn remembers(&self, login: &Login) -> bool {
+        login.hash.is_some() && self.granted().contains(&login.key)
+    }
+
+    /// Whether the password is the user's, by bcrypt (tens of
+    /// milliseconds: run it off the server's thread); a success is
+    /// remembered. An unknown user costs as much, and fails.
+    pub fn verify(&self, login: &Login) -> bool {
+        let hash = login.hash.as_deref();
+        let ok = bcrypt::verify(&login.password, hash.unwrap_or(NOBODY)).unwrap_or(false);
+        if !(ok && hash.is_some()) {
+            return false;
+        }
+        let mut granted = self.granted();
+        if granted.len() >= GRANTED {
+            granted.clear();
+        }
+        granted.insert(login.key);
+        true
+    }
+}
+
+/// One request's basic credentials (see [`Users::login`]).
+pub struct Login {
+    password: Vec<u8>,
+    /// The user's bcrypt hash; None for a name no user has.
+    hash: Option<String>,
+    /// See [`login_key`].
+    key: [u8; 32],
 }
 
 /// SHA-256 of a login: name, password and the hash it is checked against.
@@ -503,13 +504,22 @@ mod tests {
         let config = WebConfig::load(&path).unwrap();
         assert!(config.tls.is_none());
         let users = config.users.unwrap();
+        // As the endpoint asks: remembered, else checked by bcrypt.
+        let allows = |header: Option<&[u8]>| {
+            users
+                .login(header)
+                .is_some_and(|login| users.remembers(&login) || users.verify(&login))
+        };
         // "prometheus:s3cret", "prometheus:wrong", "nobody:s3cret".
-        assert!(users.allows(Some(b"Basic cHJvbWV0aGV1czpzM2NyZXQ=")));
+        let right: &[u8] = b"Basic cHJvbWV0aGV1czpzM2NyZXQ=";
+        assert!(!users.remembers(&users.login(Some(right)).unwrap()));
+        assert!(allows(Some(right)));
         assert_eq!(users.granted.lock().unwrap().len(), 1);
-        assert!(users.allows(Some(b"Basic cHJvbWV0aGV1czpzM2NyZXQ=")));
-        assert!(!users.allows(Some(b"Basic cHJvbWV0aGV1czp3cm9uZw==")));
-        assert!(!users.allows(Some(b"Basic bm9ib2R5OnMzY3JldA==")));
-        assert!(!users.allows(None));
+        assert!(users.remembers(&users.login(Some(right)).unwrap()));
+        assert!(allows(Some(right)));
+        assert!(!allows(Some(b"Basic cHJvbWV0aGV1czp3cm9uZw==")));
+        assert!(!allows(Some(b"Basic bm9ib2R5OnMzY3JldA==")));
+        assert!(!allows(None));
         assert_eq!(users.granted.lock().unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(dir);
     }

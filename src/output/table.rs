@@ -488,20 +488,19 @@ mod tests {
     fn unknown_duration_is_marked_not_zero() {
         let mut ev = v4();
         ev.duration_ns = None;
-        let lines = render(Format::default(), &[ev.clone()]);
-        assert!(
-            lines[1].ends_with("SYN_SENT    -> ESTABLISHED -"),
-            "{}",
-            lines[1]
-        );
-        let csv = render(
-            Format::Csv {
-                times: TimeColumns::default(),
-                extended: false,
-            },
-            &[ev],
-        );
-        assert!(csv[1].ends_with(",SYN_SENT,ESTABLISHED,-"), "{}", csv[1]);
+        let (row, csv) = row_and_csv(ev);
+        assert!(row.ends_with("SYN_SENT    -> ESTABLISHED -"), "{row}");
+        assert!(csv.ends_with(",SYN_SENT,ESTABLISHED,-"), "{csv}");
+    }
+
+    /// One event's row in the default table and in CSV.
+    fn row_and_csv(ev: Event) -> (String, String) {
+        let mut rows = render(Format::default(), std::slice::from_ref(&ev));
+        let csv = Format::Csv {
+            times: TimeColumns::default(),
+            extended: false,
+        };
+        (rows.swap_remove(1), render(csv, &[ev]).swap_remove(1))
     }
 
     #[test]
@@ -509,20 +508,9 @@ mod tests {
         let mut ev = v4();
         ev.duration_ns = None;
         ev.at_least_ns = Some(12_034_521_400);
-        let lines = render(Format::default(), &[ev.clone()]);
-        assert!(
-            lines[1].ends_with("-> ESTABLISHED >12034.521"),
-            "{}",
-            lines[1]
-        );
-        let csv = render(
-            Format::Csv {
-                times: TimeColumns::default(),
-                extended: false,
-            },
-            &[ev],
-        );
-        assert!(csv[1].ends_with(",ESTABLISHED,>12034.521"), "{}", csv[1]);
+        let (row, csv) = row_and_csv(ev);
+        assert!(row.ends_with("-> ESTABLISHED >12034.521"), "{row}");
+        assert!(csv.ends_with(",ESTABLISHED,>12034.521"), "{csv}");
     }
 
     #[test]

@@ -25,48 +25,50 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A P-256 key and a request for `cn`; `key`.key and `key`.csr.
+/// `openssl req` with a new P-256 key, `name`.key, writing `out`, for
+/// `subject`, with the `extra` arguments.
+fn req(dir: &Path, name: &str, out: &str, subject: &str, extra: &[&str]) {
+    let key = format!("{name}.key");
+    let mut args = vec![
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        out,
+        "-subj",
+        subject,
+    ];
+    args.extend(extra);
+    openssl(dir, &args);
+}
+
+/// A P-256 key and a request for `cn`; `name`.key and `name`.csr.
 fn key_and_request(dir: &Path, name: &str, cn: &str) {
-    openssl(
+    req(
         dir,
-        &[
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.csr"),
-            "-subj",
-            &format!("/CN={cn}"),
-        ],
+        name,
+        &format!("{name}.csr"),
+        &format!("/CN={cn}"),
+        &["-new"],
     );
 }
 
 /// A self-signed CA: `name`.pem and `name`.key.
 fn ca(dir: &Path, name: &str) {
-    openssl(
+    req(
         dir,
+        name,
+        &format!("{name}.pem"),
+        &format!("/CN=tcpstates test {name}"),
         &[
-            "req",
             "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
             "-days",
             "2",
-            "-subj",
-            &format!("/CN=tcpstates test {name}"),
             "-addext",
             "basicConstraints=critical,CA:TRUE",
             "-addext",
