@@ -384,6 +384,11 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = parse_max_sockets, allow_hyphen_values = true)]
     pub max_sockets: Option<u32>,
 
+    /// Do not walk the sockets that exist at start (their owners stay unknown until a
+    /// process changes their state; summary mode keeps no census)
+    #[arg(long)]
+    pub no_snapshot: bool,
+
     /// Ring buffer size: a power of two from 4K to 1G, with an optional K/M/G suffix
     /// [default: 4M per CPU, from 8M to 64M]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]

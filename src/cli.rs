@@ -224,6 +224,7 @@ impl Args {
             attach,
             btf: self.btf,
             max_sockets: self.max_sockets,
+            snapshot: !self.no_snapshot,
             ring_bytes: self.ring_buffer,
             journal: self.journal,
             count: self.count,

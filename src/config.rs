@@ -56,6 +56,8 @@ pub struct Config {
     /// `--host-root`: where the container runtimes' state and the kubelet's
     /// logs are read (`/`).
     pub host_root: PathBuf,
+    /// Walk the sockets that exist at start (not `--no-snapshot`).
+    pub snapshot: bool,
 }
 
 /// What `--label-by` labels the summary's counts with.
@@ -153,6 +155,7 @@ impl Default for Config {
             labels: None,
             label_ports: PortLabels::Busiest,
             host_root: PathBuf::from("/"),
+            snapshot: true,
         }
     }
 }

@@ -60,7 +60,23 @@ pub fn facts() -> Result<HostFacts> {
         possible_cpus: libbpf_rs::num_possible_cpus().context("counting the CPUs")?,
         page_bytes: u32::try_from(page).unwrap_or(4096),
         percpu_lookup: at_least((5, 19)),
+        socket_iterators: has_kernel_btf() && at_least((5, 9)),
+        tcp_sockets: tcp_sockets().unwrap_or(0),
     })
+}
+
+/// TCP sockets allocated now, in every namespace (`alloc` in
+/// /proc/net/sockstat, the kernel's one count of them).
+fn tcp_sockets() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    parse_tcp_alloc(&text)
+}
+
+fn parse_tcp_alloc(sockstat: &str) -> Option<u64> {
+    let line = sockstat.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "alloc")?;
+    words.next()?.parse().ok()
 }
 
 /// The nice value of a stream run's threads: ahead of ordinary work, so
@@ -149,6 +165,14 @@ fn missing_caps(caps: u64) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_sockets_from_sockstat() {
+        let text =
+            "sockets: used 290\nTCP: inuse 7 orphan 0 tw 2 alloc 12 mem 1\nUDP: inuse 3 mem 2\n";
+        assert_eq!(parse_tcp_alloc(text), Some(12));
+        assert_eq!(parse_tcp_alloc("UDP: inuse 3\n"), None);
+    }
 
     #[test]
     fn kernel_releases() {

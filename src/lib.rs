@@ -53,6 +53,7 @@ pub mod ports;
 pub mod ring;
 pub mod session;
 pub mod signals;
+pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod summary;

@@ -29,6 +29,11 @@ pub struct HostFacts {
     pub page_bytes: u32,
     /// BPF programs may read another CPU's per-CPU value (Linux 5.19+).
     pub percpu_lookup: bool,
+    /// The kernel walks its TCP sockets and the processes' files for BPF
+    /// (socket and task_file iterators, Linux 5.9+, with its own BTF).
+    pub socket_iterators: bool,
+    /// TCP sockets the host has now, in every namespace.
+    pub tcp_sockets: u64,
 }
 
 /// How soon the reader must see each event.
@@ -120,6 +125,12 @@ pub struct Plan {
     pub rank_ports: bool,
     /// The host's page size: the smallest ring buffer.
     pub page_bytes: u32,
+    /// The sockets that exist at start are walked (src/snapshot.rs).
+    pub snapshot: bool,
+    /// ... how many, about: what the holders' map may take.
+    pub snapshot_sockets: u32,
+    /// Summary mode keeps the census of sockets in each state.
+    pub census: bool,
 }
 
 /// Sizes of the program's maps: a map a run does not use gets one entry
@@ -154,6 +165,18 @@ pub struct MapSizes {
     pub port_labels: u32,
     /// Service ports counted until they have a label.
     pub port_busy: u32,
+    /// The snapshot's holders (not preallocated: a bound only).
+    pub holders: u32,
+}
+
+/// The kernel's map of sockets without `--max-sockets`: room for twice the
+/// sockets the host has now (the snapshot puts them all there), at least
+/// [`DEFAULT_MAP_SOCKETS`].
+pub fn map_sockets_for(tcp_sockets: u64) -> u32 {
+    let wanted = tcp_sockets.saturating_mul(2).next_multiple_of(1 << 16);
+    u32::try_from(wanted)
+        .unwrap_or(u32::MAX)
+        .clamp(DEFAULT_MAP_SOCKETS, crate::args::MAX_SOCKETS)
 }
 
 /// Service ports the kernel counts, to find the busiest, at most.
@@ -185,8 +208,13 @@ impl Plan {
             // asks for the map.
             KernelStore::SocketLocal
         } else {
-            KernelStore::Map(config.max_sockets.unwrap_or(DEFAULT_MAP_SOCKETS))
+            KernelStore::Map(
+                config
+                    .max_sockets
+                    .unwrap_or_else(|| map_sockets_for(host.tcp_sockets)),
+            )
         };
+        let snapshot = host.socket_iterators && config.btf.is_none() && config.snapshot;
         let labels = config.labels.filter(|_| summary);
         let owner_labels = labels.filter(|l| l.by.by_owner());
         let port_labels = labels.is_some_and(|l| !l.by.by_owner());
@@ -241,6 +269,11 @@ impl Plan {
             port_labels,
             rank_ports: port_labels && config.label_ports == PortLabels::Busiest,
             page_bytes: host.page_bytes,
+            snapshot,
+            snapshot_sockets: u32::try_from(host.tcp_sockets.saturating_mul(2))
+                .unwrap_or(u32::MAX)
+                .max(DEFAULT_MAP_SOCKETS),
+            census: summary && matches!(store, KernelStore::Map(_)),
         }
     }
 
@@ -280,6 +313,7 @@ impl Plan {
             close_records: u8::from(self.closes),
             count_closes: u8::from(self.summary),
             cause_mask: filter.causes,
+            census: u8::from(self.census),
             ..Default::default()
         };
         if let Some(comm) = &filter.comm {
@@ -332,6 +366,11 @@ impl Plan {
                 1
             },
             port_busy: if self.rank_ports { RANKED_PORTS } else { 1 },
+            holders: if self.snapshot {
+                self.snapshot_sockets
+            } else {
+                1
+            },
         }
     }
 

@@ -186,6 +186,9 @@ fn say_attached(tracer: &Tracer) {
         tracer.mode(),
         tracer.plan().store.describe()
     );
+    if let Some(taken) = tracer.snapshot() {
+        eprintln!("tcpstates: {}", taken.describe());
+    }
 }
 
 /// The end of a run: the counters with -v, and any loss always.

@@ -19,11 +19,13 @@ use crate::config::{AttachMode, Config, LabelBy, Labels};
 use crate::host;
 use crate::identity::groups::{GroupMaps, GroupRules, GroupTable, Keeper};
 use crate::identity::names::{Names, SharedNames};
-use crate::plan::{KernelStore, Plan, Wake};
+use crate::plan::{KernelStore, OwnerKeeper, Plan, Wake};
 use crate::ports::PortLabeller;
 use crate::ring::RingReader;
+use crate::snapshot::{self, Taken, Walkers};
 use crate::stats::KernelCounters;
 use crate::summary::{ByLabel, Summary};
+use crate::track::Seeds;
 
 /// The programs of `mode`, as fields of a skeleton's `progs` (open or
 /// loaded), borrowed as `$borrow` says (`&` or `&mut`), in the order they
@@ -64,6 +66,47 @@ pub struct Tracer {
     /// The monotonic time once every program was attached: a socket not
     /// seen since has been in its state at least since then.
     began_ns: u64,
+    /// What the snapshot at start found.
+    taken: Option<Taken>,
+    /// ... and its sockets' holders, when the reader keeps the owners.
+    seeds: Cell<Option<Seeds>>,
+}
+
+/// Walks the sockets that exist now (the transition programs are
+/// attached): the kernel seeds its store with them; the reader gets their
+/// holders when it keeps the owners. The iterators detach after it, and
+/// the holders they left (sockets of namespaces not walked) go.
+fn take_snapshot(
+    skel: &TcpstatesSkel<'_>,
+    plan: &Plan,
+    only: Option<u32>,
+) -> Result<(Taken, Option<Seeds>)> {
+    let holders = skel
+        .progs
+        .snap_holders
+        .attach()
+        .context("attaching the snapshot's file walk")?;
+    let sockets = skel
+        .progs
+        .snap_sockets
+        .attach()
+        .context("attaching the snapshot's socket walk")?;
+    let mut seeds = (plan.owners == OwnerKeeper::Reader).then(Seeds::default);
+    let walkers = Walkers {
+        holders: holders.as_fd(),
+        sockets: sockets.as_fd(),
+    };
+    let taken = snapshot::take(walkers, only, |found| {
+        if let Some(seeds) = &mut seeds {
+            seeds.add(&found);
+        }
+    })?;
+    let left: Vec<Vec<u8>> = skel.maps.holders.keys().collect();
+    for key in left {
+        // Gone already is as good.
+        let _ = skel.maps.holders.delete(&key);
+    }
+    Ok((taken, seeds))
 }
 
 impl Tracer {
@@ -148,6 +191,13 @@ impl Tracer {
             ports,
             plan.summary_slots,
         )?);
+        let began_ns = crate::clock::monotonic_ns();
+        let (taken, seeds) = if plan.snapshot {
+            let (taken, seeds) = take_snapshot(&skel, &plan, config.filter.netns)?;
+            (Some(taken), seeds)
+        } else {
+            (None, None)
+        };
         Ok(Tracer {
             _groups: groups,
             names,
@@ -155,8 +205,21 @@ impl Tracer {
             links: Cell::new(links),
             plan,
             view,
-            began_ns: crate::clock::monotonic_ns(),
+            began_ns,
+            taken,
+            seeds: Cell::new(seeds),
         })
+    }
+
+    /// What the snapshot at start found, if one was taken.
+    pub fn snapshot(&self) -> Option<&Taken> {
+        self.taken.as_ref()
+    }
+
+    /// The snapshot's sockets and holders, for the reader when it keeps
+    /// the owners (once).
+    pub fn take_seeds(&self) -> Option<Seeds> {
+        self.seeds.take()
     }
 
     /// The paths the kernel keeps of groups made while tracing, when the
@@ -448,6 +511,7 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
             sizes.port_busy,
             "the service ports' counts",
         ),
+        (&mut maps.holders, sizes.holders, "the snapshot's holders"),
     ] {
         map.set_max_entries(entries)
             .with_context(|| format!("sizing {what}"))?;
@@ -457,6 +521,10 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
     }
     if plan.sees_groups_made() {
         open.progs.handle_cgroup_mkdir.set_autoload(true);
+    }
+    if plan.snapshot {
+        open.progs.snap_holders.set_autoload(true);
+        open.progs.snap_sockets.set_autoload(true);
     }
     Ok(())
 }

@@ -159,6 +159,31 @@ struct {
 	__type(value, __u64);
 } port_busy SEC(".maps");
 
+/* Summary mode's census (settings.census): one, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct census);
+} census SEC(".maps");
+
+/* Adds `n` to the census of `state` (a number out of range counts as 0,
+ * as in the summary). */
+static __always_inline void census_add(__u32 state, __s64 n)
+{
+	__u32 zero = 0;
+	struct census *c;
+
+	if (!settings.census)
+		return;
+	c = bpf_map_lookup_elem(&census, &zero);
+	if (!c)
+		return;
+	if (state >= 16)
+		state = 0;
+	__sync_fetch_and_add(&c->sockets[state], n);
+}
+
 /* Adds one to a counter; returns its value on this CPU after the add. */
 static __always_inline __u64 count(__u32 which)
 {

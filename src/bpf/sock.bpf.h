@@ -34,9 +34,9 @@
  * a socket reaches CLOSE (the port is released first): inet_sport still
  * holds it, in network order.
  */
-#define READ_SOCK(e, inet, LOAD, LOAD_16, NETNS)                                   \
+#define READ_SOCK(e, inet, ALL, LOAD, LOAD_16, NETNS)                        \
 	do {                                                                  \
-		bool all = !settings.lean_reads;                              \
+		bool all = (ALL);                                             \
 		(e)->skaddr = (__u64)(inet);                                  \
 		(e)->family = LOAD(inet, sk.__sk_common.skc_family);          \
 		if (all || settings.filter_sport || settings.label_ports)     \
@@ -62,7 +62,16 @@
 static __always_inline void read_sock_btf(struct event *e,
 					  const struct inet_sock *inet)
 {
-	READ_SOCK(e, inet, LOAD_BTF, LOAD_16_BTF, NETNS_BTF);
+	READ_SOCK(e, inet, !settings.lean_reads, LOAD_BTF, LOAD_16_BTF,
+		  NETNS_BTF);
+}
+
+/* Everything of the socket behind a tp_btf or iterator argument, whatever
+ * the mode. */
+static __always_inline void read_sock_whole(struct event *e,
+					    const struct inet_sock *inet)
+{
+	READ_SOCK(e, inet, true, LOAD_BTF, LOAD_16_BTF, NETNS_BTF);
 }
 
 /* The socket behind a plain pointer, read through CO-RE helpers. */
@@ -70,7 +79,8 @@ static __always_inline void read_sock(struct event *e, const struct sock *sk)
 {
 	const struct inet_sock *inet = (const struct inet_sock *)sk;
 
-	READ_SOCK(e, inet, LOAD_CORE, LOAD_16_CORE, NETNS_CORE);
+	READ_SOCK(e, inet, !settings.lean_reads, LOAD_CORE, LOAD_16_CORE,
+		  NETNS_CORE);
 }
 
 /*

@@ -13,7 +13,8 @@
  * through the ring buffer or adds it to the summary. The helpers are in the
  * headers beside this file: maps.bpf.h (settings and maps), sock.bpf.h
  * (reading a socket and the task), track.bpf.h (times and owners),
- * summary.bpf.h, backup.bpf.h (tp_btf's backup).
+ * summary.bpf.h, backup.bpf.h (tp_btf's backup), snapshot.bpf.h (the
+ * sockets that exist at start).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_core_read.h>
@@ -28,6 +29,7 @@
 #include "close.bpf.h"
 #include "summary.bpf.h"
 #include "backup.bpf.h"
+#include "snapshot.bpf.h"
 
 /* Makes the types both sides share part of the object's BTF, so that the
  * skeleton generates them for Rust. */
@@ -41,6 +43,9 @@ enum close_detail unused_detail = DETAIL_NONE;
 enum close_role unused_role = ROLE_UNKNOWN;
 enum close_counters unused_counters = HAS_BYTES_ACKED;
 enum timeline_dims unused_timeline_dims = TIMELINE_STEPS;
+struct snap_sock unused_snap_sock = {};
+enum snap_flags unused_snap_flags = SNAP_F_HOLDER;
+struct census unused_census = {};
 
 /*
  * Sends `e` through the ring buffer, as long as the fields it carries need:

@@ -139,6 +139,53 @@ enum counter {
 	COUNTER_MAX = 8,
 };
 
+/*
+ * The snapshot at start (snapshot.bpf.h): a TCP socket's holder, the
+ * process with it among its open files, by socket address ...
+ */
+struct holder {
+	__u64 owner_cgroup;
+	__u32 owner_pid;
+	__u32 owner_uid;
+	char owner_comm[TASK_COMM_LEN];
+};
+
+enum snap_flags {
+	/* The owner_* fields hold a process that has the socket open. */
+	SNAP_F_HOLDER = 0x1,
+	/* The kernel's per-socket store took the socket from the snapshot
+	 * (no transition of it had put it there first). */
+	SNAP_F_SEEDED = 0x2,
+};
+
+/* ... and one existing full socket, as the socket iterator walked it. */
+struct snap_sock {
+	__u64 skaddr;
+	/* bpf_ktime_get_ns() when walked: a transition of the socket before
+	 * it is in `state`, one after it is not. */
+	__u64 ts_ns;
+	__u64 owner_cgroup;
+	__u32 owner_pid;
+	__u32 owner_uid;
+	char owner_comm[TASK_COMM_LEN];
+	__u32 netns;
+	__u16 family;
+	/* Host byte order. */
+	__u16 sport;
+	__u16 dport;
+	__u8 state;
+	__u8 flags;
+	__u8 saddr[16];
+	__u8 daddr[16];
+	__u8 __pad[4];
+};
+
+/* Summary mode: sockets in each state now, as changes per CPU (summed by
+ * user space; a CPU's own sum may be negative). */
+struct census {
+	__s64 sockets[16 /* SUMMARY_STATES */];
+};
+
 /* Per-socket state kept between transitions: in the socket's own storage
  * (tp_btf, Linux 5.11+), or in a map keyed by the socket address. A struct,
  * not a bare timestamp, so that later fields (owner process, ...) fit
@@ -160,7 +207,12 @@ struct sock_state {
 	/* enum close_role, from the socket's first transition seen. */
 	__u8 role;
 	__u16 owner_label;
-	__u8 __pad[2];
+	/* The state the socket is in (for the census). */
+	__u8 state;
+	/* Put here by the snapshot at start (snapshot.bpf.h), not by a
+	 * transition: the socket has been in `state` since before the trace
+	 * (since_ns is 0 until its first transition). */
+	__u8 seeded;
 	/* When the socket's first transition seen started it (connect,
 	 * listen, a passive child's clone); 0 if it started before the
 	 * trace. */
@@ -455,6 +507,9 @@ struct settings {
 	__u8 count_closes;
 	/* -C --cause: only these causes (bit n: enum close_cause n; 0: any). */
 	__u32 cause_mask;
+	/* Summary mode: keep the census (needs the map store). */
+	__u8 census;
+	__u8 __pad_end[3];
 };
 
 #endif /* TCPSTATES_H */

@@ -163,11 +163,12 @@ static __always_inline struct sock_state *lookup_state(__u64 *key)
 	return bpf_map_lookup_elem(&sockets, key);
 }
 
-static __always_inline long update_state(__u64 *key, struct close_state *value)
+static __always_inline long update_state(__u64 *key, struct close_state *value,
+					 __u64 flags)
 {
 	if (settings.close_records)
-		return bpf_map_update_elem(&close_sockets, key, value, BPF_ANY);
-	return bpf_map_update_elem(&sockets, key, value, BPF_ANY);
+		return bpf_map_update_elem(&close_sockets, key, value, flags);
+	return bpf_map_update_elem(&sockets, key, value, flags);
 }
 
 static __always_inline void delete_state(__u64 *key)
@@ -232,9 +233,10 @@ static __always_inline void track(struct event *e, struct sock *sk,
 	kept = st && st->since_ns;
 	if (kept && !starts_anew(e))
 		e->delta_ns = now - st->since_ns;
-	else if (!kept && !starts_anew(e) && !store_ran_out)
-		/* Never seen, and every socket seen is in the store: it has
-		 * been in its old state since before the trace. */
+	else if (!starts_anew(e) && (st ? st->seeded : !store_ran_out))
+		/* Found by the snapshot and not seen since; or never seen,
+		 * and every socket seen is in the store: it has been in its
+		 * old state since before the trace. */
 		e->flags |= EVENT_F_DURATION_UNKNOWN | EVENT_F_BEFORE_TRACE;
 	else
 		e->flags |= EVENT_F_DURATION_UNKNOWN;
@@ -248,21 +250,38 @@ static __always_inline void track(struct event *e, struct sock *sk,
 	if (settings.label_ports)
 		e->role = at->role;
 	if (local) {
-		if (e->newstate == TCP_CLOSE && kept)
+		if (e->newstate == TCP_CLOSE && (kept || st->seeded))
 			count(COUNTER_LOCAL_STOPPED);
-		else if (e->newstate != TCP_CLOSE && !kept)
+		else if (e->newstate != TCP_CLOSE && !kept && !st->seeded)
 			count(COUNTER_LOCAL_STARTED);
 		st->since_ns = e->newstate == TCP_CLOSE ? 0 : now;
-	} else if (e->newstate == TCP_CLOSE) {
+		st->state = e->newstate;
+		st->seeded = 0;
+		return;
+	}
+	/* The census: the socket leaves the state it was counted in (what
+	 * the store says: an entry left by a socket whose CLOSE went unseen
+	 * is that socket's), and is counted in its new one while kept. */
+	if (st)
+		census_add(st->state, -1);
+	if (e->newstate == TCP_CLOSE) {
 		if (st)
 			delete_state(&key);
-	} else if (st) {
+		return;
+	}
+	if (st) {
 		st->since_ns = now;
+		st->state = e->newstate;
+		st->seeded = 0;
 	} else {
 		fresh.s.since_ns = now;
-		if (update_state(&key, &fresh))
+		fresh.s.state = e->newstate;
+		if (update_state(&key, &fresh, BPF_ANY)) {
 			ran_out(e);
+			return;
+		}
 	}
+	census_add(e->newstate, 1);
 }
 
 /* Whether the owner's name in `e` is the --comm filter's. */

@@ -19,7 +19,7 @@ mod times;
 
 use std::sync::Arc;
 
-pub use owners::{Owners, is_owner_moment};
+pub use owners::{Owners, Seeds, is_owner_moment};
 pub use times::{AddressHasher, SocketTimes, Tracked};
 
 use crate::cgroup::cgroup2_mount;
@@ -119,7 +119,13 @@ impl Decoder {
             times: plan
                 .reader_keeps_times()
                 .then(|| SocketTimes::new(plan.reader_sockets)),
-            owners: (plan.owners == OwnerKeeper::Reader).then(|| Owners::new(plan.reader_sockets)),
+            owners: (plan.owners == OwnerKeeper::Reader).then(|| {
+                let mut owners = Owners::new(plan.reader_sockets);
+                if let Some(seeds) = tracer.take_seeds() {
+                    owners.seed(seeds);
+                }
+                owners
+            }),
             identities,
             owners_shown: plan.owners_shown,
             group_filter,

@@ -6,6 +6,7 @@ use std::hash::BuildHasherDefault;
 
 use super::times::{AddressHasher, remove_and_shrink};
 use crate::event::{Event, Owner, TcpState};
+use crate::snapshot::Found;
 
 /// Whether the kernel changes a socket from `old` to `new` only in a system
 /// call of the process that holds it (connect, listen, close, shutdown),
@@ -32,6 +33,8 @@ pub fn is_owner_moment(old: TcpState, new: TcpState) -> bool {
 #[derive(Debug)]
 pub struct Owners {
     by_socket: HashMap<u64, Owner, BuildHasherDefault<AddressHasher>>,
+    /// The snapshot's holders, for the sockets' first transitions after it.
+    seeds: Seeds,
     /// Listening sockets' owners by (netns, port), for their children:
     /// (the listener's address, its owner).
     listeners: HashMap<(u32, u16), (u64, Owner)>,
@@ -43,15 +46,34 @@ impl Owners {
     pub fn new(limit: Option<u32>) -> Self {
         Self {
             by_socket: HashMap::default(),
+            seeds: Seeds::default(),
             listeners: HashMap::new(),
             limit: limit.map_or(usize::MAX, |n| n as usize),
         }
+    }
+
+    /// Takes the snapshot's holders: each socket's is its owner from its
+    /// first transition after the walk read it; a listener's is its
+    /// children's until a process listens on its port again.
+    pub fn seed(&mut self, seeds: Seeds) {
+        for (&port, &(skaddr, index)) in &seeds.listeners {
+            self.listeners
+                .entry(port)
+                .or_insert((skaddr, seeds.owners[index as usize]));
+        }
+        self.seeds = seeds;
     }
 
     /// Records `ev` and returns its socket's owner after it, when known.
     pub fn observe(&mut self, ev: &Event) -> Option<Owner> {
         let is_new = ev.old == TcpState::Close
             || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv);
+        if let Some(holder) = self.seeds.take(ev.skaddr, ev.ts_ns) {
+            let room = self.by_socket.len() < self.limit;
+            if !is_new && room {
+                self.by_socket.entry(ev.skaddr).or_insert(holder);
+            }
+        }
         let update = self.update(ev);
         if ev.new == TcpState::Close {
             let before = remove_and_shrink(&mut self.by_socket, ev.skaddr).filter(|_| !is_new);
@@ -251,5 +273,59 @@ mod tests {
             "{} of {grown}",
             o.by_socket.capacity()
         );
+    }
+}
+
+/// The snapshot's sockets with a holder, for the reader: by socket, when
+/// the walk read it and its holder (one copy of each holder).
+#[derive(Debug, Default)]
+pub struct Seeds {
+    by_socket: HashMap<u64, (u64, u32), BuildHasherDefault<AddressHasher>>,
+    owners: Vec<Owner>,
+    index: HashMap<Owner, u32>,
+    /// Listeners found, by (netns, port): (address, holder).
+    listeners: HashMap<(u32, u16), (u64, u32)>,
+}
+
+impl Seeds {
+    /// One socket the walk found.
+    pub fn add(&mut self, found: &Found) {
+        let Some(holder) = found.holder else {
+            return;
+        };
+        let owners = &mut self.owners;
+        let index = *self.index.entry(holder).or_insert_with(|| {
+            owners.push(holder);
+            u32::try_from(owners.len() - 1).unwrap_or(u32::MAX)
+        });
+        self.by_socket.insert(found.skaddr, (found.ts_ns, index));
+        if found.state == TcpState::Listen {
+            self.listeners
+                .entry((found.netns, found.lport))
+                .or_insert((found.skaddr, index));
+        }
+    }
+
+    /// The holder of the socket at `skaddr` for a transition at `ts_ns`,
+    /// once: only for a transition after the walk read it (one before it
+    /// may be an earlier socket's at the same address).
+    fn take(&mut self, skaddr: u64, ts_ns: u64) -> Option<Owner> {
+        match self.by_socket.get(&skaddr) {
+            Some(&(read_ns, index)) if ts_ns > read_ns => {
+                remove_and_shrink(&mut self.by_socket, skaddr);
+                self.owners.get(index as usize).copied()
+            }
+            _ => None,
+        }
+    }
+
+    /// Sockets whose holder waits for their first transition.
+    pub fn len(&self) -> usize {
+        self.by_socket.len()
+    }
+
+    /// Whether none does.
+    pub fn is_empty(&self) -> bool {
+        self.by_socket.is_empty()
     }
 }

@@ -1,0 +1,187 @@
+/* SPDX-License-Identifier: BSD-2-Clause */
+/*
+ * The snapshot at start (src/snapshot.rs): the TCP sockets that exist when
+ * the trace begins, walked by two iterators once the transition programs
+ * are attached (Linux 5.9+). First every process's open files
+ * (iter/task_file): each TCP socket's holder into `holders`. Then each
+ * network namespace's TCP sockets (iter/tcp, one walk per namespace,
+ * entered by user space): a record per full socket for user space, with its
+ * holder; and where the kernel keeps the sockets' state, the socket put
+ * there as found, unless a transition put it there first.
+ *
+ * Since Linux 5.15 the walk holds each full socket's lock while it looks
+ * at it, as the kernel does while it changes the socket's state: a
+ * transition comes wholly before the walk reads the socket (its result is
+ * what the walk finds, and its store entry is there) or wholly after (the
+ * seeded entry is what it finds). Earlier kernels hold the hash bucket's
+ * lock only: a transition on another CPU can race the walk.
+ */
+#ifndef SNAPSHOT_BPF_H
+#define SNAPSHOT_BPF_H
+
+#include "maps.bpf.h"
+#include "sock.bpf.h"
+#include "track.bpf.h"
+
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* Each TCP socket's first holder found, by address; emptied as the socket
+ * walk takes them (user space deletes what is left). Not preallocated:
+ * sized for the host's sockets, it takes memory only while the snapshot
+ * runs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, 1);
+	__type(key, __u64);
+	__type(value, struct holder);
+} holders SEC(".maps");
+
+SEC("?iter/task_file")
+int snap_holders(struct bpf_iter__task_file *ctx)
+{
+	struct task_struct *task = ctx->task;
+	struct file *file = ctx->file;
+	struct holder h = {};
+	struct socket *sock;
+	struct sock *sk;
+	__u16 family;
+	__u64 key;
+
+	if (!task || !file)
+		return 0;
+	if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return 0;
+	sock = (struct socket *)BPF_CORE_READ(file, private_data);
+	sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ_BITFIELD_PROBED(sk, sk_protocol) != IPPROTO_TCP)
+		return 0;
+	family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	if (family != AF_INET && family != AF_INET6)
+		return 0;
+	key = (__u64)sk;
+	h.owner_pid = BPF_CORE_READ(task, tgid);
+	h.owner_uid = BPF_CORE_READ(task, cred, uid.val);
+	h.owner_cgroup = BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+	BPF_CORE_READ_INTO(&h.owner_comm, task, comm);
+	/* The first holder found stays (a socket passed to, or inherited
+	 * by, other processes has several). */
+	bpf_map_update_elem(&holders, &key, &h, BPF_NOEXIST);
+	return 0;
+}
+
+/*
+ * The socket found in `state` into the kernel's store, unless a transition
+ * put it there first, with its holder `h` as its owner: its first
+ * transition then has a lower bound and an owner, a listener's children its
+ * owner, and the census counts it.
+ */
+static __always_inline bool seed(const struct event *e, struct sock *sk,
+				 __u8 state, const struct holder *h)
+{
+	struct listener_key lkey = { .netns = e->netns, .port = e->sport };
+	struct close_state fresh;
+	struct sock_state *st;
+	__u64 key = e->skaddr;
+
+	if (settings.use_sk_storage) {
+		st = bpf_sk_storage_get(&sk_states, sk, 0, 0);
+		if (st && (st->since_ns || st->seeded))
+			return false;
+		if (!st)
+			st = bpf_sk_storage_get(&sk_states, sk, 0,
+						BPF_SK_STORAGE_GET_F_CREATE);
+		if (!st) {
+			count(COUNTER_MAP_FULL);
+			store_ran_out = 1;
+			return false;
+		}
+		count(COUNTER_LOCAL_STARTED);
+	} else {
+		if (lookup_state(&key))
+			return false;
+		__builtin_memset(&fresh, 0, sizeof(fresh));
+		st = &fresh.s;
+	}
+	st->state = state;
+	st->seeded = 1;
+	if (state == TCP_LISTEN)
+		st->role = ROLE_LISTENER;
+	if (h && settings.keep_owner) {
+		st->owner_pid = h->owner_pid;
+		st->owner_uid = h->owner_uid;
+		st->owner_cgroup = h->owner_cgroup;
+		__builtin_memcpy(st->owner_comm, h->owner_comm,
+				 sizeof(st->owner_comm));
+		st->owner_known = 1;
+		if (settings.filter_groups || settings.label_groups)
+			judge_group(st);
+	}
+	if (!settings.use_sk_storage) {
+		/* A transition that raced the walk (before 5.15) wins. */
+		long err = update_state(&key, &fresh, BPF_NOEXIST);
+
+		if (err == -17 /* EEXIST */)
+			return false;
+		if (err) {
+			count(COUNTER_MAP_FULL);
+			store_ran_out = 1;
+			return false;
+		}
+		if (state == TCP_LISTEN && st->owner_known)
+			bpf_map_update_elem(&listener_owners, &lkey, st,
+					    BPF_NOEXIST);
+	}
+	census_add(state, 1);
+	return true;
+}
+
+SEC("?iter/tcp")
+int snap_sockets(struct bpf_iter__tcp *ctx)
+{
+	struct sock_common *skc = ctx->sk_common;
+	struct snap_sock r = {};
+	struct event e = {};
+	struct holder *h;
+	struct tcp_sock *tp;
+
+	if (!skc)
+		return 0;
+	/* NULL for TIME_WAIT and request sockets: no transition of theirs
+	 * is traced. */
+	tp = bpf_skc_to_tcp_sock(skc);
+	if (!tp)
+		return 0;
+	read_sock_whole(&e, (const struct inet_sock *)tp);
+	if ((settings.target_family && e.family != settings.target_family) ||
+	    (settings.target_netns && e.netns != settings.target_netns))
+		return 0;
+	r.skaddr = e.skaddr;
+	r.ts_ns = bpf_ktime_get_ns();
+	r.state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	r.family = e.family;
+	r.sport = e.sport;
+	r.dport = e.dport;
+	r.netns = e.netns;
+	__builtin_memcpy(r.saddr, e.saddr, sizeof(r.saddr));
+	__builtin_memcpy(r.daddr, e.daddr, sizeof(r.daddr));
+	h = bpf_map_lookup_elem(&holders, &r.skaddr);
+	if (h) {
+		r.flags |= SNAP_F_HOLDER;
+		r.owner_pid = h->owner_pid;
+		r.owner_uid = h->owner_uid;
+		r.owner_cgroup = h->owner_cgroup;
+		__builtin_memcpy(r.owner_comm, h->owner_comm,
+				 sizeof(r.owner_comm));
+	}
+	if (settings.track_sockets &&
+	    seed(&e, (struct sock *)tp, r.state, h))
+		r.flags |= SNAP_F_SEEDED;
+	if (h)
+		bpf_map_delete_elem(&holders, &r.skaddr);
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+#endif /* SNAPSHOT_BPF_H */
