@@ -38,6 +38,7 @@
 mod args;
 pub mod batching;
 pub mod cause;
+pub mod census;
 pub mod cgroup;
 pub mod cli;
 pub mod clock;

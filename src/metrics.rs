@@ -38,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::task::AbortHandle;
 
 use crate::cause::{Cause, Role};
+use crate::census::Census;
 use crate::config::AttachMode;
 use crate::state::TcpState;
 use crate::summary::{ByLabel, SLOTS, STATES, Summary, slot_range_us, state_name};
@@ -420,6 +421,7 @@ impl Collector for Exposition {
         let counters = self.view.counters().map_err(|_| std::fmt::Error)?;
         let counts = Counts {
             summary,
+            census: self.view.census().map_err(|_| std::fmt::Error)?,
             ring_drops: counters.ringbuf_drops,
             map_full: counters.map_full,
             recursion_misses: counters.recursion_misses,
@@ -435,6 +437,8 @@ impl Collector for Exposition {
 pub struct Counts {
     /// The aggregates.
     pub summary: Summary,
+    /// The census, when kept (the gauge is left out unless exact).
+    pub census: Option<Census>,
     /// Events the ring buffer had no room for (event mode only).
     pub ring_drops: u64,
     /// Sockets the kernel's store had no room for.
@@ -624,6 +628,22 @@ impl Counts {
                 metric
                     .encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&s.lifetime_unknown, None)?;
+            }
+        }
+        if let Some(census) = self.census.filter(|c| c.exact) {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_sockets",
+                "TCP sockets in each state now, from the snapshot at start and every transition \
+                 since (full sockets: not TIME_WAIT, not request sockets)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (state, n) in census.states() {
+                let name = state_name(state);
+                let n = i64::try_from(n).unwrap_or(i64::MAX);
+                metric
+                    .encode_family(&[("state", name.as_str())])?
+                    .encode_gauge(&n)?;
             }
         }
         for (name, help, value) in [

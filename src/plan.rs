@@ -173,7 +173,10 @@ pub struct MapSizes {
 /// sockets the host has now (the snapshot puts them all there), at least
 /// [`DEFAULT_MAP_SOCKETS`].
 pub fn map_sockets_for(tcp_sockets: u64) -> u32 {
-    let wanted = tcp_sockets.saturating_mul(2).next_multiple_of(1 << 16);
+    let wanted = tcp_sockets
+        .saturating_mul(2)
+        .checked_next_multiple_of(1 << 16)
+        .unwrap_or(u64::MAX);
     u32::try_from(wanted)
         .unwrap_or(u32::MAX)
         .clamp(DEFAULT_MAP_SOCKETS, crate::args::MAX_SOCKETS)
@@ -397,6 +400,8 @@ mod tests {
         possible_cpus: 2,
         page_bytes: 4096,
         percpu_lookup: true,
+        socket_iterators: false,
+        tcp_sockets: 0,
     };
     const OLD_HOST: HostFacts = HostFacts {
         tracing_5_11: false,
@@ -576,6 +581,30 @@ mod tests {
         );
     }
 
+    /// The snapshot where the kernel has iterators, unless --no-snapshot;
+    /// its holders' bound and the summary's map sized for the host's
+    /// sockets; the census in summary mode only.
+    #[test]
+    fn snapshot_and_census() {
+        let busy = HostFacts {
+            socket_iterators: true,
+            tcp_sockets: 100_000,
+            ..HOST
+        };
+        let p = plan(&[], &busy, AttachMode::TpBtf);
+        assert!(p.snapshot && !p.census);
+        assert_eq!(p.map_sizes(&config(&[]).filter).holders, 200_000);
+        assert!(!plan(&["--no-snapshot"], &busy, AttachMode::TpBtf).snapshot);
+        assert!(!plan(&[], &HOST, AttachMode::TpBtf).snapshot);
+        let c = config(&["-S"]);
+        let p = Plan::new(&c, &busy, AttachMode::Tracepoint, Wake::Batched);
+        assert!(p.census && p.settings(&c.filter).census == 1);
+        assert_eq!(p.store, KernelStore::Map(262_144));
+        let p = Plan::new(&c, &HOST, AttachMode::Tracepoint, Wake::Batched);
+        assert_eq!(p.store, KernelStore::Map(DEFAULT_MAP_SOCKETS));
+        assert_eq!(map_sockets_for(u64::MAX), crate::args::MAX_SOCKETS);
+    }
+
     /// Maps a run does not use get one entry.
     #[test]
     fn unused_maps_take_one_entry() {
@@ -598,6 +627,7 @@ mod tests {
                 summary: 1,
                 port_labels: 1,
                 port_busy: 1,
+                holders: 1,
             }
         );
         let c = config(&["-L", "80,443", "-p", "1,2,3"]);

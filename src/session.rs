@@ -75,7 +75,11 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
         view.rank_ports()?;
         if let Some(at) = next_print.filter(|at| now >= *at) {
             let (total, labelled) = view.summaries()?;
-            if printer.print(&total, labelled.as_ref()).is_err() {
+            let census = view.census()?;
+            if printer
+                .print(&total, labelled.as_ref(), census.as_ref())
+                .is_err()
+            {
                 // `tcpstates -S 1 | head`: the reader is gone.
                 return Ok(());
             }
@@ -88,7 +92,11 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
     tracer.detach();
     if output.print {
         let (total, labelled) = view.summaries()?;
-        if printer.print(&total, labelled.as_ref()).is_err() {
+        let census = view.census()?;
+        if printer
+            .print(&total, labelled.as_ref(), census.as_ref())
+            .is_err()
+        {
             return Ok(());
         }
     }

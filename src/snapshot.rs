@@ -208,8 +208,8 @@ fn drain(link: std::os::fd::BorrowedFd<'_>, mut each: impl FnMut(&RawSnap)) -> R
     Ok(())
 }
 
-/// Every network namespace a process is in or /run/netns names, once
-/// each, by inode (only `only`, when given).
+/// Every network namespace a thread is in or /run/netns names, once each,
+/// by inode (only `only`, when given).
 fn network_namespaces(only: Option<u32>) -> BTreeMap<u64, PathBuf> {
     let mut found = BTreeMap::new();
     let mut add = |path: PathBuf| {
@@ -225,12 +225,23 @@ fn network_namespaces(only: Option<u32>) -> BTreeMap<u64, PathBuf> {
             add(entry.path());
         }
     }
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let name = entry.file_name();
-            if name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
-                add(entry.path().join("ns/net"));
-            }
+    // Every thread's: a thread may have entered a namespace of its own.
+    let numbered = |dir: PathBuf| {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|entry| {
+                entry
+                    .file_name()
+                    .to_string_lossy()
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+            })
+    };
+    for process in numbered(PathBuf::from("/proc")) {
+        for thread in numbered(process.path().join("task")) {
+            add(thread.path().join("ns/net"));
         }
     }
     found

@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use crate::bpf::types;
 use crate::cause::{Cause, Role};
+use crate::census::Census;
 use crate::clock::Utc;
 use crate::config::LabelBy;
 use crate::event::TcpState;
@@ -295,18 +296,19 @@ impl Summary {
     /// state left: how many transitions had a known time, how many an
     /// unknown one, their sum in microseconds, and the non-zero slots).
     pub fn write_json(&self, out: &mut String, at: Utc, seconds: f64) {
-        self.write_json_labelled(out, at, seconds, None);
+        self.write_json_labelled(out, at, seconds, None, None);
     }
 
     /// [`Summary::write_json`], with, when labelled, `by` (`unit` or
     /// `container`) and `labels`: each label's own `transitions` and
-    /// `states`.
+    /// `states`; with a census, `sockets` (see [`Census::write_json`]).
     pub fn write_json_labelled(
         &self,
         out: &mut String,
         at: Utc,
         seconds: f64,
         labelled: Option<&ByLabel>,
+        census: Option<&Census>,
     ) {
         let mut time = Vec::new();
         json::push_iso8601(&mut time, at);
@@ -328,6 +330,10 @@ impl Summary {
                 out.push('}');
             }
             out.push('}');
+        }
+        if let Some(census) = census {
+            out.push(',');
+            census.write_json(out);
         }
         out.push_str("}\n");
     }

@@ -14,6 +14,7 @@ use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
+use crate::census::Census;
 use crate::cgroup;
 use crate::config::{AttachMode, Config, LabelBy, Labels};
 use crate::host;
@@ -190,6 +191,7 @@ impl Tracer {
             labels,
             ports,
             plan.summary_slots,
+            plan.census,
         )?);
         let began_ns = crate::clock::monotonic_ns();
         let (taken, seeds) = if plan.snapshot {
@@ -312,6 +314,8 @@ pub struct KernelView {
     ports: Option<PortLabeller>,
     /// The summary map's slots.
     slots: u32,
+    /// Summary mode's census, when kept.
+    census: Option<MapHandle>,
 }
 
 impl KernelView {
@@ -321,6 +325,7 @@ impl KernelView {
         labels: Option<(Labels, Arc<Mutex<Vec<String>>>)>,
         ports: Option<PortLabeller>,
         slots: u32,
+        census: bool,
     ) -> Result<Self> {
         let progs = &skel.progs;
         // The backup's own misses are transitions the main program handled:
@@ -341,7 +346,27 @@ impl KernelView {
             labels: labels.map(|(l, names)| (l.by, names)),
             ports,
             slots,
+            census: census
+                .then(|| MapHandle::try_from(&skel.maps.census))
+                .transpose()?,
         })
+    }
+
+    /// Summary mode's census of sockets in each state now (None when not
+    /// kept): exact while the kernel's store never lacked room and no
+    /// transition went unhandled (a socket whose CLOSE was missed stays
+    /// counted until its address is reused).
+    pub fn census(&self) -> Result<Option<Census>> {
+        let Some(map) = &self.census else {
+            return Ok(None);
+        };
+        let per_cpu = map
+            .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
+            .context("reading the census map")?
+            .unwrap_or_default();
+        let exact = sum_percpu(&self.counters, counter::COUNTER_MAP_FULL.0)? == 0
+            && self.recursion_misses()? == 0;
+        Census::sum_of(&per_cpu, exact).map(Some)
     }
 
     /// Reads the in-kernel counters.

@@ -5,6 +5,7 @@
 use std::io::{self, Write};
 use std::time::Instant;
 
+use crate::census::Census;
 use crate::clock::{Utc, WallClock};
 use crate::config::SummaryOutput;
 use crate::summary::{ByLabel, Summary};
@@ -31,8 +32,14 @@ impl<W: Write> SummaryPrinter<W> {
     }
 
     /// Prints `now` less what was printed before, and, with --label-by,
-    /// each label's share; an error once standard output is gone.
-    pub fn print(&mut self, now: &Summary, labels: Option<&ByLabel>) -> io::Result<()> {
+    /// each label's share, then the census; an error once standard output
+    /// is gone.
+    pub fn print(
+        &mut self,
+        now: &Summary,
+        labels: Option<&ByLabel>,
+        census: Option<&Census>,
+    ) -> io::Result<()> {
         if !self.output.print {
             return Ok(());
         }
@@ -49,6 +56,7 @@ impl<W: Write> SummaryPrinter<W> {
                 Utc::at_unix_ns(unix_ns),
                 seconds,
                 labels_delta.as_ref(),
+                census,
             );
         } else {
             if self.output.clock {
@@ -62,6 +70,10 @@ impl<W: Write> SummaryPrinter<W> {
             text.push('\n');
             if let Some(labels) = labels_delta.filter(|l| !l.values.is_empty()) {
                 labels.write_text(&mut text);
+                text.push('\n');
+            }
+            if let Some(census) = census {
+                census.write_text(&mut text);
                 text.push('\n');
             }
         }
@@ -87,9 +99,9 @@ mod tests {
         let mut printer = SummaryPrinter::new(output, Vec::new());
         let mut now = Summary::default();
         now.transitions[1][8] = 3;
-        printer.print(&now, None).unwrap();
+        printer.print(&now, None, None).unwrap();
         now.transitions[1][8] = 5;
-        printer.print(&now, None).unwrap();
+        printer.print(&now, None, None).unwrap();
         let text = String::from_utf8(printer.out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
@@ -100,7 +112,7 @@ mod tests {
     #[test]
     fn prints_nothing_when_not_asked_to() {
         let mut printer = SummaryPrinter::new(SummaryOutput::default(), Vec::new());
-        printer.print(&Summary::default(), None).unwrap();
+        printer.print(&Summary::default(), None, None).unwrap();
         assert!(printer.out.is_empty());
     }
 }

@@ -16,6 +16,7 @@ mod json;
 mod lifecycle;
 mod older;
 mod owners;
+mod snapshot;
 mod summary;
 
 use std::net::{IpAddr, SocketAddr, TcpStream};

@@ -14,7 +14,9 @@
 //! - [`hold`] holds many connections open from child processes;
 //! - [`burst`] closes them all at once under a tracer, and keeps every CPU
 //!   busy when asked;
-//! - [`tls`] makes certificates for the metrics endpoint's TLS.
+//! - [`tls`] makes certificates for the metrics endpoint's TLS;
+//! - [`netns`] holds a second network namespace, and lists a namespace's
+//!   TCP sockets by state as the kernel does.
 
 #![warn(missing_docs)]
 
@@ -24,6 +26,7 @@ pub mod hold;
 pub mod host;
 pub mod journal;
 pub mod net;
+pub mod netns;
 pub mod process;
 pub mod rows;
 pub mod storm;
