@@ -213,6 +213,9 @@ pub const MAX_LABELS: u16 = 500;
 /// `--max-labels` when not given.
 pub const DEFAULT_MAX_LABELS: u16 = 20;
 
+/// The most owner names `--stuck-owners` takes.
+pub const MAX_STUCK_OWNERS: u16 = 100;
+
 /// The most sockets `--max-sockets` takes.
 pub const MAX_SOCKETS: u32 = 1 << 24;
 
@@ -384,6 +387,24 @@ pub struct Args {
     #[arg(long, value_name = "N", value_parser = parse_max_sockets, allow_hyphen_values = true)]
     pub max_sockets: Option<u32>,
 
+    /// Report sockets that stay longer than SECONDS in one state (with --stuck-states; by
+    /// default every state but ESTABLISHED and LISTEN): a row when they cross the line, a
+    /// list with each summary, a gauge per state in the metrics
+    #[arg(long, value_name = "SECONDS", value_parser = parse_stuck_seconds,
+          conflicts_with = "closes")]
+    pub stuck: Option<std::time::Duration>,
+
+    /// With --stuck: the states watched (names, any case)
+    #[arg(long, value_name = "STATES", value_parser = parse_states, requires = "stuck",
+          action = ArgAction::Append)]
+    pub stuck_states: Vec<u32>,
+
+    /// With --stuck and --metrics: label the stuck sockets' gauge by owner name too, at
+    /// most N names (the most stuck; the rest `other`)
+    #[arg(long, value_name = "N", requires = "stuck",
+          value_parser = clap::value_parser!(u16).range(1..=MAX_STUCK_OWNERS as i64))]
+    pub stuck_owners: Option<u16>,
+
     /// Do not walk the sockets that exist at start (their owners stay unknown until a
     /// process changes their state; summary mode keeps no census)
     #[arg(long)]
@@ -477,6 +498,16 @@ fn parse_states(text: &str) -> Result<u32, String> {
         mask |= 1 << state.number();
     }
     Ok(mask)
+}
+
+/// Whole seconds from 1 to a day.
+fn parse_stuck_seconds(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().parse::<u64>() {
+        Ok(seconds @ 1..=86_400) => Ok(std::time::Duration::from_secs(seconds)),
+        _ => Err(format!(
+            "'{text}' is not a whole number of seconds from 1 to 86400"
+        )),
+    }
 }
 
 /// Milliseconds, a decimal number of at least 0, as nanoseconds.

@@ -11,8 +11,8 @@ use crate::args::MAX_LABELS;
 use crate::args::{Args, Ports};
 use crate::cgroup;
 use crate::config::{
-    AttachMode, Config, Family, Filter, Format, LabelBy, Labels, Mode, PortLabels, SummaryOutput,
-    TimeColumns,
+    AttachMode, Config, Family, Filter, Format, LabelBy, Labels, Mode, PortLabels, Stuck,
+    SummaryOutput, TimeColumns,
 };
 
 /// The outcome of parsing: run, or print something and exit.
@@ -225,6 +225,14 @@ impl Args {
             btf: self.btf,
             max_sockets: self.max_sockets,
             snapshot: !self.no_snapshot,
+            stuck: self.stuck.map(|after| Stuck {
+                after,
+                states: match self.stuck_states.iter().fold(0, |all, one| all | one) {
+                    0 => Stuck::DEFAULT_STATES,
+                    states => states,
+                },
+                owners: self.stuck_owners.unwrap_or(0),
+            }),
             ring_bytes: self.ring_buffer,
             journal: self.journal,
             count: self.count,

@@ -58,6 +58,36 @@ pub struct Config {
     pub host_root: PathBuf,
     /// Walk the sockets that exist at start (not `--no-snapshot`).
     pub snapshot: bool,
+    /// `--stuck`: report sockets that stay in a state too long.
+    pub stuck: Option<Stuck>,
+}
+
+/// `--stuck SECONDS`, `--stuck-states`, `--stuck-owners`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stuck {
+    /// A socket in a watched state longer than this is stuck.
+    pub after: std::time::Duration,
+    /// The watched states (bit n: state n).
+    pub states: u32,
+    /// The metrics label stuck sockets by owner name, at most this many
+    /// names (0: no owner label).
+    pub owners: u16,
+}
+
+impl Stuck {
+    /// Every state a socket can sit in but ESTABLISHED and LISTEN (their
+    /// normal long states): SYN_SENT, SYN_RECV, FIN_WAIT1, FIN_WAIT2,
+    /// CLOSE_WAIT, LAST_ACK, CLOSING.
+    pub const DEFAULT_STATES: u32 = 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
+
+    /// How often the sockets are walked: a tenth of the threshold, from
+    /// one second to ten.
+    pub fn walk_every(&self) -> std::time::Duration {
+        (self.after / 10).clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(10),
+        )
+    }
 }
 
 /// What `--label-by` labels the summary's counts with.
@@ -156,6 +186,7 @@ impl Default for Config {
             label_ports: PortLabels::Busiest,
             host_root: PathBuf::from("/"),
             snapshot: true,
+            stuck: None,
         }
     }
 }

@@ -115,6 +115,10 @@ pub struct Event {
     /// The kernel could not judge the owner's cgroup by the group filters
     /// (it was made since the table was filled): the reader does.
     pub owner_undecided: bool,
+    /// Not a transition: the socket has been in `old` (= `new`) longer
+    /// than `--stuck` allows; its time there is the duration (or the lower
+    /// bound), as of `ts_ns` (see [`crate::stuck`]).
+    pub stuck: bool,
 }
 
 /// The process that owns a socket: the one that last changed its state in
@@ -209,6 +213,7 @@ impl Event {
             cgroup: None,
             identity: None,
             accepted: flags & FLAG_ACCEPTED != 0,
+            stuck: false,
             owner_undecided: flags & FLAG_OWNER_UNDECIDED != 0,
         })
     }

@@ -57,6 +57,7 @@ pub mod signals;
 pub mod snapshot;
 pub mod state;
 pub mod stats;
+pub mod stuck;
 pub mod summary;
 pub mod tracer;
 pub mod track;

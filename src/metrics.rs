@@ -419,8 +419,18 @@ impl Collector for Exposition {
     fn encode(&self, encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let (summary, labelled) = self.view.summaries().map_err(|_| std::fmt::Error)?;
         let counters = self.view.counters().map_err(|_| std::fmt::Error)?;
+        let stuck = match (self.view.stuck_options(), self.view.stuck_now()) {
+            (Some(options), Ok(Some(now))) => Some(StuckCounts {
+                states: options.states,
+                by_owner: options.owners > 0,
+                counts: crate::stuck::by_state_and_owner(&now, options.owners),
+            }),
+            (_, Err(_)) => return Err(std::fmt::Error),
+            _ => None,
+        };
         let counts = Counts {
             summary,
+            stuck,
             census: self.view.census().map_err(|_| std::fmt::Error)?,
             ring_drops: counters.ringbuf_drops,
             map_full: counters.map_full,
@@ -432,6 +442,17 @@ impl Collector for Exposition {
     }
 }
 
+/// The stuck sockets of one scrape.
+#[derive(Debug, Default)]
+pub struct StuckCounts {
+    /// The states watched (bit n: state n): each has a series, 0 or not.
+    pub states: u32,
+    /// Labelled by owner name too.
+    pub by_owner: bool,
+    /// By state and owner name (see [`crate::stuck::by_state_and_owner`]).
+    pub counts: Vec<(TcpState, Option<String>, u64)>,
+}
+
 /// One scrape's numbers.
 #[derive(Debug, Default)]
 pub struct Counts {
@@ -439,6 +460,8 @@ pub struct Counts {
     pub summary: Summary,
     /// The census, when kept (the gauge is left out unless exact).
     pub census: Option<Census>,
+    /// With --stuck: the stuck sockets, counted.
+    pub stuck: Option<StuckCounts>,
     /// Events the ring buffer had no room for (event mode only).
     pub ring_drops: u64,
     /// Sockets the kernel's store had no room for.
@@ -628,6 +651,33 @@ impl Counts {
                 metric
                     .encode_family(&labels)?
                     .encode_counter::<NoLabelSet, _, u64>(&s.lifetime_unknown, None)?;
+            }
+        }
+        if let Some(stuck) = &self.stuck {
+            let mut metric = encoder.encode_descriptor(
+                "tcpstates_stuck_sockets",
+                "TCP sockets in one state longer than --stuck allows, by state (and owner name \
+                 with --stuck-owners)",
+                None,
+                MetricType::Gauge,
+            )?;
+            for state in (0..32).filter(|n| stuck.states & (1 << n) != 0) {
+                let state = TcpState::from_raw(state);
+                let name = state.to_string();
+                let mine = stuck.counts.iter().filter(|(s, _, _)| *s == state);
+                if !stuck.by_owner {
+                    let n: u64 = mine.map(|(_, _, n)| n).sum();
+                    metric
+                        .encode_family(&[("state", name.as_str())])?
+                        .encode_gauge(&i64::try_from(n).unwrap_or(i64::MAX))?;
+                    continue;
+                }
+                for (_, owner, n) in mine {
+                    let owner = owner.as_deref().unwrap_or("unknown");
+                    metric
+                        .encode_family(&[("state", name.as_str()), ("owner", owner)])?
+                        .encode_gauge(&i64::try_from(*n).unwrap_or(i64::MAX))?;
+                }
             }
         }
         if let Some(census) = self.census.filter(|c| c.exact) {

@@ -131,6 +131,8 @@ pub struct Plan {
     pub snapshot_sockets: u32,
     /// Summary mode keeps the census of sockets in each state.
     pub census: bool,
+    /// `--stuck`: the states watched, and the threshold.
+    pub stuck: Option<(u32, u64)>,
 }
 
 /// Sizes of the program's maps: a map a run does not use gets one entry
@@ -221,14 +223,17 @@ impl Plan {
         let labels = config.labels.filter(|_| summary);
         let owner_labels = labels.filter(|l| l.by.by_owner());
         let port_labels = labels.is_some_and(|l| !l.by.by_owner());
+        // Stuck sockets are reported with their owners, in every mode.
+        let stuck = config.stuck.is_some();
         let owners = if store != KernelStore::None
             && (config.filter.by_owner()
                 || owner_labels.is_some()
                 || closes
+                || stuck
                 || (!summary && owners_shown))
         {
             OwnerKeeper::Kernel
-        } else if store == KernelStore::None && owners_shown {
+        } else if store == KernelStore::None && (owners_shown || stuck) {
             OwnerKeeper::Reader
         } else {
             OwnerKeeper::Nobody
@@ -277,6 +282,12 @@ impl Plan {
                 .unwrap_or(u32::MAX)
                 .max(DEFAULT_MAP_SOCKETS),
             census: summary && matches!(store, KernelStore::Map(_)),
+            stuck: config.stuck.map(|s| {
+                (
+                    s.states,
+                    u64::try_from(s.after.as_nanos()).unwrap_or(u64::MAX),
+                )
+            }),
         }
     }
 
@@ -317,6 +328,8 @@ impl Plan {
             count_closes: u8::from(self.summary),
             cause_mask: filter.causes,
             census: u8::from(self.census),
+            stuck_mask: self.stuck.map_or(0, |(states, _)| states),
+            stuck_ns: self.stuck.map_or(0, |(_, ns)| ns),
             ..Default::default()
         };
         if let Some(comm) = &filter.comm {

@@ -13,13 +13,15 @@ use crate::config::{Config, Mode, ReportFormat, SummaryOutput};
 use crate::event::DecodeError;
 use crate::host;
 use crate::metrics::Endpoint;
-use crate::output::summary::SummaryPrinter;
+use crate::output::summary::{Now, SummaryPrinter};
 use crate::output::{self, Sink};
 use crate::plan::Wake;
 use crate::ring::RingReader;
 use crate::signals;
 use crate::stats::{ReaderCounts, RingPeak, Stats};
-use crate::tracer::Tracer;
+use crate::stuck::{Crossings, StuckSocket};
+use crate::summary::{ByLabel, Summary};
+use crate::tracer::{KernelView, Tracer};
 use crate::track::Decoder;
 
 /// How long one poll waits: also the longest a line written into a pipe or
@@ -34,8 +36,13 @@ const VERBOSE_REPORT_EVERY: Duration = Duration::from_secs(10);
 pub fn run(config: &Config) -> Result<()> {
     signals::install().context("installing signal handlers")?;
     match config.mode {
-        Mode::Stream => stream(config, output::build, Decoder::decode),
-        Mode::Closes => stream(config, output::build_closes, Decoder::decode_close),
+        Mode::Stream => stream(
+            config,
+            output::build,
+            Decoder::decode,
+            Some(Decoder::stuck_event),
+        ),
+        Mode::Closes => stream(config, output::build_closes, Decoder::decode_close, None),
         Mode::Summary(output) => summary(config, output),
     }
 }
@@ -75,11 +82,7 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
         view.rank_ports()?;
         if let Some(at) = next_print.filter(|at| now >= *at) {
             let (total, labelled) = view.summaries()?;
-            let census = view.census()?;
-            if printer
-                .print(&total, labelled.as_ref(), census.as_ref())
-                .is_err()
-            {
+            if print_summary(&mut printer, &view, &total, labelled.as_ref())?.is_err() {
                 // `tcpstates -S 1 | head`: the reader is gone.
                 return Ok(());
             }
@@ -92,11 +95,7 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
     tracer.detach();
     if output.print {
         let (total, labelled) = view.summaries()?;
-        let census = view.census()?;
-        if printer
-            .print(&total, labelled.as_ref(), census.as_ref())
-            .is_err()
-        {
+        if print_summary(&mut printer, &view, &total, labelled.as_ref())?.is_err() {
             return Ok(());
         }
     }
@@ -108,13 +107,39 @@ fn summary(config: &Config, output: SummaryOutput) -> Result<()> {
     Ok(())
 }
 
+/// Prints the counts with what is now: the census, the stuck sockets.
+/// An error when standard output is gone; a failure to read the kernel
+/// ends the run.
+fn print_summary(
+    printer: &mut SummaryPrinter<io::Stdout>,
+    view: &KernelView,
+    total: &Summary,
+    labelled: Option<&ByLabel>,
+) -> Result<Result<(), io::Error>> {
+    let census = view.census()?;
+    let stuck = view.stuck_now()?;
+    let after_s = view.stuck_options().map_or(0, |s| s.after.as_secs());
+    let now = Now {
+        census: census.as_ref(),
+        stuck: stuck.as_deref().map(|s| (s, after_s)),
+    };
+    Ok(printer.print(total, labelled, &now))
+}
+
 /// How a stream run builds its outputs, and decodes its records.
 type BuildSinks<T> = fn(&Config, io::Stdout, Batching) -> Result<Box<dyn Sink<T>>>;
 type Decode<T> = fn(&mut Decoder, &[u8]) -> Result<Option<T>, DecodeError>;
+/// How it makes a record of a stuck socket (None: it makes none).
+type StuckRecord<T> = Option<fn(&mut Decoder, &StuckSocket) -> Option<T>>;
 
 /// Every record (transitions, or close records), through the ring buffer,
 /// to the outputs `build` makes, each decoded by `decode`.
-fn stream<T: 'static>(config: &Config, build: BuildSinks<T>, decode: Decode<T>) -> Result<()> {
+fn stream<T: 'static>(
+    config: &Config,
+    build: BuildSinks<T>,
+    decode: Decode<T>,
+    stuck_record: StuckRecord<T>,
+) -> Result<()> {
     // First, so that every thread the run starts inherits it.
     let priority = host::raise_priority();
     let stdout = io::stdout();
@@ -151,6 +176,16 @@ fn stream<T: 'static>(config: &Config, build: BuildSinks<T>, decode: Decode<T>) 
     let mut ring = tracer.ring_reader()?;
     let started = Instant::now();
     let mut last_report = started;
+    let view = tracer.view();
+    let mut stuck = view
+        .stuck_options()
+        .zip(stuck_record)
+        .map(|(options, record)| StuckWatch {
+            options,
+            record,
+            crossings: Crossings::default(),
+            next: started + options.walk_every(),
+        });
     let deadline = config.duration.map(|d| started + d);
     while !signals::stop_requested() && !sink.closed() && !reader.done() {
         let now = Instant::now();
@@ -163,6 +198,23 @@ fn stream<T: 'static>(config: &Config, build: BuildSinks<T>, decode: Decode<T>) 
         let wait = deadline.map_or(POLL_INTERVAL, |end| (end - now).min(POLL_INTERVAL));
         ring.wait(wait).context("waiting on the ring buffer")?;
         ring.consume(|data| reader.accept(data, sink.as_mut()));
+        if let Some(watch) = stuck.as_mut().filter(|w| Instant::now() >= w.next) {
+            watch.next += watch.options.walk_every();
+            let found = view.walk_stuck()?.unwrap_or_default();
+            // Every transition before the walk decoded first: the reader's
+            // times are then the ones the walk's states were entered at.
+            ring.consume(|data| reader.accept(data, sink.as_mut()));
+            let threshold = u64::try_from(watch.options.after.as_nanos()).unwrap_or(u64::MAX);
+            let now: Vec<StuckSocket> = found
+                .into_iter()
+                .filter_map(|f| reader.decoder.stuck(f, threshold))
+                .collect();
+            for crossed in watch.crossings.crossed(now) {
+                if let Some(record) = (watch.record)(&mut reader.decoder, &crossed) {
+                    sink.record(&record);
+                }
+            }
+        }
         sink.tick();
         if config.verbose && last_report.elapsed() >= VERBOSE_REPORT_EVERY {
             last_report = Instant::now();
@@ -185,6 +237,14 @@ fn stream<T: 'static>(config: &Config, build: BuildSinks<T>, decode: Decode<T>) 
     }
     report_at_exit(config, &stats);
     Ok(())
+}
+
+/// --stuck in a stream run: when to walk next, and what was reported.
+struct StuckWatch<T> {
+    options: crate::config::Stuck,
+    record: fn(&mut Decoder, &StuckSocket) -> Option<T>,
+    crossings: Crossings,
+    next: Instant,
 }
 
 /// With -v: which attach mode attached, and where the socket times are.

@@ -36,6 +36,9 @@ unsafe impl plain::Plain for RawSnap {}
 
 const SNAP_F_HOLDER: u8 = types::snap_flags::SNAP_F_HOLDER.0 as u8;
 const SNAP_F_SEEDED: u8 = types::snap_flags::SNAP_F_SEEDED.0 as u8;
+const SNAP_F_SINCE: u8 = types::snap_flags::SNAP_F_SINCE.0 as u8;
+const SNAP_F_BEFORE_TRACE: u8 = types::snap_flags::SNAP_F_BEFORE_TRACE.0 as u8;
+const SNAP_F_OWNER: u8 = types::snap_flags::SNAP_F_OWNER.0 as u8;
 
 /// One socket as the walk found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,10 +59,16 @@ pub struct Found {
     pub laddr: std::net::IpAddr,
     /// Remote address.
     pub raddr: std::net::IpAddr,
-    /// A process that has it open (the first the walk met).
+    /// The snapshot: a process that has it open (the first the walk
+    /// met); the stuck walk: its owner, as the kernel keeps it.
     pub holder: Option<Owner>,
     /// The kernel's store took it from the walk.
     pub seeded: bool,
+    /// The stuck walk, where the kernel keeps the times: when it entered
+    /// its state ...
+    pub since_ns: Option<u64>,
+    /// ... or that it has been in it since before the trace.
+    pub before_trace: bool,
 }
 
 impl Found {
@@ -74,13 +83,15 @@ impl Found {
             rport: raw.dport,
             laddr,
             raddr,
-            holder: (raw.flags & SNAP_F_HOLDER != 0).then(|| Owner {
+            holder: (raw.flags & (SNAP_F_HOLDER | SNAP_F_OWNER) != 0).then(|| Owner {
                 pid: raw.owner_pid,
                 uid: raw.owner_uid,
                 cgroup_id: raw.owner_cgroup,
                 comm: raw.owner_comm.map(|c| c as u8),
             }),
             seeded: raw.flags & SNAP_F_SEEDED != 0,
+            since_ns: (raw.flags & SNAP_F_SINCE != 0).then_some(raw.since_ns),
+            before_trace: raw.flags & SNAP_F_BEFORE_TRACE != 0,
         })
     }
 }
@@ -135,8 +146,20 @@ pub fn take(
 ) -> Result<Taken> {
     let started = Instant::now();
     drain(walkers.holders, |_| {}).context("walking the processes' files")?;
+    let mut taken = walk(walkers.sockets, only, &mut each)?;
+    taken.took = started.elapsed();
+    Ok(taken)
+}
+
+/// Runs the socket iterator `sockets` in every network namespace (only
+/// `only`, when given), handing each socket to `each`.
+pub fn walk(
+    sockets: std::os::fd::BorrowedFd<'_>,
+    only: Option<u32>,
+    mut each: impl FnMut(Found) + Send,
+) -> Result<Taken> {
+    let started = Instant::now();
     let namespaces = network_namespaces(only);
-    let sockets = walkers.sockets;
     let each = &mut each;
     // Entering a namespace changes the calling thread's: a thread of its
     // own, which ends with the walk.
@@ -144,12 +167,20 @@ pub fn take(
         scope
             .spawn(move || -> Result<Taken> {
                 let mut taken = Taken::default();
-                for (inode, path) in &namespaces {
-                    if let Err(err) = enter(path) {
-                        taken
-                            .missed
-                            .push(format!("{inode} ({}): {err}", path.display()));
-                        continue;
+                // The namespace the thread is in needs no entering (which
+                // takes CAP_SYS_ADMIN, even into one's own).
+                let mut current = std::fs::metadata("/proc/thread-self/ns/net")
+                    .map(|meta| meta.ino())
+                    .ok();
+                for (&inode, path) in &namespaces {
+                    if current != Some(inode) {
+                        if let Err(err) = enter(path) {
+                            taken
+                                .missed
+                                .push(format!("{inode} ({}): {err}", path.display()));
+                            continue;
+                        }
+                        current = Some(inode);
                     }
                     taken.namespaces += 1;
                     drain(sockets, |raw| {

@@ -12,6 +12,7 @@ use crate::clock::Utc;
 use crate::config::LabelBy;
 use crate::event::TcpState;
 use crate::output::json;
+use crate::stuck::StuckSocket;
 
 type RawSummary = types::summary;
 
@@ -296,12 +297,13 @@ impl Summary {
     /// state left: how many transitions had a known time, how many an
     /// unknown one, their sum in microseconds, and the non-zero slots).
     pub fn write_json(&self, out: &mut String, at: Utc, seconds: f64) {
-        self.write_json_labelled(out, at, seconds, None, None);
+        self.write_json_labelled(out, at, seconds, None, None, None);
     }
 
     /// [`Summary::write_json`], with, when labelled, `by` (`unit` or
     /// `container`) and `labels`: each label's own `transitions` and
-    /// `states`; with a census, `sockets` (see [`Census::write_json`]).
+    /// `states`; with a census, `sockets` (see [`Census::write_json`]);
+    /// with --stuck, `stuck` (see [`crate::stuck::write_json`]).
     pub fn write_json_labelled(
         &self,
         out: &mut String,
@@ -309,6 +311,7 @@ impl Summary {
         seconds: f64,
         labelled: Option<&ByLabel>,
         census: Option<&Census>,
+        stuck: Option<&[StuckSocket]>,
     ) {
         let mut time = Vec::new();
         json::push_iso8601(&mut time, at);
@@ -334,6 +337,10 @@ impl Summary {
         if let Some(census) = census {
             out.push(',');
             census.write_json(out);
+        }
+        if let Some(stuck) = stuck {
+            out.push(',');
+            crate::stuck::write_json(stuck, out);
         }
         out.push_str("}\n");
     }

@@ -16,15 +16,16 @@ use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
 use crate::census::Census;
 use crate::cgroup;
-use crate::config::{AttachMode, Config, LabelBy, Labels};
+use crate::config::{AttachMode, Config, LabelBy, Labels, Stuck};
 use crate::host;
 use crate::identity::groups::{GroupMaps, GroupRules, GroupTable, Keeper};
 use crate::identity::names::{Names, SharedNames};
 use crate::plan::{KernelStore, OwnerKeeper, Plan, Wake};
 use crate::ports::PortLabeller;
 use crate::ring::RingReader;
-use crate::snapshot::{self, Taken, Walkers};
+use crate::snapshot::{self, Found, Taken, Walkers};
 use crate::stats::KernelCounters;
+use crate::stuck::StuckSocket;
 use crate::summary::{ByLabel, Summary};
 use crate::track::Seeds;
 
@@ -119,6 +120,12 @@ impl Tracer {
         host::check_btf(config.btf.as_deref())?;
         set_libbpf_log(config.verbose);
         let facts = host::facts()?;
+        if config.stuck.is_some() && !(facts.socket_iterators && config.btf.is_none()) {
+            bail!(
+                "--stuck walks the sockets with the kernel's socket iterators: Linux 5.9 or later, \
+                 with its own BTF"
+            );
+        }
         let mut failures = Vec::new();
         for &mode in &config.attach {
             match Self::start_mode(config, Plan::new(config, &facts, mode, wake)) {
@@ -172,6 +179,28 @@ impl Tracer {
                 format!("attaching the {mode} program{}", host::attach_hint(mode))
             })?);
         }
+        let began_ns = crate::clock::monotonic_ns();
+        let stuck = match (config.stuck, plan.stuck) {
+            (Some(options), Some(_)) => {
+                let link = skel
+                    .progs
+                    .walk_stuck
+                    .attach()
+                    .context("attaching the walk for stuck sockets")?;
+                let walker = StuckWalker {
+                    link: link
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .context("duplicating a link's descriptor")?,
+                    only: config.filter.netns,
+                    options,
+                    began_ns,
+                };
+                links.push(link);
+                Some(walker)
+            }
+            _ => None,
+        };
         let ports = match config.labels {
             Some(labels) if plan.port_labels => {
                 Some(PortLabeller::start(&skel, &config.label_ports, labels.max)?)
@@ -192,8 +221,8 @@ impl Tracer {
             ports,
             plan.summary_slots,
             plan.census,
+            stuck,
         )?);
-        let began_ns = crate::clock::monotonic_ns();
         let (taken, seeds) = if plan.snapshot {
             let (taken, seeds) = take_snapshot(&skel, &plan, config.filter.netns)?;
             (Some(taken), seeds)
@@ -316,6 +345,18 @@ pub struct KernelView {
     slots: u32,
     /// Summary mode's census, when kept.
     census: Option<MapHandle>,
+    /// With --stuck: the walk.
+    stuck: Option<StuckWalker>,
+}
+
+/// The walk for stuck sockets: the iterator's link, the namespace filter,
+/// the options, when the trace began.
+#[derive(Debug)]
+struct StuckWalker {
+    link: OwnedFd,
+    only: Option<u32>,
+    options: Stuck,
+    began_ns: u64,
 }
 
 impl KernelView {
@@ -326,6 +367,7 @@ impl KernelView {
         ports: Option<PortLabeller>,
         slots: u32,
         census: bool,
+        stuck: Option<StuckWalker>,
     ) -> Result<Self> {
         let progs = &skel.progs;
         // The backup's own misses are transitions the main program handled:
@@ -349,7 +391,45 @@ impl KernelView {
             census: census
                 .then(|| MapHandle::try_from(&skel.maps.census))
                 .transpose()?,
+            stuck,
         })
+    }
+
+    /// With --stuck: its options.
+    pub fn stuck_options(&self) -> Option<Stuck> {
+        self.stuck.as_ref().map(|w| w.options)
+    }
+
+    /// With --stuck: every socket in a watched state (only the stuck ones
+    /// where the kernel keeps the times), walked now.
+    pub fn walk_stuck(&self) -> Result<Option<Vec<Found>>> {
+        let Some(walker) = &self.stuck else {
+            return Ok(None);
+        };
+        let mut found = Vec::new();
+        snapshot::walk(walker.link.as_fd(), walker.only, |f| found.push(f))
+            .context("walking the sockets for stuck ones")?;
+        Ok(Some(found))
+    }
+
+    /// With --stuck, where the kernel keeps the times (summary mode): the
+    /// sockets stuck now.
+    pub fn stuck_now(&self) -> Result<Option<Vec<StuckSocket>>> {
+        let Some(walker) = &self.stuck else {
+            return Ok(None);
+        };
+        let threshold = u64::try_from(walker.options.after.as_nanos()).unwrap_or(u64::MAX);
+        let found = self.walk_stuck()?.unwrap_or_default();
+        Ok(Some(
+            found
+                .into_iter()
+                .filter_map(|f| {
+                    let since = StuckSocket::since_in_kernel(&f);
+                    let owner = f.holder;
+                    StuckSocket::judge(f, since, owner, walker.began_ns, threshold)
+                })
+                .collect(),
+        ))
     }
 
     /// Summary mode's census of sockets in each state now (None when not
@@ -550,6 +630,9 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
     if plan.snapshot {
         open.progs.snap_holders.set_autoload(true);
         open.progs.snap_sockets.set_autoload(true);
+    }
+    if plan.stuck.is_some() {
+        open.progs.walk_stuck.set_autoload(true);
     }
     Ok(())
 }

@@ -137,35 +137,51 @@ static __always_inline bool seed(const struct event *e, struct sock *sk,
 	return true;
 }
 
-SEC("?iter/tcp")
-int snap_sockets(struct bpf_iter__tcp *ctx)
+/*
+ * The full socket behind an iterator's `skc` into `r` (NULL for TIME_WAIT
+ * and request sockets: no transition of theirs is traced), unless the
+ * family and namespace filters leave it out.
+ */
+static __always_inline struct tcp_sock *walked(struct sock_common *skc,
+					       struct snap_sock *r)
 {
-	struct sock_common *skc = ctx->sk_common;
-	struct snap_sock r = {};
 	struct event e = {};
-	struct holder *h;
 	struct tcp_sock *tp;
 
 	if (!skc)
-		return 0;
-	/* NULL for TIME_WAIT and request sockets: no transition of theirs
-	 * is traced. */
+		return NULL;
 	tp = bpf_skc_to_tcp_sock(skc);
 	if (!tp)
-		return 0;
+		return NULL;
 	read_sock_whole(&e, (const struct inet_sock *)tp);
 	if ((settings.target_family && e.family != settings.target_family) ||
 	    (settings.target_netns && e.netns != settings.target_netns))
+		return NULL;
+	r->skaddr = e.skaddr;
+	r->ts_ns = bpf_ktime_get_ns();
+	r->state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
+	r->family = e.family;
+	r->sport = e.sport;
+	r->dport = e.dport;
+	r->netns = e.netns;
+	__builtin_memcpy(r->saddr, e.saddr, sizeof(r->saddr));
+	__builtin_memcpy(r->daddr, e.daddr, sizeof(r->daddr));
+	return tp;
+}
+
+SEC("?iter/tcp")
+int snap_sockets(struct bpf_iter__tcp *ctx)
+{
+	struct snap_sock r = {};
+	struct event e = {};
+	struct holder *h;
+	struct tcp_sock *tp = walked(ctx->sk_common, &r);
+
+	if (!tp)
 		return 0;
-	r.skaddr = e.skaddr;
-	r.ts_ns = bpf_ktime_get_ns();
-	r.state = tp->inet_conn.icsk_inet.sk.__sk_common.skc_state;
-	r.family = e.family;
-	r.sport = e.sport;
-	r.dport = e.dport;
-	r.netns = e.netns;
-	__builtin_memcpy(r.saddr, e.saddr, sizeof(r.saddr));
-	__builtin_memcpy(r.daddr, e.daddr, sizeof(r.daddr));
+	e.skaddr = r.skaddr;
+	e.netns = r.netns;
+	e.sport = r.sport;
 	h = bpf_map_lookup_elem(&holders, &r.skaddr);
 	if (h) {
 		r.flags |= SNAP_F_HOLDER;
@@ -180,6 +196,77 @@ int snap_sockets(struct bpf_iter__tcp *ctx)
 		r.flags |= SNAP_F_SEEDED;
 	if (h)
 		bpf_map_delete_elem(&holders, &r.skaddr);
+	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+	return 0;
+}
+
+/* Whether the owner filters keep a socket whose state is `st`. */
+static __always_inline bool stuck_owner_matches(const struct sock_state *st)
+{
+	struct event e = {};
+
+	if (!st || !st->owner_known)
+		return false;
+	e.flags = EVENT_F_OWNER_KNOWN;
+	if (st->owner_in_groups)
+		e.flags |= EVENT_F_OWNER_IN_GROUPS;
+	e.owner_pid = st->owner_pid;
+	e.owner_uid = st->owner_uid;
+	__builtin_memcpy(e.owner_comm, st->owner_comm, sizeof(e.owner_comm));
+	return owner_matches(&e);
+}
+
+/*
+ * --stuck: the sockets in a watched state, walked again every few seconds;
+ * where the kernel keeps the times, only those in it for at least
+ * stuck_ns (or since before the trace), with their owner.
+ */
+SEC("?iter/tcp")
+int walk_stuck(struct bpf_iter__tcp *ctx)
+{
+	struct snap_sock r = {};
+	struct sock_state *st;
+	struct tcp_sock *tp = walked(ctx->sk_common, &r);
+	__u64 key;
+
+	if (!tp || !(settings.stuck_mask & (1u << (r.state & 31))))
+		return 0;
+	if (settings.filter_sport && !bpf_map_lookup_elem(&sports, &r.sport))
+		return 0;
+	if (settings.filter_dport && !bpf_map_lookup_elem(&dports, &r.dport))
+		return 0;
+	if (settings.track_sockets) {
+		key = r.skaddr;
+		if (settings.use_sk_storage)
+			st = bpf_sk_storage_get(&sk_states, (struct sock *)tp,
+						0, 0);
+		else
+			st = lookup_state(&key);
+		/* A store entry in another state missed a transition: its
+		 * time is not the socket's. */
+		if (st && st->state != r.state)
+			st = NULL;
+		if (st && st->since_ns) {
+			if (r.ts_ns - st->since_ns < settings.stuck_ns)
+				return 0;
+			r.since_ns = st->since_ns;
+			r.flags |= SNAP_F_SINCE;
+		} else if (st && st->seeded) {
+			r.flags |= SNAP_F_BEFORE_TRACE;
+		}
+		if (st && st->owner_known) {
+			r.flags |= SNAP_F_OWNER;
+			r.owner_pid = st->owner_pid;
+			r.owner_uid = st->owner_uid;
+			r.owner_cgroup = st->owner_cgroup;
+			__builtin_memcpy(r.owner_comm, st->owner_comm,
+					 sizeof(r.owner_comm));
+		}
+		if ((settings.filter_pid || settings.filter_comm ||
+		     settings.filter_uid || settings.filter_groups) &&
+		    !stuck_owner_matches(st))
+			return 0;
+	}
 	bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
 	return 0;
 }

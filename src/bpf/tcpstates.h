@@ -156,14 +156,24 @@ enum snap_flags {
 	/* The kernel's per-socket store took the socket from the snapshot
 	 * (no transition of it had put it there first). */
 	SNAP_F_SEEDED = 0x2,
+	/* The stuck walk: since_ns is when the socket entered its state,
+	 * from the kernel's store. */
+	SNAP_F_SINCE = 0x4,
+	/* ... or the store says it has been in it since before the trace. */
+	SNAP_F_BEFORE_TRACE = 0x8,
+	/* ... and owner_* is its owner, from the store. */
+	SNAP_F_OWNER = 0x10,
 };
 
-/* ... and one existing full socket, as the socket iterator walked it. */
+/* ... and one existing full socket, as a socket iterator walked it (the
+ * snapshot, or the walk for stuck sockets). */
 struct snap_sock {
 	__u64 skaddr;
 	/* bpf_ktime_get_ns() when walked: a transition of the socket before
 	 * it is in `state`, one after it is not. */
 	__u64 ts_ns;
+	/* With SNAP_F_SINCE. */
+	__u64 since_ns;
 	__u64 owner_cgroup;
 	__u32 owner_pid;
 	__u32 owner_uid;
@@ -510,6 +520,12 @@ struct settings {
 	/* Summary mode: keep the census (needs the map store). */
 	__u8 census;
 	__u8 __pad_end[3];
+	/* --stuck: the walk reports sockets in these states (bit n: state
+	 * n) ... */
+	__u32 stuck_mask;
+	/* ... that have been in it at least this long, where the kernel
+	 * keeps the times (else every one: user space knows their times). */
+	__u64 stuck_ns;
 };
 
 #endif /* TCPSTATES_H */

@@ -173,9 +173,26 @@ pub fn write_entry(out: &mut Vec<u8>, ev: &Event, unix_ns: i128, object_comm: bo
     push_u64(&mut message, ev.rport.into());
     message.push(b' ');
     ev.old.text().write(&mut message);
-    message.extend_from_slice(" → ".as_bytes());
-    ev.new.text().write(&mut message);
+    if ev.stuck {
+        // Not a transition: `<OLD> stuck for [>]<ms> ms`.
+        message.extend_from_slice(b" stuck for ");
+        let (ms, at_least) = match (ev.duration_ns, ev.at_least_ns) {
+            (Some(ns), _) => (ns, false),
+            (None, ns) => (ns.unwrap_or(0), true),
+        };
+        if at_least {
+            message.push(b'>');
+        }
+        push_u64(&mut message, ms / 1_000_000);
+        message.extend_from_slice(b" ms");
+    } else {
+        message.extend_from_slice(" → ".as_bytes());
+        ev.new.text().write(&mut message);
+    }
     field(out, "MESSAGE", &message);
+    if ev.stuck {
+        field(out, "TCPSTATES_STUCK", b"1");
+    }
     field(out, "PRIORITY", b"5");
     field(out, "SYSLOG_IDENTIFIER", b"tcpstates");
     number(out, "OBJECT_PID", ev.pid.into());

@@ -157,6 +157,10 @@ pub fn write_event(out: &mut Vec<u8>, ev: &Event, time: Utc) {
     ev.old.text().write_json(out);
     out.extend_from_slice(b",\"newstate\":");
     ev.new.text().write_json(out);
+    // Not a transition: the socket has been in its state too long.
+    if ev.stuck {
+        out.extend_from_slice(b",\"stuck\":true");
+    }
     out.extend_from_slice(b",\"ms\":");
     match (ev.duration_ns, ev.at_least_ns) {
         (Some(ns), _) => push_micros(out, ns, 3),

@@ -8,7 +8,19 @@ use std::time::Instant;
 use crate::census::Census;
 use crate::clock::{Utc, WallClock};
 use crate::config::SummaryOutput;
+use crate::stuck::StuckSocket;
 use crate::summary::{ByLabel, Summary};
+
+/// What is printed as it is now, not as counted since the last print:
+/// the census, and with --stuck the stuck sockets and the threshold in
+/// seconds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Now<'a> {
+    /// The census, when kept.
+    pub census: Option<&'a Census>,
+    /// The stuck sockets, and --stuck's seconds.
+    pub stuck: Option<(&'a [StuckSocket], u64)>,
+}
 
 /// Prints what the kernel counted since the last print.
 pub struct SummaryPrinter<W: Write> {
@@ -38,8 +50,9 @@ impl<W: Write> SummaryPrinter<W> {
         &mut self,
         now: &Summary,
         labels: Option<&ByLabel>,
-        census: Option<&Census>,
+        gauges: &Now<'_>,
     ) -> io::Result<()> {
+        let census = gauges.census;
         if !self.output.print {
             return Ok(());
         }
@@ -57,6 +70,7 @@ impl<W: Write> SummaryPrinter<W> {
                 seconds,
                 labels_delta.as_ref(),
                 census,
+                gauges.stuck.map(|(stuck, _)| stuck),
             );
         } else {
             if self.output.clock {
@@ -74,6 +88,10 @@ impl<W: Write> SummaryPrinter<W> {
             }
             if let Some(census) = census {
                 census.write_text(&mut text);
+                text.push('\n');
+            }
+            if let Some((stuck, after_s)) = gauges.stuck {
+                crate::stuck::write_text(stuck, after_s, &mut text);
                 text.push('\n');
             }
         }
@@ -99,9 +117,9 @@ mod tests {
         let mut printer = SummaryPrinter::new(output, Vec::new());
         let mut now = Summary::default();
         now.transitions[1][8] = 3;
-        printer.print(&now, None, None).unwrap();
+        printer.print(&now, None, &Now::default()).unwrap();
         now.transitions[1][8] = 5;
-        printer.print(&now, None, None).unwrap();
+        printer.print(&now, None, &Now::default()).unwrap();
         let text = String::from_utf8(printer.out).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
@@ -112,7 +130,9 @@ mod tests {
     #[test]
     fn prints_nothing_when_not_asked_to() {
         let mut printer = SummaryPrinter::new(SummaryOutput::default(), Vec::new());
-        printer.print(&Summary::default(), None, None).unwrap();
+        printer
+            .print(&Summary::default(), None, &Now::default())
+            .unwrap();
         assert!(printer.out.is_empty());
     }
 }

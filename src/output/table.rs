@@ -163,6 +163,8 @@ impl Formatter {
             Field::Rport => push_u64(out, ev.rport.into()),
             Field::Old => ev.old.text().write(out),
             Field::Arrow => out.extend_from_slice(b"->"),
+            // A stuck socket's row: its state, "-> STUCK", its time there.
+            Field::New if ev.stuck => out.extend_from_slice(b"STUCK"),
             Field::New => ev.new.text().write(out),
             Field::Ms => match (ev.duration_ns, ev.at_least_ns) {
                 (Some(ns), _) => push_micros(out, ns, 3),

@@ -30,6 +30,8 @@ use crate::identity::Identities;
 use crate::identity::Identity;
 use crate::identity::groups::GroupRules;
 use crate::plan::OwnerKeeper;
+use crate::snapshot::Found;
+use crate::stuck::{Since, StuckSocket};
 use crate::tracer::{KernelView, Tracer};
 
 /// What [`Decoder::place`] says of an owner.
@@ -215,6 +217,41 @@ impl Decoder {
     /// could judge it.
     pub fn unjudged(&self) -> u64 {
         self.unjudged
+    }
+
+    /// A socket a walk found at `found.ts_ns`, once every record before
+    /// then was decoded: judged stuck or not, from the reader's times and
+    /// owners where it keeps them, else from what the kernel's walk said.
+    pub fn stuck(&mut self, found: Found, threshold_ns: u64) -> Option<StuckSocket> {
+        let Some(times) = &self.times else {
+            let since = StuckSocket::since_in_kernel(&found);
+            let owner = found.holder;
+            return StuckSocket::judge(found, since, owner, self.began_ns, threshold_ns);
+        };
+        let since = match times.since(found.skaddr) {
+            // A transition after the walk: the state walked is left.
+            Some(at) if at > found.ts_ns => Since::Unknown,
+            Some(at) => Since::At(at),
+            None if times.complete() && self.losses.none_before(found.ts_ns) => Since::BeforeTrace,
+            None => Since::Unknown,
+        };
+        let owner = self.owners.as_ref().and_then(|o| o.of(found.skaddr));
+        StuckSocket::judge(found, since, owner, self.began_ns, threshold_ns)
+    }
+
+    /// A stuck socket as an event for the stream outputs, its owner
+    /// placed as a transition's (None when the group filters leave it
+    /// out).
+    pub fn stuck_event(&mut self, stuck: &StuckSocket) -> Option<Event> {
+        let mut event = stuck.as_event();
+        match self.place(event.owner, false) {
+            Placed::LeftOut => None,
+            Placed::At(cgroup, identity) => {
+                event.cgroup = cgroup;
+                event.identity = identity;
+                Some(event)
+            }
+        }
     }
 
     /// The user-space times, unless the kernel keeps them.

@@ -123,6 +123,15 @@ impl Owners {
         }
     }
 
+    /// The owner of the socket at `skaddr` now, when known (from a
+    /// transition, or the snapshot's holder).
+    pub fn of(&self, skaddr: u64) -> Option<Owner> {
+        self.by_socket.get(&skaddr).copied().or_else(|| {
+            let &(_, index) = self.seeds.by_socket.get(&skaddr)?;
+            self.seeds.owners.get(index as usize).copied()
+        })
+    }
+
     /// The task on the CPU of `ev` accepted its socket: it is the owner now.
     pub fn accepted(&mut self, ev: &Event) {
         if self.by_socket.len() < self.limit || self.by_socket.contains_key(&ev.skaddr) {

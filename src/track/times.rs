@@ -117,6 +117,17 @@ impl SocketTimes {
         }
     }
 
+    /// When the socket at `skaddr` entered its state, if remembered ...
+    pub fn since(&self, skaddr: u64) -> Option<u64> {
+        self.since.get(&skaddr).copied()
+    }
+
+    /// ... and whether every socket seen is (then one not remembered has
+    /// not been seen).
+    pub fn complete(&self) -> bool {
+        self.no_room == 0
+    }
+
     /// Sockets remembered now.
     pub fn len(&self) -> usize {
         self.since.len()
