@@ -879,3 +879,62 @@ fn dashboard_and_rules_use_only_exported_metrics() {
         "not exported: {missing:?}\n{exposition}"
     );
 }
+
+/// The endpoint's gauges of now: `tcpstates_stuck_sockets` counts the one
+/// CLOSE_WAIT made before the tracer (a port filter keeps the rest of the
+/// host out), under this process's name with --stuck-owners, once it has
+/// sat past the threshold; `tcpstates_sockets` has every counted state, and
+/// at least this test's sockets; promtool lints the whole exposition.
+#[test]
+fn stuck_and_census_gauges_at_the_endpoint() {
+    let Some(_root) = root() else { return };
+    let (listener, port) = listen(false);
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    read_to_eof(&server, Some(Duration::from_secs(5)));
+    let port = port.to_string();
+    let tracer = tracer(&[
+        "--metrics",
+        "127.0.0.1:0",
+        "--stuck",
+        "1",
+        "--stuck-owners",
+        "2",
+        "-L",
+        &port,
+    ]);
+    let addr = tracer
+        .metrics
+        .expect("the tracer names its metrics address");
+    let comm = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let stuck = format!(
+        "tcpstates_stuck_sockets{{state=\"CLOSE_WAIT\",owner=\"{}\"}}",
+        comm.trim_end()
+    );
+    let (_, before) = get(addr, "/metrics", "text/plain").unwrap();
+    assert_eq!(sample(&before, &stuck), 0.0, "{before}");
+    sleep(Duration::from_millis(1500));
+    let (status, text) = get(addr, "/metrics", "text/plain").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(sample(&text, &stuck), 1.0, "{text}");
+    let stuck_series = text
+        .lines()
+        .filter(|l| l.starts_with("tcpstates_stuck_sockets{"))
+        .count();
+    assert_eq!(stuck_series, 1, "{text}");
+    let gauge = |state: &str| sample(&text, &format!("tcpstates_sockets{{state=\"{state}\"}}"));
+    assert!(
+        gauge("CLOSE_WAIT") >= 1.0 && gauge("FIN_WAIT2") >= 1.0,
+        "{text}"
+    );
+    assert!(gauge("LISTEN") >= 1.0, "{text}");
+    let states = text
+        .lines()
+        .filter(|l| l.starts_with("tcpstates_sockets{"))
+        .count();
+    assert_eq!(states, 9, "{text}");
+    promtool_lint(&text);
+    drop(tracer);
+    drop((client, server, listener));
+}

@@ -435,3 +435,139 @@ fn without_a_journal_it_says_which_socket_and_exits_1() {
     );
     assert!(out.stdout.is_empty(), "nothing traced");
 }
+
+/// --stuck in every output: a CLOSE_WAIT made before the tracers (its
+/// client shut its side down), left there. Each output reports it once,
+/// with this process as owner, its addresses and a lower bound of at least
+/// the threshold: the table and CSV as `CLOSE_WAIT -> STUCK >ms`, JSON with
+/// `"stuck": true`, the journal with TCPSTATES_STUCK=1, the summary's text
+/// and JSON lists with each print. The live connection beside it is not
+/// stuck (ESTABLISHED is not watched).
+#[test]
+fn stuck_sockets_in_every_output() {
+    let Some(_root) = root() else { return };
+    let _journald = Journald::get();
+    let start = micros_now();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let client = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    read_to_eof(&server, Some(Duration::from_secs(5)));
+    let live = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let (live_server, _) = listener.accept().unwrap();
+    let peer = client.local_addr().unwrap().port();
+    let stuck = ["--stuck", "1", "-4", "-L", &port.to_string()];
+    let runs: Vec<(&str, TracerProcess)> = [
+        ("table", vec!["-x"]),
+        ("csv", vec!["--csv"]),
+        ("json", vec!["-j"]),
+        ("journal", vec!["-Y"]),
+        ("summary", vec!["-S", "1"]),
+        ("summary-json", vec!["-S", "1", "-j"]),
+    ]
+    .into_iter()
+    .map(|(name, args)| {
+        let args: Vec<&str> = args.iter().chain(stuck.iter()).copied().collect();
+        (name, tracer(&args))
+    })
+    .collect();
+    sleep(Duration::from_millis(3500));
+    let me = std::process::id().to_string();
+    for (name, run) in runs {
+        let lines = stop(run);
+        let text = lines.join("\n");
+        let reported: Vec<&String> = lines
+            .iter()
+            .filter(|l| l.contains(&peer.to_string()))
+            .collect();
+        match name {
+            "table" | "csv" | "journal" => {
+                assert_eq!(reported.len(), 1, "{name}: {text}");
+                let row: Vec<&str> = if name == "csv" {
+                    reported[0].split(',').collect()
+                } else {
+                    reported[0].split_whitespace().collect()
+                };
+                // CSV has no arrow column.
+                let state: Vec<&str> = match name {
+                    "csv" => vec!["CLOSE_WAIT", "STUCK"],
+                    _ => vec!["CLOSE_WAIT", "->", "STUCK"],
+                };
+                let at = row.iter().position(|f| *f == "CLOSE_WAIT").expect(name);
+                assert_eq!(&row[at..at + state.len()], state, "{name}: {text}");
+                let ms: f64 = row[at + state.len()]
+                    .strip_prefix('>')
+                    .unwrap_or_else(|| panic!("{name}: {text}"))
+                    .parse()
+                    .unwrap();
+                assert!(ms >= 1000.0, "{name}: {text}");
+                assert!(row.contains(&me.as_str()), "{name}: no owner: {text}");
+            }
+            "json" => {
+                assert_eq!(reported.len(), 1, "{text}");
+                let v: Value = serde_json::from_str(reported[0]).unwrap();
+                assert_eq!(v["stuck"], true, "{v}");
+                assert_eq!(
+                    (v["oldstate"].as_str(), v["newstate"].as_str()),
+                    (Some("CLOSE_WAIT"), Some("CLOSE_WAIT"))
+                );
+                assert_eq!(
+                    (v["lport"].as_u64(), v["rport"].as_u64()),
+                    (Some(port.into()), Some(peer.into()))
+                );
+                assert_eq!(v["ms_at_least"], true, "{v}");
+                assert!(v["ms"].as_f64().unwrap() >= 1000.0, "{v}");
+                assert_eq!(
+                    v["owner_pid"].as_u64(),
+                    Some(std::process::id().into()),
+                    "{v}"
+                );
+            }
+            "summary" => {
+                // Each print lists it, from the first at 1 s (its bound
+                // then just over the threshold) to the last.
+                let headings = lines
+                    .iter()
+                    .filter(|l| l.starts_with("Stuck sockets (over 1 s in one state): 1"))
+                    .count();
+                assert!(headings >= 2 && reported.len() == headings, "{text}");
+                for line in reported {
+                    assert!(line.trim_start().starts_with("CLOSE_WAIT"), "{line}");
+                    assert!(
+                        line.contains(&format!("127.0.0.1:{port} -> 127.0.0.1:{peer}")),
+                        "{line}"
+                    );
+                    assert!(
+                        line.contains(&format!(" {me} ")) && line.contains(" >"),
+                        "{line}"
+                    );
+                }
+            }
+            "summary-json" => {
+                assert!(lines.len() >= 2, "{text}");
+                for line in &lines {
+                    let v: Value = serde_json::from_str(line).unwrap();
+                    let stuck = v["stuck"].as_array().unwrap_or_else(|| panic!("{v}"));
+                    assert_eq!(stuck.len(), 1, "{v}");
+                    assert_eq!(stuck[0]["state"], "CLOSE_WAIT");
+                    assert_eq!(stuck[0]["rport"].as_u64(), Some(peer.into()));
+                    assert_eq!(stuck[0]["pid"].as_u64(), Some(std::process::id().into()));
+                    assert_eq!(stuck[0]["seconds_at_least"], true);
+                    assert!(v["sockets"]["CLOSE_WAIT"].as_u64().unwrap() >= 1, "{v}");
+                }
+            }
+            _ => unreachable!(),
+        }
+    }
+    // The journal has the entry, marked.
+    let entries: Vec<Value> = tcpstates_entries(start / 1_000_000)
+        .into_iter()
+        .filter(|e| text(&e["TCPSTATES_STUCK"]).as_deref() == Some("1"))
+        .filter(|e| text(&e["OBJECT_TCP_DESTINATION_PORT"]) == Some(peer.to_string()))
+        .collect();
+    assert_eq!(entries.len(), 1, "{entries:#?}");
+    let message = text(&entries[0]["MESSAGE"]).unwrap();
+    assert!(message.contains("CLOSE_WAIT stuck for >"), "{message}");
+    drop((client, server, live, live_server, listener));
+}

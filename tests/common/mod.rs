@@ -10,6 +10,7 @@ use tcpstates::close::Close;
 use tcpstates::config::Config;
 use tcpstates::event::{DecodeError, Event, TcpState};
 use tcpstates::plan::Wake;
+use tcpstates::stuck::StuckSocket;
 use tcpstates::tracer::Tracer;
 use tcpstates::track::Decoder;
 
@@ -28,6 +29,23 @@ impl Capture {
     /// for every event.
     pub fn start(config: &Config) -> Self {
         Capture::with(config, Decoder::decode, dump)
+    }
+}
+
+impl Capture {
+    /// What a stream run with --stuck finds at a walk: the sockets
+    /// walked, judged once every record before the walk is decoded (as
+    /// the session does).
+    pub fn stuck(&mut self) -> Vec<StuckSocket> {
+        let view = self.tracer.view();
+        let options = view.stuck_options().expect("a tracer with --stuck");
+        let found = view.walk_stuck().expect("walking").unwrap_or_default();
+        self.wait_until("the records before the walk", |_| true);
+        let threshold = options.after.as_nanos() as u64;
+        found
+            .into_iter()
+            .filter_map(|f| self.decoder.stuck(f, threshold))
+            .collect()
     }
 }
 

@@ -7,6 +7,7 @@ use std::net::{Shutdown, TcpListener};
 
 use tcpstates::census::Census;
 use tcpstates::config::{Format, TimeColumns};
+use tcpstates::stuck::StuckSocket;
 use tcpstates_testkit::netns::{Namespace, ss_states, tcp_states_here};
 
 use super::*;
@@ -358,4 +359,121 @@ fn census_stays_exact_across_a_storm_at_start() {
     let summary = tracer.view().summary().unwrap();
     assert!(summary.total() > 0, "the tracer saw none of the storm");
     census_agrees(&tracer, "after the storm", every_namespace);
+}
+
+/// A server side left in CLOSE_WAIT (its client shut its side down), on
+/// the listener given.
+fn close_wait(listener: &TcpListener) -> (TcpStream, TcpStream) {
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    read_to_eof(&server);
+    (client, server)
+}
+
+/// --stuck 2 --stuck-states CLOSE_WAIT: two CLOSE_WAIT sockets made before
+/// the tracer, one 1.5 s after it started. At 2.5 s exactly the two older
+/// ones are stuck, with this process as holder and the trace's age as a
+/// lower bound; at 4 s the third too, with its exact time; a CLOSE_WAIT
+/// that ended is not. The reader keeping the times (a stream run) and the
+/// kernel (summary mode) say the same.
+fn stuck_close_waits(v6: bool) {
+    let Some(_root) = root() else { return };
+    let (listener, port) = listen(v6);
+    let older = [close_wait(&listener), close_wait(&listener)];
+    let ended = close_wait(&listener);
+    let stuck = Some(tcpstates::config::Stuck {
+        after: Duration::from_secs(2),
+        states: 1 << CloseWait.number(),
+        owners: 0,
+    });
+    let extended = Format::Table {
+        times: TimeColumns::default(),
+        wide: false,
+        extended: true,
+    };
+    let asked = std::time::Instant::now();
+    let mut stream = Capture::start(&Config {
+        stuck,
+        format: extended,
+        ..opts(test_attach(), Filter::default())
+    });
+    let summary = Tracer::start(
+        &Config {
+            stuck,
+            mode: Mode::Summary(SummaryOutput::default()),
+            ..opts(test_attach(), Filter::default())
+        },
+        Wake::EachEvent,
+    )
+    .expect("starting a summary tracer");
+    let started = std::time::Instant::now();
+    let (ended_client, ended_server) = ended;
+    drop(ended_server);
+    read_to_eof(&ended_client);
+    drop(ended_client);
+    sleep(Duration::from_millis(1500).saturating_sub(started.elapsed()));
+    let young_made = std::time::Instant::now();
+    let young = close_wait(&listener);
+    let young_port = young.1.peer_addr().unwrap().port();
+    let older_ports: Vec<u16> = older
+        .iter()
+        .map(|(c, _)| c.local_addr().unwrap().port())
+        .collect();
+    let mine = |all: Vec<StuckSocket>| -> Vec<StuckSocket> {
+        let mut mine: Vec<StuckSocket> =
+            all.into_iter().filter(|s| s.found.lport == port).collect();
+        mine.sort_by_key(|s| s.found.rport);
+        mine
+    };
+    sleep(Duration::from_millis(2500).saturating_sub(started.elapsed()));
+    let from_kernel = || mine(summary.view().stuck_now().unwrap().expect("--stuck"));
+    for (who, stuck) in [("reader", mine(stream.stuck())), ("kernel", from_kernel())] {
+        let ports: Vec<u16> = stuck.iter().map(|s| s.found.rport).collect();
+        assert_eq!(ports, older_ports, "{who}: {stuck:#?}");
+        for s in &stuck {
+            assert_eq!(s.found.state, CloseWait, "{who}");
+            assert!(s.at_least, "{who}: {s:?}");
+            let age = s.age_ns;
+            assert!(
+                age >= 2_000_000_000 && age <= asked.elapsed().as_nanos() as u64,
+                "{who}: {s:?}"
+            );
+            let owner = s.owner.unwrap_or_else(|| panic!("{who}: no holder: {s:?}"));
+            assert_eq!(
+                (owner.pid, owner.comm().into_owned()),
+                (std::process::id(), my_comm())
+            );
+        }
+    }
+    sleep(Duration::from_millis(4000).saturating_sub(started.elapsed()));
+    for (who, stuck) in [("reader", mine(stream.stuck())), ("kernel", from_kernel())] {
+        let ports: Vec<u16> = stuck.iter().map(|s| s.found.rport).collect();
+        let mut expected = older_ports.clone();
+        expected.push(young_port);
+        expected.sort_unstable();
+        assert_eq!(ports, expected, "{who}: {stuck:#?}");
+        let young = stuck.iter().find(|s| s.found.rport == young_port).unwrap();
+        assert!(!young.at_least, "{who}: {young:?}");
+        assert!(
+            young.age_ns >= 2_000_000_000 && young.age_ns <= young_made.elapsed().as_nanos() as u64,
+            "{who}: {young:?}"
+        );
+        assert_eq!(
+            young.owner.map(|o| o.pid),
+            Some(std::process::id()),
+            "{who}"
+        );
+    }
+    drop((older, young, listener));
+}
+
+#[test]
+fn ipv4_stuck_close_waits() {
+    stuck_close_waits(false);
+}
+
+#[test]
+fn ipv6_stuck_close_waits() {
+    stuck_close_waits(true);
 }
