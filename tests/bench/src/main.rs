@@ -12,13 +12,14 @@
 //! Run it with `scripts/bench` (as root). The parts: [`sample`] runs one
 //! storm under one tool, [`kernel`] measures the tracers' in-kernel time,
 //! [`startup`] their start, [`soak`] a long run, [`scale`] the cost with
-//! many sockets held open, [`stats`] the statistics
+//! many sockets held open, [`snapshot`] the cost at start with them, [`stats`] the statistics
 //! the tables print.
 
 mod burst;
 mod kernel;
 mod sample;
 mod scale;
+mod snapshot;
 mod soak;
 mod startup;
 mod stats;
@@ -113,6 +114,12 @@ struct Args {
     /// Storms per socket count and tracer setup, with --scale
     #[arg(long, default_value_t = 3)]
     scale_runs: usize,
+    /// The snapshot's cost at start with this many sockets held (a comma list)
+    #[arg(long, value_name = "SOCKETS", value_delimiter = ',')]
+    snapshot: Vec<usize>,
+    /// Starts per socket count and setup, with --snapshot
+    #[arg(long, default_value_t = 5)]
+    snapshot_runs: usize,
     /// (internal) Be a holder of this many connections (see --scale).
     #[arg(long, hide = true, value_name = "CONNECTIONS")]
     holder: Option<usize>,
@@ -207,6 +214,9 @@ fn main() -> Result<()> {
     }
     if !args.scale.is_empty() {
         return scale::scale(&args, &storm);
+    }
+    if !args.snapshot.is_empty() {
+        return snapshot::snapshot_table(&args);
     }
     if args.burst {
         return burst::burst(&args);
