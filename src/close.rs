@@ -28,6 +28,8 @@ const FLAG_LIFETIME_UNKNOWN: u32 = types::event_flags::EVENT_F_LIFETIME_UNKNOWN.
 const FLAG_FIN_ACKED: u32 = types::event_flags::EVENT_F_FIN_ACKED.0;
 const FLAG_FIN_RECEIVED: u32 = types::event_flags::EVENT_F_FIN_RECEIVED.0;
 const TIME_UNKNOWN: u64 = u64::MAX;
+/// A step held since before the trace: this bit and the time it ended.
+const TIME_AT_LEAST: u64 = 1 << 63;
 
 /// One state a socket was in, and how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,12 @@ pub struct Step {
     /// The time spent in it; None when not known (a new socket's CLOSE
     /// before connect or listen, or a state entered before the trace).
     pub spent_ns: Option<u64>,
+    /// When not known because the state was entered before the trace: a
+    /// lower bound, the trace's age when the socket left it (set by the
+    /// decoder, which knows when the trace began; see [`Close::bound`]).
+    pub at_least_ns: Option<u64>,
+    /// ... from the kernel's time the socket left the state.
+    left_at_ns: Option<u64>,
 }
 
 /// tcp_sock's counters at CLOSE; each None where the kernel lacks the
@@ -149,12 +157,17 @@ impl Close {
         let mut timeline = [Step {
             state: TcpState::Close,
             spent_ns: None,
+            at_least_ns: None,
+            left_at_ns: None,
         }; STEPS];
         for (i, slot) in timeline.iter_mut().enumerate().take(steps_kept) {
             let spent = r.u64(at + offset_of!(types::timeline, spent_ns) + 8 * i);
             *slot = Step {
                 state: TcpState::from_raw(bytes[at + offset_of!(types::timeline, left) + i].into()),
-                spent_ns: (spent != TIME_UNKNOWN).then_some(spent),
+                spent_ns: (spent & TIME_AT_LEAST == 0).then_some(spent),
+                at_least_ns: None,
+                left_at_ns: (spent != TIME_UNKNOWN && spent & TIME_AT_LEAST != 0)
+                    .then_some(spent & !TIME_AT_LEAST),
             };
         }
         let steps = &timeline[..steps_kept];
@@ -231,6 +244,18 @@ impl Close {
             },
             owner_undecided: flags & FLAG_OWNER_UNDECIDED != 0,
         })
+    }
+
+    /// Gives each step held since before the trace its lower bound, the
+    /// time from `began_ns` to when the socket left it, where `sure` says
+    /// that no transition before that time went unseen.
+    pub fn bound(&mut self, began_ns: u64, mut sure: impl FnMut(u64) -> bool) {
+        let kept = usize::from(self.steps_kept);
+        for step in &mut self.timeline[..kept] {
+            if let Some(left) = step.left_at_ns {
+                step.at_least_ns = sure(left).then(|| left.saturating_sub(began_ns));
+            }
+        }
     }
 
     /// The states it left, in order, each with its time.
@@ -343,6 +368,24 @@ pub(crate) mod tests {
     pub(crate) fn close_of(raw: &RawClose) -> Close {
         // SAFETY: RawClose is Plain (above): reading its bytes is sound.
         Close::decode(unsafe { plain::as_bytes(raw) }).unwrap()
+    }
+
+    /// A state held since before the trace: a lower bound once the
+    /// decoder says when the trace began and that nothing was lost.
+    #[test]
+    fn a_state_entered_before_the_trace_gets_its_bound() {
+        let mut raw = raw_client();
+        raw.t.spent_ns[2] = TIME_AT_LEAST | 9_000_000_000;
+        let mut c = close_of(&raw);
+        assert_eq!(
+            (c.steps()[2].spent_ns, c.steps()[2].at_least_ns),
+            (None, None)
+        );
+        c.bound(5_000_000_000, |left| left == 9_000_000_000);
+        assert_eq!(c.steps()[2].at_least_ns, Some(4_000_000_000));
+        assert_eq!(c.steps()[0].at_least_ns, None, "unknown stays unknown");
+        c.bound(5_000_000_000, |_| false);
+        assert_eq!(c.steps()[2].at_least_ns, None, "not after a loss");
     }
 
     #[test]

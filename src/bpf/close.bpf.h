@@ -91,8 +91,12 @@ static __always_inline void add_step(const struct event *e, struct timeline *t)
 	if (i >= TIMELINE_STEPS)
 		return;
 	t->left[i] = e->oldstate;
-	t->spent_ns[i] = e->flags & EVENT_F_DURATION_UNKNOWN ? TIME_UNKNOWN
-							     : e->delta_ns;
+	if (e->flags & EVENT_F_BEFORE_TRACE)
+		t->spent_ns[i] = TIME_AT_LEAST | e->ts_ns;
+	else if (e->flags & EVENT_F_DURATION_UNKNOWN)
+		t->spent_ns[i] = TIME_UNKNOWN;
+	else
+		t->spent_ns[i] = e->delta_ns;
 }
 
 /*

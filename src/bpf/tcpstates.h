@@ -240,6 +240,10 @@ enum timeline_dims {
 /* A time spent that is not known (the socket is new, or older than the
  * trace). */
 #define TIME_UNKNOWN (~0ULL)
+/* A time spent in a state entered before the trace: this bit, and the
+ * bpf_ktime_get_ns() the socket left it at (user space makes the lower
+ * bound, the time since the trace began, from it). */
+#define TIME_AT_LEAST (1ULL << 63)
 
 struct timeline {
 	__u64 spent_ns[TIMELINE_STEPS];

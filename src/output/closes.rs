@@ -200,9 +200,14 @@ pub fn push_states(out: &mut Vec<u8>, c: &Close) {
         }
         step.state.text().write(out);
         out.push(b':');
-        match step.spent_ns {
-            Some(ns) => push_micros(out, ns, 3),
-            None => out.extend_from_slice(UNKNOWN.as_bytes()),
+        match (step.spent_ns, step.at_least_ns) {
+            (Some(ns), _) => push_micros(out, ns, 3),
+            // Held since before the trace: at least this long.
+            (None, Some(ns)) => {
+                out.push(b'>');
+                push_micros(out, ns, 3);
+            }
+            (None, None) => out.extend_from_slice(UNKNOWN.as_bytes()),
         }
         out.push(b' ');
     }

@@ -69,9 +69,13 @@ pub fn write_close(out: &mut Vec<u8>, c: &Close, time: Utc) {
         out.extend_from_slice(b"{\"state\":");
         step.state.text().write_json(out);
         out.extend_from_slice(b",\"ms\":");
-        match step.spent_ns {
-            Some(ns) => push_micros(out, ns, 3),
-            None => out.extend_from_slice(b"null"),
+        match (step.spent_ns, step.at_least_ns) {
+            (Some(ns), _) => push_micros(out, ns, 3),
+            (None, Some(ns)) => {
+                push_micros(out, ns, 3);
+                out.extend_from_slice(b",\"ms_at_least\":true");
+            }
+            (None, None) => out.extend_from_slice(b"null"),
         }
         out.push(b'}');
     }

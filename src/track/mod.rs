@@ -178,6 +178,8 @@ impl Decoder {
     /// Decodes one close record (`-C`), its owner named as a transition's.
     pub fn decode_close(&mut self, data: &[u8]) -> Result<Option<Close>, DecodeError> {
         let mut close = Close::decode(data)?;
+        let losses = &mut self.losses;
+        close.bound(self.began_ns, |left| losses.none_before(left));
         match self.place(close.owner, close.owner_undecided) {
             Placed::LeftOut => Ok(None),
             Placed::At(cgroup, identity) => {

@@ -386,3 +386,48 @@ fn unaccepted() {
         assert_eq!(one(&records, Role::Listener).cause, Cause::Listener);
     }
 }
+
+/// A connection made before the tracer, closed by its client while it
+/// runs: each side's record shows its ESTABLISHED as a lower bound, at
+/// least the time held and at most the time since the tracer was asked to
+/// start, the states after it exactly; its lifetime and role stay unknown,
+/// its owner is this process (the snapshot's holder).
+#[test]
+fn older_sockets_records_bound_their_first_state() {
+    let Some(_root) = root() else { return };
+    let (listener, port) = listen(false);
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let asked = std::time::Instant::now();
+    let mut capture = Capture::closes(&close_config(Filter {
+        local_ports: vec![port, client.local_addr().unwrap().port()],
+        ..Filter::default()
+    }));
+    let hold = Duration::from_millis(100);
+    sleep(hold);
+    drop(client);
+    read_to_eof(&server);
+    drop(server);
+    let records = capture.wait_until("both sides' records", |r| of_port(r, port).len() == 2);
+    let age = asked.elapsed();
+    for r in of_port(&records, port) {
+        let first = r.steps()[0];
+        assert_eq!((first.state, first.spent_ns), (Established, None), "{r:#?}");
+        let bound = first
+            .at_least_ns
+            .unwrap_or_else(|| panic!("no bound: {r:#?}"));
+        assert!(
+            bound >= hold.as_nanos() as u64 && bound <= age.as_nanos() as u64,
+            "{r:#?}"
+        );
+        for later in &r.steps()[1..] {
+            assert!(
+                later.spent_ns.is_some() && later.at_least_ns.is_none(),
+                "{r:#?}"
+            );
+        }
+        assert_eq!(r.lifetime_ns, None, "{r:#?}");
+        assert_eq!(r.owner.map(|o| o.pid), Some(std::process::id()), "{r:#?}");
+    }
+    drop(listener);
+}
