@@ -125,8 +125,11 @@ pub struct Plan {
     pub rank_ports: bool,
     /// The host's page size: the smallest ring buffer.
     pub page_bytes: u32,
-    /// The sockets that exist at start are walked (src/snapshot.rs).
+    /// The sockets that exist at start are walked (src/snapshot.rs): for
+    /// their owners, or the kernel's store (and so the census).
     pub snapshot: bool,
+    /// ... with their holders (someone keeps owners).
+    pub snapshot_holders: bool,
     /// ... how many, about: what the holders' map may take.
     pub snapshot_sockets: u32,
     /// Summary mode keeps the census of sockets in each state.
@@ -277,7 +280,10 @@ impl Plan {
             port_labels,
             rank_ports: port_labels && config.label_ports == PortLabels::Busiest,
             page_bytes: host.page_bytes,
-            snapshot,
+            // Nothing to learn from a walk when nobody keeps owners and the
+            // reader keeps the times (their lower bounds need none).
+            snapshot: snapshot && (owners != OwnerKeeper::Nobody || store != KernelStore::None),
+            snapshot_holders: snapshot && owners != OwnerKeeper::Nobody,
             snapshot_sockets: u32::try_from(host.tcp_sockets.saturating_mul(2))
                 .unwrap_or(u32::MAX)
                 .max(DEFAULT_MAP_SOCKETS),
@@ -328,6 +334,7 @@ impl Plan {
             count_closes: u8::from(self.summary),
             cause_mask: filter.causes,
             census: u8::from(self.census),
+            snap_records: u8::from(self.snapshot && self.owners == OwnerKeeper::Reader),
             stuck_mask: self.stuck.map_or(0, |(states, _)| states),
             stuck_ns: self.stuck.map_or(0, |(_, ns)| ns),
             ..Default::default()
@@ -382,7 +389,7 @@ impl Plan {
                 1
             },
             port_busy: if self.rank_ports { RANKED_PORTS } else { 1 },
-            holders: if self.snapshot {
+            holders: if self.snapshot_holders {
                 self.snapshot_sockets
             } else {
                 1
@@ -604,14 +611,22 @@ mod tests {
             tcp_sockets: 100_000,
             ..HOST
         };
-        let p = plan(&[], &busy, AttachMode::TpBtf);
-        assert!(p.snapshot && !p.census);
-        assert_eq!(p.map_sizes(&config(&[]).filter).holders, 200_000);
-        assert!(!plan(&["--no-snapshot"], &busy, AttachMode::TpBtf).snapshot);
-        assert!(!plan(&[], &HOST, AttachMode::TpBtf).snapshot);
+        // Nothing to learn by default: no owners, times in the reader.
+        assert!(!plan(&[], &busy, AttachMode::TpBtf).snapshot);
+        let c = config(&["-x"]);
+        let p = Plan::new(&c, &busy, AttachMode::TpBtf, Wake::Batched);
+        assert!(p.snapshot && p.snapshot_holders && !p.census);
+        assert_eq!(p.settings(&c.filter).snap_records, 1);
+        assert_eq!(p.map_sizes(&c.filter).holders, 200_000);
+        assert!(!plan(&["-x", "--no-snapshot"], &busy, AttachMode::TpBtf).snapshot);
+        assert!(!plan(&["-x"], &HOST, AttachMode::TpBtf).snapshot);
+        // Summary mode: the kernel's store, no holders unless owners.
         let c = config(&["-S"]);
         let p = Plan::new(&c, &busy, AttachMode::Tracepoint, Wake::Batched);
         assert!(p.census && p.settings(&c.filter).census == 1);
+        assert!(p.snapshot && !p.snapshot_holders);
+        assert_eq!(p.settings(&c.filter).snap_records, 0);
+        assert_eq!(p.map_sizes(&c.filter).holders, 1);
         assert_eq!(p.store, KernelStore::Map(262_144));
         let p = Plan::new(&c, &HOST, AttachMode::Tracepoint, Wake::Batched);
         assert_eq!(p.store, KernelStore::Map(DEFAULT_MAP_SOCKETS));

@@ -131,21 +131,19 @@ impl Taken {
 /// The iterator programs, attached: `holders` walks the processes' files,
 /// `sockets` a namespace's TCP sockets (link descriptors).
 pub struct Walkers<'a> {
-    /// The task_file iterator's link.
-    pub holders: std::os::fd::BorrowedFd<'a>,
+    /// The task_file iterator's link, when holders are wanted.
+    pub holders: Option<std::os::fd::BorrowedFd<'a>>,
     /// The TCP socket iterator's link.
     pub sockets: std::os::fd::BorrowedFd<'a>,
 }
 
 /// Takes the snapshot: holders first, then the sockets of every network
 /// namespace (only `only` when given), each handed to `each` as found.
-pub fn take(
-    walkers: Walkers<'_>,
-    only: Option<u32>,
-    mut each: impl FnMut(Found) + Send,
-) -> Result<Taken> {
+pub fn take(walkers: Walkers<'_>, only: Option<u32>, mut each: impl FnMut(Found)) -> Result<Taken> {
     let started = Instant::now();
-    drain(walkers.holders, |_| {}).context("walking the processes' files")?;
+    if let Some(holders) = walkers.holders {
+        drain(open_iterator(holders)?, |_| {}).context("walking the processes' files")?;
+    }
     let mut taken = walk(walkers.sockets, only, &mut each)?;
     taken.took = started.elapsed();
     Ok(taken)
@@ -156,17 +154,19 @@ pub fn take(
 pub fn walk(
     sockets: std::os::fd::BorrowedFd<'_>,
     only: Option<u32>,
-    mut each: impl FnMut(Found) + Send,
+    mut each: impl FnMut(Found),
 ) -> Result<Taken> {
     let started = Instant::now();
     let namespaces = network_namespaces(only);
-    let each = &mut each;
-    // Entering a namespace changes the calling thread's: a thread of its
-    // own, which ends with the walk.
-    let mut taken = std::thread::scope(|scope| {
+    // An iterator walks the namespace of the thread that opens it: a
+    // thread of its own enters each one and opens its iterator there, and
+    // ends with that (entering changes the calling thread's namespace).
+    // The walks themselves are read here.
+    let (opened, missed) = std::thread::scope(|scope| {
         scope
-            .spawn(move || -> Result<Taken> {
-                let mut taken = Taken::default();
+            .spawn(|| -> Result<(Vec<(u64, OwnedFd)>, Vec<String>)> {
+                let mut opened = Vec::new();
+                let mut missed = Vec::new();
                 // The namespace the thread is in needs no entering (which
                 // takes CAP_SYS_ADMIN, even into one's own).
                 let mut current = std::fs::metadata("/proc/thread-self/ns/net")
@@ -175,35 +175,41 @@ pub fn walk(
                 for (&inode, path) in &namespaces {
                     if current != Some(inode) {
                         if let Err(err) = enter(path) {
-                            taken
-                                .missed
-                                .push(format!("{inode} ({}): {err}", path.display()));
+                            missed.push(format!("{inode} ({}): {err}", path.display()));
                             continue;
                         }
                         current = Some(inode);
                     }
-                    taken.namespaces += 1;
-                    drain(sockets, |raw| {
-                        if let Some(found) = Found::decode(raw) {
-                            taken.sockets += 1;
-                            taken.held += u64::from(found.holder.is_some());
-                            each(found);
-                        }
-                    })
-                    .with_context(|| format!("walking the TCP sockets of namespace {inode}"))?;
+                    let fd = open_iterator(sockets)
+                        .with_context(|| format!("walking the TCP sockets of namespace {inode}"))?;
+                    opened.push((inode, fd));
                 }
-                Ok(taken)
+                Ok((opened, missed))
             })
             .join()
             .map_err(|_| anyhow!("the snapshot's thread panicked"))?
     })?;
+    let mut taken = Taken {
+        namespaces: opened.len(),
+        missed,
+        ..Taken::default()
+    };
+    for (inode, fd) in opened {
+        drain(fd, |raw| {
+            if let Some(found) = Found::decode(raw) {
+                taken.sockets += 1;
+                taken.held += u64::from(found.holder.is_some());
+                each(found);
+            }
+        })
+        .with_context(|| format!("walking the TCP sockets of namespace {inode}"))?;
+    }
     taken.took = started.elapsed();
     Ok(taken)
 }
 
-/// Runs the iterator `link` once in this thread's namespace, handing each
-/// record to `each`.
-fn drain(link: std::os::fd::BorrowedFd<'_>, mut each: impl FnMut(&RawSnap)) -> Result<()> {
+/// A new walk of the iterator `link`, in this thread's namespace.
+fn open_iterator(link: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {
     // SAFETY: bpf_iter_create takes a link descriptor, open while `link`
     // is borrowed, and returns a new descriptor or a negative error.
     let fd = unsafe { libbpf_rs::libbpf_sys::bpf_iter_create(link.as_raw_fd()) };
@@ -214,7 +220,12 @@ fn drain(link: std::os::fd::BorrowedFd<'_>, mut each: impl FnMut(&RawSnap)) -> R
         );
     }
     // SAFETY: a new descriptor, owned by nothing else.
-    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads the walk `fd` to its end, handing each record to `each`.
+fn drain(fd: OwnedFd, mut each: impl FnMut(&RawSnap)) -> Result<()> {
+    let mut file = File::from(fd);
     let size = std::mem::size_of::<RawSnap>();
     let mut buf = vec![0u8; 64 << 10];
     let mut held = 0;

@@ -83,10 +83,10 @@ fn take_snapshot(
     plan: &Plan,
     only: Option<u32>,
 ) -> Result<(Taken, Option<Seeds>)> {
-    let holders = skel
-        .progs
-        .snap_holders
-        .attach()
+    let holders = plan
+        .snapshot_holders
+        .then(|| skel.progs.snap_holders.attach())
+        .transpose()
         .context("attaching the snapshot's file walk")?;
     let sockets = skel
         .progs
@@ -95,14 +95,19 @@ fn take_snapshot(
         .context("attaching the snapshot's socket walk")?;
     let mut seeds = (plan.owners == OwnerKeeper::Reader).then(Seeds::default);
     let walkers = Walkers {
-        holders: holders.as_fd(),
+        holders: holders.as_ref().map(|link| link.as_fd()),
         sockets: sockets.as_fd(),
     };
-    let taken = snapshot::take(walkers, only, |found| {
+    let mut taken = snapshot::take(walkers, only, |found| {
         if let Some(seeds) = &mut seeds {
             seeds.add(&found);
         }
     })?;
+    // Without records, the walk counted what it found.
+    if let Some(bss) = skel.maps.bss_data.as_deref() {
+        taken.sockets += bss.snap_walked;
+        taken.held += bss.snap_held;
+    }
     let left: Vec<Vec<u8>> = skel.maps.holders.keys().collect();
     for key in left {
         // Gone already is as good.
@@ -628,8 +633,10 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
         open.progs.handle_cgroup_mkdir.set_autoload(true);
     }
     if plan.snapshot {
-        open.progs.snap_holders.set_autoload(true);
         open.progs.snap_sockets.set_autoload(true);
+    }
+    if plan.snapshot_holders {
+        open.progs.snap_holders.set_autoload(true);
     }
     if plan.stuck.is_some() {
         open.progs.walk_stuck.set_autoload(true);

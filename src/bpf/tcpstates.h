@@ -523,7 +523,10 @@ struct settings {
 	__u32 cause_mask;
 	/* Summary mode: keep the census (needs the map store). */
 	__u8 census;
-	__u8 __pad_end[3];
+	/* The snapshot sends each socket to user space (the reader keeps
+	 * the owners); else it only counts them. */
+	__u8 snap_records;
+	__u8 __pad_end[2];
 	/* --stuck: the walk reports sockets in these states (bit n: state
 	 * n) ... */
 	__u32 stuck_mask;
