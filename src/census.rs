@@ -90,7 +90,7 @@ impl Census {
         if !shown.is_empty() {
             let _ = write!(out, " ({})", shown.join(", "));
         }
-        out.push_str(" (TIME_WAIT and request sockets not counted)\n");
+        out.push_str(" (not counted: TIME_WAIT sockets, request sockets)\n");
     }
 
     /// `"sockets":{"ESTABLISHED":3,...}` (every counted state), or
@@ -138,7 +138,7 @@ mod tests {
         assert_eq!(
             text,
             "Sockets now: 3 (ESTABLISHED 1, CLOSE_WAIT 1, LISTEN 1) \
-             (TIME_WAIT and request sockets not counted)\n"
+             (not counted: TIME_WAIT sockets, request sockets)\n"
         );
         let mut json = String::new();
         census.write_json(&mut json);
