@@ -85,6 +85,18 @@ fn my_comm() -> String {
 fn older_sockets_have_their_holders(v6: bool, kernel_keeps: bool) {
     let Some(_root) = root() else { return };
     let older = Older::open(v6);
+    older_sockets_named(older, kernel_keeps, None);
+}
+
+/// The same in a second network namespace, which the snapshot enters.
+fn in_a_second_namespace(v6: bool, kernel_keeps: bool) {
+    let Some(_root) = root() else { return };
+    let second = Namespace::new().expect("a second network namespace");
+    let older = second.run(move || Older::open(v6));
+    older_sockets_named(older, kernel_keeps, Some(&second));
+}
+
+fn older_sockets_named(older: Older, kernel_keeps: bool, second: Option<&Namespace>) {
     let port = older.port;
     // A filter on every state makes the kernel keep times and owners.
     let all_states = (1..=13).fold(0, |mask, n| mask | 1 << n);
@@ -109,9 +121,18 @@ fn older_sockets_have_their_holders(v6: bool, kernel_keeps: bool) {
         .clone();
     assert!(taken.sockets >= 5 && taken.held >= 5, "{taken:?}");
     sleep(Duration::from_millis(50));
-    older.close();
+    match second {
+        Some(ns) => ns.run(move || older.close()),
+        None => older.close(),
+    }
     // Three older connections' sides, the late one's two, the listener.
     let events = capture.wait_until("every socket to close", |ev| all_closed(ev, port, 7));
+    if let Some(ns) = second {
+        let mine = events.iter().filter(|e| e.lport == port || e.rport == port);
+        for e in mine {
+            assert_eq!(e.netns, ns.inode, "{e:?}");
+        }
+    }
     let mut bounds = 0;
     for e in events.iter().filter(|e| e.lport == port || e.rport == port) {
         let owner = e
@@ -151,6 +172,16 @@ fn ipv4_older_sockets_have_their_holders_kept_by_the_kernel() {
 #[test]
 fn ipv6_older_sockets_have_their_holders_kept_by_the_kernel() {
     older_sockets_have_their_holders(true, true);
+}
+
+#[test]
+fn older_sockets_in_a_second_namespace_have_their_holders_kept_by_the_reader() {
+    in_a_second_namespace(false, false);
+}
+
+#[test]
+fn older_sockets_in_a_second_namespace_have_their_holders_kept_by_the_kernel() {
+    in_a_second_namespace(true, true);
 }
 
 /// The census as the kernel listing's names go, states with none left out.
