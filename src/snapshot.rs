@@ -164,7 +164,7 @@ pub fn walk(
     // The walks themselves are read here.
     let (opened, missed) = std::thread::scope(|scope| {
         scope
-            .spawn(|| -> Result<(Vec<(u64, OwnedFd)>, Vec<String>)> {
+            .spawn(|| -> Result<Opened> {
                 let mut opened = Vec::new();
                 let mut missed = Vec::new();
                 // The namespace the thread is in needs no entering (which
@@ -207,6 +207,10 @@ pub fn walk(
     taken.took = started.elapsed();
     Ok(taken)
 }
+
+/// The walks opened, by namespace inode, and the namespaces not entered
+/// (with why).
+type Opened = (Vec<(u64, OwnedFd)>, Vec<String>);
 
 /// A new walk of the iterator `link`, in this thread's namespace.
 fn open_iterator(link: std::os::fd::BorrowedFd<'_>) -> Result<OwnedFd> {

@@ -298,11 +298,10 @@ mod tests {
     #[test]
     fn judged_by_its_time_or_the_traces_age() {
         let f = found(1, TcpState::CloseWait, 100 * S);
-        let exact = StuckSocket::judge(f.clone(), Since::At(30 * S), None, 10 * S, 60 * S).unwrap();
+        let exact = StuckSocket::judge(f, Since::At(30 * S), None, 10 * S, 60 * S).unwrap();
         assert_eq!((exact.age_ns, exact.at_least), (70 * S, false));
-        assert!(StuckSocket::judge(f.clone(), Since::At(50 * S), None, 10 * S, 60 * S).is_none());
-        let older =
-            StuckSocket::judge(f.clone(), Since::BeforeTrace, None, 10 * S, 60 * S).unwrap();
+        assert!(StuckSocket::judge(f, Since::At(50 * S), None, 10 * S, 60 * S).is_none());
+        let older = StuckSocket::judge(f, Since::BeforeTrace, None, 10 * S, 60 * S).unwrap();
         assert_eq!((older.age_ns, older.at_least), (90 * S, true));
         assert!(StuckSocket::judge(f, Since::Unknown, None, 10 * S, 0).is_none());
         let ev = older.as_event();

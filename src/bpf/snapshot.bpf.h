@@ -26,6 +26,17 @@
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 
+/* The owner fields of `from` into `to` (a holder, a sock_state or a
+ * snap_sock: the same names). */
+#define COPY_OWNER_FIELDS(to, from)                                        \
+	do {                                                               \
+		(to)->owner_pid = (from)->owner_pid;                       \
+		(to)->owner_uid = (from)->owner_uid;                       \
+		(to)->owner_cgroup = (from)->owner_cgroup;                 \
+		__builtin_memcpy((to)->owner_comm, (from)->owner_comm,     \
+				 sizeof((to)->owner_comm));                \
+	} while (0)
+
 /* Each TCP socket's first holder found, by address; emptied as the socket
  * walk takes them (user space deletes what is left). Not preallocated:
  * sized for the host's sockets, it takes memory only while the snapshot
@@ -109,11 +120,7 @@ static __always_inline bool seed(const struct event *e, struct sock *sk,
 	if (state == TCP_LISTEN)
 		st->role = ROLE_LISTENER;
 	if (h && settings.keep_owner) {
-		st->owner_pid = h->owner_pid;
-		st->owner_uid = h->owner_uid;
-		st->owner_cgroup = h->owner_cgroup;
-		__builtin_memcpy(st->owner_comm, h->owner_comm,
-				 sizeof(st->owner_comm));
+		COPY_OWNER_FIELDS(st, h);
 		st->owner_known = 1;
 		if (settings.filter_groups || settings.label_groups)
 			judge_group(st);
@@ -189,11 +196,7 @@ int snap_sockets(struct bpf_iter__tcp *ctx)
 	h = bpf_map_lookup_elem(&holders, &r.skaddr);
 	if (h) {
 		r.flags |= SNAP_F_HOLDER;
-		r.owner_pid = h->owner_pid;
-		r.owner_uid = h->owner_uid;
-		r.owner_cgroup = h->owner_cgroup;
-		__builtin_memcpy(r.owner_comm, h->owner_comm,
-				 sizeof(r.owner_comm));
+		COPY_OWNER_FIELDS(&r, h);
 	}
 	if (settings.track_sockets &&
 	    seed(&e, (struct sock *)tp, r.state, h))
@@ -267,11 +270,7 @@ int walk_stuck(struct bpf_iter__tcp *ctx)
 		}
 		if (st && st->owner_known) {
 			r.flags |= SNAP_F_OWNER;
-			r.owner_pid = st->owner_pid;
-			r.owner_uid = st->owner_uid;
-			r.owner_cgroup = st->owner_cgroup;
-			__builtin_memcpy(r.owner_comm, st->owner_comm,
-					 sizeof(r.owner_comm));
+			COPY_OWNER_FIELDS(&r, st);
 		}
 		if ((settings.filter_pid || settings.filter_comm ||
 		     settings.filter_uid || settings.filter_groups) &&
