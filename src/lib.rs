@@ -30,6 +30,9 @@
 //! - in summary mode the kernel aggregates instead: [`summary`] reads and
 //!   renders its histograms and transition counts (printed by
 //!   [`output::summary`]), [`metrics`] serves them to Prometheus;
+//! - [`snapshot`] walks the sockets that exist at start (and again for
+//!   [`stuck`] sockets); [`census`] is summary mode's count of sockets in
+//!   each state now;
 //! - [`stats`] holds the run's counters and their reports; [`signals`]
 //!   ends a run cleanly.
 

@@ -199,21 +199,7 @@ fn stream<T: 'static>(
         ring.wait(wait).context("waiting on the ring buffer")?;
         ring.consume(|data| reader.accept(data, sink.as_mut()));
         if let Some(watch) = stuck.as_mut().filter(|w| Instant::now() >= w.next) {
-            watch.next += watch.options.walk_every();
-            let found = view.walk_stuck()?.unwrap_or_default();
-            // Every transition before the walk decoded first: the reader's
-            // times are then the ones the walk's states were entered at.
-            ring.consume(|data| reader.accept(data, sink.as_mut()));
-            let threshold = u64::try_from(watch.options.after.as_nanos()).unwrap_or(u64::MAX);
-            let now: Vec<StuckSocket> = found
-                .into_iter()
-                .filter_map(|f| reader.decoder.stuck(f, threshold))
-                .collect();
-            for crossed in watch.crossings.crossed(now) {
-                if let Some(record) = (watch.record)(&mut reader.decoder, &crossed) {
-                    sink.record(&record);
-                }
-            }
+            watch.walk(&view, &mut ring, &mut reader, sink.as_mut())?;
         }
         sink.tick();
         if config.verbose && last_report.elapsed() >= VERBOSE_REPORT_EVERY {
@@ -245,6 +231,35 @@ struct StuckWatch<T> {
     record: fn(&mut Decoder, &StuckSocket) -> Option<T>,
     crossings: Crossings,
     next: Instant,
+}
+
+impl<T> StuckWatch<T> {
+    /// Walks the sockets, and hands a record of each that crossed the line
+    /// since the last walk to the outputs.
+    fn walk(
+        &mut self,
+        view: &KernelView,
+        ring: &mut RingReader<'_>,
+        reader: &mut Reader<T>,
+        sink: &mut dyn Sink<T>,
+    ) -> Result<()> {
+        self.next += self.options.walk_every();
+        let found = view.walk_stuck()?.unwrap_or_default();
+        // Every transition before the walk decoded first: the reader's
+        // times are then the ones the walk's states were entered at.
+        ring.consume(|data| reader.accept(data, sink));
+        let threshold = u64::try_from(self.options.after.as_nanos()).unwrap_or(u64::MAX);
+        let now: Vec<StuckSocket> = found
+            .into_iter()
+            .filter_map(|f| reader.decoder.stuck(f, threshold))
+            .collect();
+        for crossed in self.crossings.crossed(now) {
+            if let Some(record) = (self.record)(&mut reader.decoder, &crossed) {
+                sink.record(&record);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// With -v: which attach mode attached, and where the socket times are.

@@ -857,7 +857,8 @@ fn dashboard_and_rules_use_only_exported_metrics() {
     let Some(_root) = root() else { return };
     let port = free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let tracer = tracer(&["--metrics", &addr.to_string()]);
+    // --stuck: the stuck sockets' gauge is exported only with it.
+    let tracer = tracer(&["--metrics", &addr.to_string(), "--stuck", "600"]);
     let (listener, _) = listen(false);
     server_closes_first(&listener);
     sleep(Duration::from_millis(200));
