@@ -229,7 +229,9 @@ impl Tracer {
             stuck,
         )?);
         let (taken, seeds) = if plan.snapshot {
-            let (taken, seeds) = take_snapshot(&skel, &plan, config.filter.netns)?;
+            let (taken, seeds) = take_snapshot(&skel, &plan, config.filter.netns).context(
+                "taking the snapshot of the sockets that exist (--no-snapshot skips it)",
+            )?;
             (Some(taken), seeds)
         } else {
             (None, None)
