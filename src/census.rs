@@ -105,9 +105,8 @@ impl Census {
             if i > 0 {
                 out.push(',');
             }
-            let mut name = Vec::new();
-            json::push_json_string(&mut name, state_name(state).as_bytes());
-            let _ = write!(out, "{}:{n}", String::from_utf8_lossy(&name));
+            json::push_json_str(out, &state_name(state));
+            let _ = write!(out, ":{n}");
         }
         out.push('}');
     }

@@ -80,6 +80,11 @@ impl Stuck {
     /// CLOSE_WAIT, LAST_ACK, CLOSING.
     pub const DEFAULT_STATES: u32 = 1 << 2 | 1 << 3 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 9 | 1 << 11;
 
+    /// The threshold in nanoseconds (the kernel's clock).
+    pub fn after_ns(&self) -> u64 {
+        u64::try_from(self.after.as_nanos()).unwrap_or(u64::MAX)
+    }
+
     /// How often the sockets are walked: a tenth of the threshold, from
     /// one second to ten.
     pub fn walk_every(&self) -> std::time::Duration {

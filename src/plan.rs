@@ -288,12 +288,7 @@ impl Plan {
                 .unwrap_or(u32::MAX)
                 .max(DEFAULT_MAP_SOCKETS),
             census: summary && matches!(store, KernelStore::Map(_)),
-            stuck: config.stuck.map(|s| {
-                (
-                    s.states,
-                    u64::try_from(s.after.as_nanos()).unwrap_or(u64::MAX),
-                )
-            }),
+            stuck: config.stuck.map(|s| (s.states, s.after_ns())),
         }
     }
 

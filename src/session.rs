@@ -248,7 +248,7 @@ impl<T> StuckWatch<T> {
         // Every transition before the walk decoded first: the reader's
         // times are then the ones the walk's states were entered at.
         ring.consume(|data| reader.accept(data, sink));
-        let threshold = u64::try_from(self.options.after.as_nanos()).unwrap_or(u64::MAX);
+        let threshold = self.options.after_ns();
         let now: Vec<StuckSocket> = found
             .into_iter()
             .filter_map(|f| reader.decoder.stuck(f, threshold))

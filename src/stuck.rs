@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 
 use crate::event::{Event, Owner, TcpState};
 use crate::output::json;
@@ -65,14 +66,16 @@ impl StuckSocket {
         })
     }
 
-    /// Where the kernel keeps the times: what the walk read from its
-    /// store.
-    pub fn since_in_kernel(found: &Found) -> Since {
-        match (found.since_ns, found.before_trace) {
+    /// [`StuckSocket::judge`] where the kernel keeps the times: by what
+    /// the walk read from its store, with the owner kept there.
+    pub fn judge_in_kernel(found: Found, began_ns: u64, threshold_ns: u64) -> Option<StuckSocket> {
+        let since = match (found.since_ns, found.before_trace) {
             (Some(at), _) => Since::At(at),
             (None, true) => Since::BeforeTrace,
             (None, false) => Since::Unknown,
-        }
+        };
+        let owner = found.holder;
+        Self::judge(found, since, owner, began_ns, threshold_ns)
     }
 
     /// The report as an event for the stream outputs: `old` and `new` its
@@ -191,8 +194,8 @@ pub fn write_text(stuck: &[StuckSocket], after_s: u64, out: &mut String) {
             out,
             "  {:<11} {} -> {}  {owner}  {}{:.3} s",
             f.state.to_string(),
-            endpoint(f.laddr, f.lport),
-            endpoint(f.raddr, f.rport),
+            SocketAddr::new(f.laddr, f.lport),
+            SocketAddr::new(f.raddr, f.rport),
             if s.at_least { ">" } else { "" },
             s.age_ns as f64 / 1e9
         );
@@ -207,31 +210,18 @@ pub fn write_json(stuck: &[StuckSocket], out: &mut String) {
             out.push(',');
         }
         let f = &s.found;
-        let mut text = Vec::new();
-        json::push_json_string(&mut text, f.state.to_string().as_bytes());
+        let _ = write!(out, "{{\"skaddr\":\"{:x}\",\"state\":", f.skaddr);
+        json::push_json_str(out, &f.state.to_string());
         let _ = write!(
             out,
-            "{{\"skaddr\":\"{:x}\",\"state\":{},\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\
-             \"rport\":{},\"netns\":{},",
-            f.skaddr,
-            String::from_utf8_lossy(&text),
-            f.laddr,
-            f.lport,
-            f.raddr,
-            f.rport,
-            f.netns
+            ",\"laddr\":\"{}\",\"lport\":{},\"raddr\":\"{}\",\"rport\":{},\"netns\":{},",
+            f.laddr, f.lport, f.raddr, f.rport, f.netns
         );
         match s.owner {
             Some(o) => {
-                let mut comm = Vec::new();
-                json::push_json_string(&mut comm, o.comm().as_bytes());
-                let _ = write!(
-                    out,
-                    "\"pid\":{},\"comm\":{},\"uid\":{},",
-                    o.pid,
-                    String::from_utf8_lossy(&comm),
-                    o.uid
-                );
+                let _ = write!(out, "\"pid\":{},\"comm\":", o.pid);
+                json::push_json_str(out, &o.comm());
+                let _ = write!(out, ",\"uid\":{},", o.uid);
             }
             None => out.push_str("\"pid\":null,\"comm\":null,\"uid\":null,"),
         }
@@ -252,13 +242,6 @@ fn sorted(stuck: &[StuckSocket]) -> Vec<&StuckSocket> {
             .then(a.found.skaddr.cmp(&b.found.skaddr))
     });
     all
-}
-
-fn endpoint(addr: std::net::IpAddr, port: u16) -> String {
-    match addr {
-        std::net::IpAddr::V4(a) => format!("{a}:{port}"),
-        std::net::IpAddr::V6(a) => format!("[{a}]:{port}"),
-    }
 }
 
 #[cfg(test)]

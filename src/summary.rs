@@ -325,9 +325,7 @@ impl Summary {
                 if i > 0 {
                     out.push(',');
                 }
-                let mut name = Vec::new();
-                json::push_json_string(&mut name, label.as_bytes());
-                out.push_str(&String::from_utf8_lossy(&name));
+                json::push_json_str(out, label);
                 out.push_str(":{");
                 summary.write_json_counts(out);
                 out.push('}');

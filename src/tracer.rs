@@ -425,16 +425,12 @@ impl KernelView {
         let Some(walker) = &self.stuck else {
             return Ok(None);
         };
-        let threshold = u64::try_from(walker.options.after.as_nanos()).unwrap_or(u64::MAX);
+        let threshold = walker.options.after_ns();
         let found = self.walk_stuck()?.unwrap_or_default();
         Ok(Some(
             found
                 .into_iter()
-                .filter_map(|f| {
-                    let since = StuckSocket::since_in_kernel(&f);
-                    let owner = f.holder;
-                    StuckSocket::judge(f, since, owner, walker.began_ns, threshold)
-                })
+                .filter_map(|f| StuckSocket::judge_in_kernel(f, walker.began_ns, threshold))
                 .collect(),
         ))
     }

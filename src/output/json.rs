@@ -274,6 +274,13 @@ pub fn push_json_string(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
 }
 
+/// [`push_json_string`] into text being built.
+pub fn push_json_str(out: &mut String, text: &str) {
+    let mut bytes = Vec::with_capacity(text.len() + 2);
+    push_json_string(&mut bytes, text.as_bytes());
+    out.push_str(&String::from_utf8_lossy(&bytes));
+}
+
 fn push_escaped(out: &mut Vec<u8>, text: &str) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     for &b in text.as_bytes() {

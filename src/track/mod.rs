@@ -226,9 +226,7 @@ impl Decoder {
     /// owners where it keeps them, else from what the kernel's walk said.
     pub fn stuck(&mut self, found: Found, threshold_ns: u64) -> Option<StuckSocket> {
         let Some(times) = &self.times else {
-            let since = StuckSocket::since_in_kernel(&found);
-            let owner = found.holder;
-            return StuckSocket::judge(found, since, owner, self.began_ns, threshold_ns);
+            return StuckSocket::judge_in_kernel(found, self.began_ns, threshold_ns);
         };
         let since = match times.since(found.skaddr) {
             // A transition after the walk: the state walked is left.

@@ -41,7 +41,7 @@ impl Capture {
         let options = view.stuck_options().expect("a tracer with --stuck");
         let found = view.walk_stuck().expect("walking").unwrap_or_default();
         self.wait_until("the records before the walk", |_| true);
-        let threshold = options.after.as_nanos() as u64;
+        let threshold = options.after_ns();
         found
             .into_iter()
             .filter_map(|f| self.decoder.stuck(f, threshold))
