@@ -410,6 +410,12 @@ pub struct Args {
     #[arg(long)]
     pub no_snapshot: bool,
 
+    /// Take the snapshot at start with the kernel's socket iterators (Linux 5.9+) or the
+    /// netlink socket diagnostics, as ss does [default: iterators where the kernel has them]
+    #[arg(long, value_name = "FROM", value_parser = ["iterators", "netlink"],
+          conflicts_with = "no_snapshot")]
+    pub snapshot_from: Option<String>,
+
     /// Ring buffer size: a power of two from 4K to 1G, with an optional K/M/G suffix
     /// [default: 4M per CPU, from 8M to 64M]
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]

@@ -225,6 +225,10 @@ impl Args {
             btf: self.btf,
             max_sockets: self.max_sockets,
             snapshot: !self.no_snapshot,
+            snapshot_from: self.snapshot_from.as_deref().map(|from| match from {
+                "netlink" => crate::config::SnapshotFrom::Netlink,
+                _ => crate::config::SnapshotFrom::Iterators,
+            }),
             stuck: self.stuck.map(|after| Stuck {
                 after,
                 states: match self.stuck_states.iter().fold(0, |all, one| all | one) {

@@ -58,8 +58,31 @@ pub struct Config {
     pub host_root: PathBuf,
     /// Walk the sockets that exist at start (not `--no-snapshot`).
     pub snapshot: bool,
+    /// `--snapshot-from`: with what (None: the socket iterators where the
+    /// kernel has them, else the netlink socket diagnostics).
+    pub snapshot_from: Option<SnapshotFrom>,
     /// `--stuck`: report sockets that stay in a state too long.
     pub stuck: Option<Stuck>,
+}
+
+/// Where a snapshot comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SnapshotFrom {
+    /// The kernel's socket iterators (Linux 5.9+ with its own BTF).
+    #[default]
+    Iterators,
+    /// The netlink socket diagnostics and `/proc/*/fd`.
+    Netlink,
+}
+
+impl SnapshotFrom {
+    /// As `--snapshot-from` names it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SnapshotFrom::Iterators => "iterators",
+            SnapshotFrom::Netlink => "netlink",
+        }
+    }
 }
 
 /// `--stuck SECONDS`, `--stuck-states`, `--stuck-owners`.
@@ -191,6 +214,7 @@ impl Default for Config {
             label_ports: PortLabels::Busiest,
             host_root: PathBuf::from("/"),
             snapshot: true,
+            snapshot_from: None,
             stuck: None,
         }
     }

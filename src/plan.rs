@@ -8,7 +8,9 @@
 
 use crate::batching;
 use crate::bpf::types;
-use crate::config::{AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Filter, Mode, PortLabels};
+use crate::config::{
+    AttachMode, Config, DEFAULT_MAP_SOCKETS, Family, Filter, Mode, PortLabels, SnapshotFrom,
+};
 use crate::event::record;
 use crate::identity::groups;
 
@@ -128,10 +130,16 @@ pub struct Plan {
     /// The sockets that exist at start are walked (src/snapshot.rs): for
     /// their owners, or the kernel's store (and so the census).
     pub snapshot: bool,
+    /// ... from the socket iterators or the netlink socket diagnostics.
+    pub snapshot_from: SnapshotFrom,
     /// ... with their holders (someone keeps owners).
     pub snapshot_holders: bool,
-    /// ... how many, about: what the holders' map may take.
+    /// ... how many, about: what the holders' map may take (iterators).
     pub snapshot_sockets: u32,
+    /// The netlink snapshot's map (preallocated): the host's sockets and a
+    /// quarter more, for them and a mark per socket that changes while the
+    /// snapshot is taken.
+    pub diag_sockets: u32,
     /// Summary mode keeps the census of sockets in each state.
     pub census: bool,
     /// `--stuck`: the states watched, and the threshold.
@@ -172,6 +180,8 @@ pub struct MapSizes {
     pub port_busy: u32,
     /// The snapshot's holders (not preallocated: a bound only).
     pub holders: u32,
+    /// The netlink snapshot's sockets, for the kernel's store.
+    pub diag: u32,
 }
 
 /// The kernel's map of sockets without `--max-sockets`: room for twice the
@@ -200,6 +210,15 @@ impl Plan {
         // times never leave the kernel, or close records, which the kernel
         // sends once per socket.
         let kernel_tracks = config.filter.tracks_in_kernel() || summary || closes;
+        let iterators = host.socket_iterators && config.btf.is_none();
+        let snapshot_from = config.snapshot_from.unwrap_or(if iterators {
+            SnapshotFrom::Iterators
+        } else {
+            SnapshotFrom::Netlink
+        });
+        // The netlink snapshot's sockets are found by their addresses at
+        // their first transition, and put in the map (src/bpf/snapshot.bpf.h).
+        let netlink = config.snapshot && snapshot_from == SnapshotFrom::Netlink;
         let owners_shown = config.collects_owners();
         let store = if !kernel_tracks {
             KernelStore::None
@@ -208,6 +227,7 @@ impl Plan {
             && config.max_sockets.is_none()
             && !summary
             && !closes
+            && !netlink
         {
             // Summary mode and close records keep every socket's time, and
             // the socket's own storage costs an allocation and an
@@ -222,7 +242,7 @@ impl Plan {
                     .unwrap_or_else(|| map_sockets_for(host.tcp_sockets)),
             )
         };
-        let snapshot = host.socket_iterators && config.btf.is_none() && config.snapshot;
+        let snapshot = config.snapshot;
         let labels = config.labels.filter(|_| summary);
         let owner_labels = labels.filter(|l| l.by.by_owner());
         let port_labels = labels.is_some_and(|l| !l.by.by_owner());
@@ -283,6 +303,9 @@ impl Plan {
             // Nothing to learn from a walk when nobody keeps owners and the
             // reader keeps the times (their lower bounds need none).
             snapshot: snapshot && (owners != OwnerKeeper::Nobody || store != KernelStore::None),
+            snapshot_from,
+            diag_sockets: u32::try_from(host.tcp_sockets + host.tcp_sockets / 4 + 4096)
+                .unwrap_or(u32::MAX),
             snapshot_holders: snapshot && owners != OwnerKeeper::Nobody,
             snapshot_sockets: u32::try_from(host.tcp_sockets.saturating_mul(2))
                 .unwrap_or(u32::MAX)
@@ -329,7 +352,12 @@ impl Plan {
             count_closes: u8::from(self.summary),
             cause_mask: filter.causes,
             census: u8::from(self.census),
-            snap_records: u8::from(self.snapshot && self.owners == OwnerKeeper::Reader),
+            snap_records: u8::from(
+                self.snapshot
+                    && self.snapshot_from == SnapshotFrom::Iterators
+                    && self.owners == OwnerKeeper::Reader,
+            ),
+            diag_seeds: u8::from(self.seeds_from_netlink()),
             stuck_mask: self.stuck.map_or(0, |(states, _)| states),
             stuck_ns: self.stuck.map_or(0, |(_, ns)| ns),
             ..Default::default()
@@ -384,12 +412,24 @@ impl Plan {
                 1
             },
             port_busy: if self.rank_ports { RANKED_PORTS } else { 1 },
-            holders: if self.snapshot_holders {
+            holders: if self.snapshot_holders && self.snapshot_from == SnapshotFrom::Iterators {
                 self.snapshot_sockets
             } else {
                 1
             },
+            diag: if self.seeds_from_netlink() {
+                self.diag_sockets
+            } else {
+                1
+            },
         }
+    }
+
+    /// Whether the kernel's store takes the netlink snapshot's sockets.
+    pub fn seeds_from_netlink(&self) -> bool {
+        self.snapshot
+            && self.snapshot_from == SnapshotFrom::Netlink
+            && self.store != KernelStore::None
     }
 
     /// Whether the kernel keeps the paths of groups made while tracing
@@ -415,12 +455,14 @@ mod tests {
         possible_cpus: 2,
         page_bytes: 4096,
         percpu_lookup: true,
-        socket_iterators: false,
+        socket_iterators: true,
         tcp_sockets: 0,
     };
+    /// Linux 5.8: no socket iterators, no socket storage for tracing.
     const OLD_HOST: HostFacts = HostFacts {
         tracing_5_11: false,
         percpu_lookup: false,
+        socket_iterators: false,
         ..HOST
     };
 
@@ -614,7 +656,8 @@ mod tests {
         assert_eq!(p.settings(&c.filter).snap_records, 1);
         assert_eq!(p.map_sizes(&c.filter).holders, 200_000);
         assert!(!plan(&["-x", "--no-snapshot"], &busy, AttachMode::TpBtf).snapshot);
-        assert!(!plan(&["-x"], &HOST, AttachMode::TpBtf).snapshot);
+        assert_eq!(p.snapshot_from, SnapshotFrom::Iterators);
+        assert!(!p.seeds_from_netlink());
         // Summary mode: the kernel's store, no holders unless owners.
         let c = config(&["-S"]);
         let p = Plan::new(&c, &busy, AttachMode::Tracepoint, Wake::Batched);
@@ -626,6 +669,51 @@ mod tests {
         let p = Plan::new(&c, &HOST, AttachMode::Tracepoint, Wake::Batched);
         assert_eq!(p.store, KernelStore::Map(DEFAULT_MAP_SOCKETS));
         assert_eq!(map_sockets_for(u64::MAX), crate::args::MAX_SOCKETS);
+    }
+
+    /// Without socket iterators (or when asked), the snapshot comes from
+    /// the netlink dump: the reader takes its holders by addresses; the
+    /// kernel's store, always the map then, takes its sockets from `diag`.
+    #[test]
+    fn the_netlink_snapshot_where_there_are_no_iterators() {
+        let old = HostFacts {
+            socket_iterators: false,
+            tracing_5_11: false,
+            tcp_sockets: 100_000,
+            ..HOST
+        };
+        let c = config(&["-x"]);
+        let p = Plan::new(&c, &old, AttachMode::Tracepoint, Wake::Batched);
+        assert!(p.snapshot && p.snapshot_holders && !p.seeds_from_netlink());
+        assert_eq!(p.snapshot_from, SnapshotFrom::Netlink);
+        let s = p.settings(&c.filter);
+        assert_eq!((s.snap_records, s.diag_seeds), (0, 0));
+        assert_eq!(
+            (p.map_sizes(&c.filter).holders, p.map_sizes(&c.filter).diag),
+            (1, 1)
+        );
+        let c = config(&["-S"]);
+        let p = Plan::new(&c, &old, AttachMode::Tracepoint, Wake::Batched);
+        assert!(p.seeds_from_netlink() && p.census);
+        assert_eq!(p.settings(&c.filter).diag_seeds, 1);
+        assert_eq!(p.map_sizes(&c.filter).diag, 100_000 + 25_000 + 4096);
+        // Asked for on a kernel with iterators: the map, not the socket's
+        // own storage (a socket the dump found is found by its addresses,
+        // into the map).
+        let new = HostFacts {
+            socket_iterators: true,
+            tracing_5_11: true,
+            ..HOST
+        };
+        let c = config(&["-p", "1", "--snapshot-from", "netlink"]);
+        let p = Plan::new(&c, &new, AttachMode::TpBtf, Wake::Batched);
+        assert!(p.seeds_from_netlink() && matches!(p.store, KernelStore::Map(_)));
+        let c = config(&["-p", "1"]);
+        let p = Plan::new(&c, &new, AttachMode::TpBtf, Wake::Batched);
+        assert_eq!(
+            (p.snapshot_from, p.store),
+            (SnapshotFrom::Iterators, KernelStore::SocketLocal)
+        );
     }
 
     /// Maps a run does not use get one entry.
@@ -651,6 +739,7 @@ mod tests {
                 port_labels: 1,
                 port_busy: 1,
                 holders: 1,
+                diag: 1,
             }
         );
         let c = config(&["-L", "80,443", "-p", "1,2,3"]);

@@ -262,6 +262,7 @@ mod tests {
             seeded: false,
             since_ns: None,
             before_trace: false,
+            inode: 0,
         }
     }
 

@@ -12,11 +12,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, MapCore, MapFlags, MapHandle, OpenObject, PrintLevel};
 
+use crate::bpf::types;
 use crate::bpf::types::counter;
 use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
 use crate::census::Census;
 use crate::cgroup;
-use crate::config::{AttachMode, Config, LabelBy, Labels, Stuck};
+use crate::config::{AttachMode, Config, LabelBy, Labels, SnapshotFrom, Stuck};
+use crate::event::TcpState;
 use crate::host;
 use crate::identity::groups::{GroupMaps, GroupRules, GroupTable, Keeper};
 use crate::identity::names::{Names, SharedNames};
@@ -116,6 +118,156 @@ fn take_snapshot(
     Ok((taken, seeds))
 }
 
+/// The netlink snapshot (src/snapshot/netlink.rs): the sockets that exist
+/// now, dumped; where the kernel keeps the sockets' state, each one found
+/// into `diag`, counted in the census unless a transition of it left its
+/// mark there first (it then counted it); the reader gets their holders
+/// when it keeps the owners.
+fn take_netlink_snapshot(
+    skel: &TcpstatesSkel<'_>,
+    plan: &Plan,
+    only: Option<u32>,
+    view: &KernelView,
+) -> Result<(Taken, Option<Seeds>)> {
+    let mut seeds = (plan.owners == OwnerKeeper::Reader).then(Seeds::default);
+    let store = plan.seeds_from_netlink();
+    let mut counted = [0i64; crate::summary::STATES];
+    // Sockets the map had no room for: the census is not exact then.
+    let mut lost = 0u64;
+    let taken = snapshot::take_netlink(only, plan.snapshot_holders, |found| {
+        if let Some(seeds) = &mut seeds {
+            seeds.add(&found);
+        }
+        if store {
+            match put_diag_seed(skel, &found) {
+                Ok(true) => {
+                    let state = usize::try_from(found.state.number()).unwrap_or(0);
+                    counted[state % counted.len()] += 1;
+                }
+                Ok(false) => {}
+                Err(_) => lost += 1,
+            }
+        }
+    })?;
+    if store {
+        set_diag_window(skel, false)?;
+        // The marks left by transitions of sockets the dump did not find
+        // (closed before it came to them) go.
+        let keys: Vec<Vec<u8>> = skel.maps.diag.keys().collect();
+        for key in keys {
+            let raced = skel
+                .maps
+                .diag
+                .lookup(&key, MapFlags::ANY)
+                .ok()
+                .flatten()
+                .and_then(|v| v.get(std::mem::offset_of!(DiagSeed, kind)).copied())
+                == Some(DIAG_RACED);
+            if raced {
+                // Gone already is as good.
+                let _ = skel.maps.diag.delete(&key);
+            }
+        }
+        view.set_census_base(counted, lost == 0);
+    }
+    Ok((taken, seeds))
+}
+
+/// `struct diag_key` and `struct diag_seed` of tcpstates.h.
+type DiagKey = types::diag_key;
+type DiagSeed = types::diag_seed;
+
+// SAFETY: `#[repr(C)]` structs of integers and integer arrays with
+// explicit padding: every bit pattern is a valid value.
+unsafe impl plain::Plain for DiagKey {}
+unsafe impl plain::Plain for DiagSeed {}
+
+const DIAG_SEED: u8 = types::diag_kinds::DIAG_SEED.0 as u8;
+const DIAG_RACED: u8 = types::diag_kinds::DIAG_RACED.0 as u8;
+
+/// The key the kernel makes for `found` at its first transition (diag_key_of
+/// in snapshot.bpf.h).
+fn diag_key(found: &Found) -> DiagKey {
+    let mut key = DiagKey {
+        netns: found.netns,
+        inode: if found.state == TcpState::Listen {
+            found.inode
+        } else {
+            0
+        },
+        sport: found.lport,
+        dport: found.rport,
+        ..DiagKey::default()
+    };
+    let octets = |addr: std::net::IpAddr| match addr {
+        std::net::IpAddr::V4(v4) => {
+            let mut all = [0u8; 16];
+            all[..4].copy_from_slice(&v4.octets());
+            all
+        }
+        std::net::IpAddr::V6(v6) => v6.octets(),
+    };
+    key.family = if found.laddr.is_ipv4() {
+        libc::AF_INET as u16
+    } else {
+        libc::AF_INET6 as u16
+    };
+    key.saddr = octets(found.laddr);
+    key.daddr = octets(found.raddr);
+    key
+}
+
+/// `found` into `diag`: true when it went in, false when a transition's
+/// mark was there (the mark goes; the transition counted the socket).
+fn put_diag_seed(skel: &TcpstatesSkel<'_>, found: &Found) -> libbpf_rs::Result<bool> {
+    let key = diag_key(found);
+    let mut seed = DiagSeed {
+        kind: DIAG_SEED,
+        state: u8::try_from(found.state.number()).unwrap_or(0),
+        ..DiagSeed::default()
+    };
+    if let Some(h) = found.holder {
+        seed.holder_known = 1;
+        seed.owner_pid = h.pid;
+        seed.owner_uid = h.uid;
+        seed.owner_cgroup = h.cgroup_id;
+        seed.owner_comm = h.comm.map(|c| c as _);
+    }
+    let key = bytes_of(&key);
+    match skel
+        .maps
+        .diag
+        .update(key, bytes_of(&seed), MapFlags::NO_EXIST)
+    {
+        Ok(()) => Ok(true),
+        Err(err) if err.kind() == libbpf_rs::ErrorKind::AlreadyExists => {
+            let _ = skel.maps.diag.delete(key);
+            Ok(false)
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// The bytes of a struct shared with the kernel.
+fn bytes_of<T: plain::Plain>(value: &T) -> &[u8] {
+    // SAFETY: the structs of tcpstates.h are `#[repr(C)]` integers and
+    // integer arrays with their padding declared as fields: every byte is
+    // initialized.
+    unsafe { plain::as_bytes(value) }
+}
+
+/// Opens or closes the netlink snapshot's window (see `diag_window`).
+fn set_diag_window(skel: &TcpstatesSkel<'_>, open: bool) -> Result<()> {
+    skel.maps
+        .diag_window
+        .update(
+            &0u32.to_ne_bytes(),
+            &u32::from(open).to_ne_bytes(),
+            MapFlags::ANY,
+        )
+        .context("opening the snapshot's window")
+}
+
 impl Tracer {
     /// Checks privileges and BTF, then loads and attaches with the first
     /// mode of `config.attach` that works, as its [`Plan`] says; the kernel
@@ -129,6 +281,14 @@ impl Tracer {
             bail!(
                 "--stuck walks the sockets with the kernel's socket iterators: Linux 5.9 or later, \
                  with its own BTF"
+            );
+        }
+        if config.snapshot_from == Some(SnapshotFrom::Iterators)
+            && !(facts.socket_iterators && config.btf.is_none())
+        {
+            bail!(
+                "--snapshot-from iterators needs the kernel's socket iterators: Linux 5.9 or \
+                 later, with its own BTF (--snapshot-from netlink works everywhere)"
             );
         }
         let mut failures = Vec::new();
@@ -179,6 +339,11 @@ impl Tracer {
         } else {
             None
         };
+        if plan.seeds_from_netlink() {
+            // Open before the first transition program attaches: every
+            // transition that may race the dump leaves its mark.
+            set_diag_window(&skel, true)?;
+        }
         for prog in programs!(mode, &skel.progs) {
             links.push(prog.attach().with_context(|| {
                 format!("attaching the {mode} program{}", host::attach_hint(mode))
@@ -229,7 +394,13 @@ impl Tracer {
             stuck,
         )?);
         let (taken, seeds) = if plan.snapshot {
-            let (taken, seeds) = take_snapshot(&skel, &plan, config.filter.netns).context(
+            let taking = match plan.snapshot_from {
+                SnapshotFrom::Iterators => take_snapshot(&skel, &plan, config.filter.netns),
+                SnapshotFrom::Netlink => {
+                    take_netlink_snapshot(&skel, &plan, config.filter.netns, &view)
+                }
+            };
+            let (taken, seeds) = taking.context(
                 "taking the snapshot of the sockets that exist (--no-snapshot skips it)",
             )?;
             (Some(taken), seeds)
@@ -352,6 +523,9 @@ pub struct KernelView {
     slots: u32,
     /// Summary mode's census, when kept.
     census: Option<MapHandle>,
+    /// ... and what user space counted of the netlink snapshot's sockets,
+    /// by state, with whether all found went in.
+    census_base: Mutex<Option<([i64; crate::summary::STATES], bool)>>,
     /// With --stuck: the walk.
     stuck: Option<StuckWalker>,
 }
@@ -398,8 +572,16 @@ impl KernelView {
             census: census
                 .then(|| MapHandle::try_from(&skel.maps.census))
                 .transpose()?,
+            census_base: Mutex::new(None),
             stuck,
         })
+    }
+
+    /// What user space counted of the netlink snapshot's sockets (the
+    /// kernel takes each back as it seeds it), and whether every socket
+    /// found went into the kernel's map.
+    fn set_census_base(&self, counted: [i64; crate::summary::STATES], all_in: bool) {
+        *self.census_base.lock().unwrap_or_else(|e| e.into_inner()) = Some((counted, all_in));
     }
 
     /// With --stuck: its options.
@@ -443,11 +625,17 @@ impl KernelView {
         let Some(map) = &self.census else {
             return Ok(None);
         };
-        let per_cpu = map
+        let mut per_cpu = map
             .lookup_percpu(&0u32.to_ne_bytes(), MapFlags::ANY)
             .context("reading the census map")?
             .unwrap_or_default();
-        let exact = sum_percpu(&self.counters, counter::COUNTER_MAP_FULL.0)? == 0
+        let mut all_in = true;
+        if let Some((counted, all)) = *self.census_base.lock().unwrap_or_else(|e| e.into_inner()) {
+            per_cpu.push(bytes_of(&types::census { sockets: counted }).to_vec());
+            all_in = all;
+        }
+        let exact = all_in
+            && sum_percpu(&self.counters, counter::COUNTER_MAP_FULL.0)? == 0
             && self.recursion_misses()? == 0;
         Census::sum_of(&per_cpu, exact).map(Some)
     }
@@ -620,6 +808,7 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
             "the service ports' counts",
         ),
         (&mut maps.holders, sizes.holders, "the snapshot's holders"),
+        (&mut maps.diag, sizes.diag, "the snapshot's sockets"),
     ] {
         map.set_max_entries(entries)
             .with_context(|| format!("sizing {what}"))?;
@@ -630,10 +819,11 @@ fn configure(open: &mut OpenTcpstatesSkel<'_>, config: &Config, plan: &Plan) -> 
     if plan.sees_groups_made() {
         open.progs.handle_cgroup_mkdir.set_autoload(true);
     }
-    if plan.snapshot {
+    let iterators = plan.snapshot_from == SnapshotFrom::Iterators;
+    if plan.snapshot && iterators {
         open.progs.snap_sockets.set_autoload(true);
     }
-    if plan.snapshot_holders {
+    if plan.snapshot_holders && iterators {
         open.progs.snap_holders.set_autoload(true);
     }
     if plan.stuck.is_some() {

@@ -181,7 +181,9 @@ static __always_inline void census_add(__u32 state, __s64 n)
 		return;
 	if (state >= 16)
 		state = 0;
-	__sync_fetch_and_add(&c->sockets[state], n);
+	/* The mask says to the verifier what the test above does (the
+	 * compiler may index with the unclamped register). */
+	__sync_fetch_and_add(&c->sockets[state & 15], n);
 }
 
 /* Adds one to a counter; returns its value on this CPU after the add. */

@@ -82,66 +82,200 @@ int snap_holders(struct bpf_iter__task_file *ctx)
 	return 0;
 }
 
-/*
- * The socket found in `state` into the kernel's store, unless a transition
- * put it there first, with its holder `h` as its owner: its first
- * transition then has a lower bound and an owner, a listener's children its
- * owner, and the census counts it.
- */
-static __always_inline bool seed(const struct event *e, struct sock *sk,
-				 __u8 state, const struct holder *h)
+/* `st` as a socket found in `state`, held by a process whose fields
+ * (those of COPY_OWNER_FIELDS) are already in it when `held`. */
+static __always_inline void found_as(struct sock_state *st, __u8 state,
+				     bool held)
 {
-	struct listener_key lkey = { .netns = e->netns, .port = e->sport };
-	struct close_state fresh;
-	struct sock_state *st;
-	__u64 key = e->skaddr;
-
-	if (settings.use_sk_storage) {
-		st = bpf_sk_storage_get(&sk_states, sk, 0, 0);
-		if (st && (st->since_ns || st->seeded))
-			return false;
-		if (!st)
-			st = bpf_sk_storage_get(&sk_states, sk, 0,
-						BPF_SK_STORAGE_GET_F_CREATE);
-		if (!st) {
-			count(COUNTER_MAP_FULL);
-			store_ran_out = 1;
-			return false;
-		}
-		count(COUNTER_LOCAL_STARTED);
-	} else {
-		if (lookup_state(&key))
-			return false;
-		__builtin_memset(&fresh, 0, sizeof(fresh));
-		st = &fresh.s;
-	}
 	st->state = state;
 	st->seeded = 1;
 	if (state == TCP_LISTEN)
 		st->role = ROLE_LISTENER;
-	if (h && settings.keep_owner) {
-		COPY_OWNER_FIELDS(st, h);
+	if (held && settings.keep_owner) {
 		st->owner_known = 1;
 		if (settings.filter_groups || settings.label_groups)
 			judge_group(st);
 	}
-	if (!settings.use_sk_storage) {
-		/* A transition that raced the walk (before 5.15) wins. */
-		long err = update_state(&key, &fresh, BPF_NOEXIST);
+}
 
-		if (err == -17 /* EEXIST */)
-			return false;
-		if (err) {
-			count(COUNTER_MAP_FULL);
-			store_ran_out = 1;
-			return false;
-		}
-		if (state == TCP_LISTEN && st->owner_known)
-			bpf_map_update_elem(&listener_owners, &lkey, st,
-					    BPF_NOEXIST);
+/* The socket of `e`, found and made in `scratch`, into the map, unless a
+ * transition put it there first; the census counts it. */
+static __always_inline bool seed_map(const struct event *e,
+				     struct close_state *scratch)
+{
+	struct listener_key lkey = { .netns = e->netns, .port = e->sport };
+	struct sock_state *st = &scratch->s;
+	__u64 key = e->skaddr;
+	/* A transition that raced the walk (before 5.15) wins. */
+	long err = update_state(&key, scratch, BPF_NOEXIST);
+
+	if (err == -17 /* EEXIST */)
+		return false;
+	if (err) {
+		ran_out_quietly();
+		return false;
 	}
+	if (st->state == TCP_LISTEN && st->owner_known)
+		bpf_map_update_elem(&listener_owners, &lkey, st, BPF_NOEXIST);
+	census_add(st->state, 1);
+	return true;
+}
+
+/*
+ * The socket found in `state` into the kernel's store, unless a transition
+ * put it there first, with its holder `h` as its owner: its first
+ * transition then has a lower bound and an owner, a listener's children its
+ * owner, and the census counts it. `scratch` is room for a map entry.
+ */
+static __always_inline bool seed(const struct event *e, struct sock *sk,
+				 __u8 state, const struct holder *h,
+				 struct close_state *scratch)
+{
+	struct sock_state *st;
+	__u64 key = e->skaddr;
+
+	if (!settings.use_sk_storage) {
+		if (lookup_state(&key))
+			return false;
+		__builtin_memset(scratch, 0, sizeof(*scratch));
+		if (h)
+			COPY_OWNER_FIELDS(&scratch->s, h);
+		found_as(&scratch->s, state, h);
+		return seed_map(e, scratch);
+	}
+	st = bpf_sk_storage_get(&sk_states, sk, 0, 0);
+	if (st && (st->since_ns || st->seeded))
+		return false;
+	if (!st)
+		st = bpf_sk_storage_get(&sk_states, sk, 0,
+					BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		ran_out_quietly();
+		return false;
+	}
+	count(COUNTER_LOCAL_STARTED);
+	if (h)
+		COPY_OWNER_FIELDS(st, h);
+	found_as(st, state, h);
 	census_add(state, 1);
 	return true;
+}
+
+/*
+ * The netlink snapshot (src/snapshot/netlink.rs), for kernels without
+ * socket iterators: user space dumps the sockets after the programs attach
+ * and puts each one found in `diag`, by namespace and addresses. A socket's
+ * first transition that finds it in no store takes it from there: the
+ * socket is seeded as if the walk had found it (its owner, its lower bound,
+ * the census's count, which user space made).
+ *
+ * The dump comes with no time: while `diag_window` is open (from before
+ * the programs attach until every socket found is in `diag`), such a
+ * transition that finds nothing there leaves a DIAG_RACED mark instead,
+ * and user space, finding the mark where it puts the socket, counts it no
+ * more: the transition counted it, in its new state, whether the dump read
+ * it before or after. A map update is atomic: the mark or the socket comes
+ * first, never both.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1);
+	__type(key, struct diag_key);
+	__type(value, struct diag_seed);
+} diag SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} diag_window SEC(".maps");
+
+/* The inode of the socket `sk` belongs to (0: none, an orphan). */
+static __always_inline __u32 sock_inode(const struct sock *sk)
+{
+	struct socket *sock = BPF_CORE_READ(sk, sk_socket);
+
+	if (!sock)
+		return 0;
+	/* struct socket_alloc begins with the socket, then its inode. */
+	return BPF_CORE_READ((struct socket_alloc *)sock, vfs_inode.i_ino);
+}
+
+/* What the dump names the socket `sk` by, as it leaves `oldstate`: the
+ * fields inet_diag reports (the bound local address, the port). */
+static __always_inline void diag_key_of(struct diag_key *k,
+					const struct sock *sk, int oldstate)
+{
+	const struct inet_sock *inet = (const struct inet_sock *)sk;
+
+	k->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	k->sport = bpf_ntohs(BPF_CORE_READ(inet, inet_sport));
+	k->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	k->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (k->family == AF_INET) {
+		*(__u32 *)k->saddr =
+			BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		*(__u32 *)k->daddr = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+	} else {
+		BPF_CORE_READ_INTO(&k->saddr, sk,
+				   __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&k->daddr, sk,
+				   __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+	if (oldstate == TCP_LISTEN)
+		k->inode = sock_inode(sk);
+}
+
+/*
+ * The socket of `e`, in no store (the map: src/plan.rs keeps no other with
+ * this snapshot), as the dump found it: seeded. `scratch` is the caller's
+ * room for a map entry; the key and a mark are made in it too. True when
+ * it was; then the census has it once, in its dumped state (user space
+ * counted it: that count is taken back).
+ */
+static __always_inline bool diag_take(const struct event *e,
+				      struct close_state *scratch)
+{
+	struct diag_key *k = (struct diag_key *)&scratch->t;
+	struct diag_seed *mark = (struct diag_seed *)&scratch->s;
+	struct diag_seed *found;
+	__u32 zero = 0, *open;
+	bool held;
+	long err;
+
+	_Static_assert(sizeof(struct diag_key) <= sizeof(struct timeline),
+		       "the key fits the timeline's room");
+	_Static_assert(sizeof(struct diag_seed) <= sizeof(struct sock_state),
+		       "a mark fits the state's room");
+	__builtin_memset(k, 0, sizeof(*k));
+	diag_key_of(k, (const struct sock *)e->skaddr, e->oldstate);
+	open = bpf_map_lookup_elem(&diag_window, &zero);
+	if (open && *open) {
+		__builtin_memset(mark, 0, sizeof(*mark));
+		mark->kind = DIAG_RACED;
+		err = bpf_map_update_elem(&diag, k, mark, BPF_NOEXIST);
+		if (!err)
+			return false;
+		if (err != -17 /* EEXIST: the dump's copy is there */) {
+			ran_out_quietly();
+			return false;
+		}
+	}
+	found = bpf_map_lookup_elem(&diag, k);
+	if (!found || found->kind != DIAG_SEED)
+		return false;
+	held = found->holder_known;
+	__builtin_memset(&scratch->s, 0, sizeof(scratch->s));
+	COPY_OWNER_FIELDS(&scratch->s, found);
+	scratch->s.state = found->state;
+	/* Whoever deletes it has it. */
+	if (bpf_map_delete_elem(&diag, k))
+		return false;
+	__builtin_memset(&scratch->t, 0, sizeof(scratch->t));
+	census_add(scratch->s.state, -1);
+	found_as(&scratch->s, scratch->s.state, held);
+	return seed_map(e, scratch);
 }
 
 /*
@@ -183,6 +317,7 @@ volatile __u64 snap_held = 0;
 SEC("?iter/tcp")
 int snap_sockets(struct bpf_iter__tcp *ctx)
 {
+	struct close_state scratch;
 	struct snap_sock r = {};
 	struct event e = {};
 	struct holder *h;
@@ -199,7 +334,7 @@ int snap_sockets(struct bpf_iter__tcp *ctx)
 		COPY_OWNER_FIELDS(&r, h);
 	}
 	if (settings.track_sockets &&
-	    seed(&e, (struct sock *)tp, r.state, h))
+	    seed(&e, (struct sock *)tp, r.state, h, &scratch))
 		r.flags |= SNAP_F_SEEDED;
 	if (h)
 		bpf_map_delete_elem(&holders, &r.skaddr);

@@ -46,6 +46,7 @@ enum timeline_dims unused_timeline_dims = TIMELINE_STEPS;
 struct snap_sock unused_snap_sock = {};
 enum snap_flags unused_snap_flags = SNAP_F_HOLDER;
 struct census unused_census = {};
+enum diag_kinds unused_diag_kinds = DIAG_SEED;
 
 /*
  * Sends `e` through the ring buffer, as long as the fields it carries need:

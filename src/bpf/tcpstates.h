@@ -165,6 +165,52 @@ enum snap_flags {
 	SNAP_F_OWNER = 0x10,
 };
 
+/*
+ * The snapshot from the netlink socket diagnostics (what `ss` uses), where
+ * the kernel has no socket iterator: the dump names a socket by its
+ * namespace and addresses, never by its address in memory. Each socket it
+ * found is put in `diag` by user space under this key, which a transition
+ * of the socket can make too (src/snapshot/netlink.rs makes it the same
+ * way).
+ */
+struct diag_key {
+	/* Network namespace inode. */
+	__u32 netns;
+	/* A listener's inode (listeners sharing a port with SO_REUSEPORT
+	 * have the same addresses); 0 for any other socket (a connection's
+	 * four addresses are its own in its namespace). */
+	__u32 inode;
+	__u16 family;
+	/* Host byte order. */
+	__u16 sport;
+	__u16 dport;
+	__u16 __pad;
+	/* IPv4 addresses use the first 4 bytes; network byte order. */
+	__u8 saddr[16];
+	__u8 daddr[16];
+};
+
+enum diag_kinds {
+	/* A socket the dump found: its state and first holder. */
+	DIAG_SEED = 1,
+	/* A transition of a socket not in the store came before the dump's
+	 * copy of it: that copy is not counted (the transition counted
+	 * it). */
+	DIAG_RACED = 2,
+};
+
+struct diag_seed {
+	__u64 owner_cgroup;
+	__u32 owner_pid;
+	__u32 owner_uid;
+	char owner_comm[TASK_COMM_LEN];
+	__u8 kind;
+	__u8 state;
+	/* The owner_* fields hold a process that has it open. */
+	__u8 holder_known;
+	__u8 __pad[5];
+};
+
 /* ... and one existing full socket, as a socket iterator walked it (the
  * snapshot, or the walk for stuck sockets). */
 struct snap_sock {
@@ -526,7 +572,10 @@ struct settings {
 	/* The snapshot sends each socket to user space (the reader keeps
 	 * the owners); else it only counts them. */
 	__u8 snap_records;
-	__u8 __pad_end[2];
+	/* The snapshot came from the netlink dump: a socket missing from
+	 * the store at a transition may be one it found (`diag`). */
+	__u8 diag_seeds;
+	__u8 __pad_end[1];
 	/* --stuck: the walk reports sockets in these states (bit n: state
 	 * n) ... */
 	__u32 stuck_mask;

@@ -186,16 +186,26 @@ static __always_inline void delete_state(__u64 *key)
  */
 volatile __u8 store_ran_out = 0;
 
-static __always_inline void ran_out(struct event *e)
+static __always_inline void ran_out_quietly(void)
 {
 	count(COUNTER_MAP_FULL);
-	e->flags |= EVENT_F_MAP_FULL;
 	store_ran_out = 1;
+}
+
+static __always_inline void ran_out(struct event *e)
+{
+	ran_out_quietly();
+	e->flags |= EVENT_F_MAP_FULL;
 }
 
 /* A socket's role, timeline and, at CLOSE, its end (close.bpf.h). */
 static __always_inline void chronicle(struct event *e, struct sock_state *st,
 				      const struct tcp_sock *tp, __u64 now);
+
+/* A socket in no store, as the netlink snapshot found it, seeded
+ * (snapshot.bpf.h). */
+static __always_inline bool diag_take(const struct event *e,
+				      struct close_state *scratch);
 
 /*
  * The one tracker: sets e's time in its old state from the socket's
@@ -229,6 +239,9 @@ static __always_inline void track(struct event *e, struct sock *sk,
 		}
 	} else {
 		st = lookup_state(&key);
+		if (!st && settings.diag_seeds && !starts_anew(e) &&
+		    diag_take(e, &fresh))
+			st = lookup_state(&key);
 	}
 	kept = st && st->since_ns;
 	if (kept && !starts_anew(e))

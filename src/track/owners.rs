@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
+use std::net::IpAddr;
 
 use super::times::{AddressHasher, remove_and_shrink};
 use crate::event::{Event, Owner, TcpState};
@@ -68,7 +69,7 @@ impl Owners {
     pub fn observe(&mut self, ev: &Event) -> Option<Owner> {
         let is_new = ev.old == TcpState::Close
             || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv);
-        if let Some(holder) = self.seeds.take(ev.skaddr, ev.ts_ns) {
+        if let Some(holder) = self.seeds.take(ev, is_new) {
             let room = self.by_socket.len() < self.limit;
             if !is_new && room {
                 self.by_socket.entry(ev.skaddr).or_insert(holder);
@@ -285,11 +286,17 @@ mod tests {
     }
 }
 
+/// A socket as the netlink dump names it: namespace, local address and
+/// port, remote address and port.
+type Addresses = (u32, IpAddr, u16, IpAddr, u16);
+
 /// The snapshot's sockets with a holder, for the reader: by socket, when
-/// the walk read it and its holder (one copy of each holder).
+/// the walk read it and its holder (one copy of each holder); or, from the
+/// netlink dump, by addresses.
 #[derive(Debug, Default)]
 pub struct Seeds {
     by_socket: HashMap<u64, (u64, u32), BuildHasherDefault<AddressHasher>>,
+    by_addresses: HashMap<Addresses, u32>,
     owners: Vec<Owner>,
     index: HashMap<Owner, u32>,
     /// Listeners found, by (netns, port): (address, holder).
@@ -307,7 +314,21 @@ impl Seeds {
             owners.push(holder);
             u32::try_from(owners.len() - 1).unwrap_or(u32::MAX)
         });
-        self.by_socket.insert(found.skaddr, (found.ts_ns, index));
+        if found.skaddr != 0 {
+            self.by_socket.insert(found.skaddr, (found.ts_ns, index));
+        } else {
+            // Listeners sharing a port (SO_REUSEPORT) have the same
+            // addresses: the first one's holder stands for them.
+            self.by_addresses
+                .entry((
+                    found.netns,
+                    found.laddr,
+                    found.lport,
+                    found.raddr,
+                    found.rport,
+                ))
+                .or_insert(index);
+        }
         if found.state == TcpState::Listen {
             self.listeners
                 .entry((found.netns, found.lport))
@@ -315,26 +336,33 @@ impl Seeds {
         }
     }
 
-    /// The holder of the socket at `skaddr` for a transition at `ts_ns`,
-    /// once: only for a transition after the walk read it (one before it
-    /// may be an earlier socket's at the same address).
-    fn take(&mut self, skaddr: u64, ts_ns: u64) -> Option<Owner> {
-        match self.by_socket.get(&skaddr) {
-            Some(&(read_ns, index)) if ts_ns > read_ns => {
-                remove_and_shrink(&mut self.by_socket, skaddr);
-                self.owners.get(index as usize).copied()
+    /// The holder of the socket of `ev`, once: from the walk, only for a
+    /// transition after the walk read it (one before it may be an earlier
+    /// socket's at the same address); from the dump, for the first
+    /// transition of a socket with its addresses that is not new (two
+    /// sockets never have the same four at once).
+    fn take(&mut self, ev: &Event, is_new: bool) -> Option<Owner> {
+        let index = match self.by_socket.get(&ev.skaddr) {
+            Some(&(read_ns, index)) if ev.ts_ns > read_ns => {
+                remove_and_shrink(&mut self.by_socket, ev.skaddr);
+                index
             }
-            _ => None,
-        }
+            Some(_) => return None,
+            None if is_new || self.by_addresses.is_empty() => return None,
+            None => self
+                .by_addresses
+                .remove(&(ev.netns, ev.laddr, ev.lport, ev.raddr, ev.rport))?,
+        };
+        self.owners.get(index as usize).copied()
     }
 
     /// Sockets whose holder waits for their first transition.
     pub fn len(&self) -> usize {
-        self.by_socket.len()
+        self.by_socket.len() + self.by_addresses.len()
     }
 
     /// Whether none does.
     pub fn is_empty(&self) -> bool {
-        self.by_socket.is_empty()
+        self.by_socket.is_empty() && self.by_addresses.is_empty()
     }
 }

@@ -12,6 +12,11 @@
 //! where the reader keeps them, the walk hands each socket to it here,
 //! with the time it was read: a transition before that time is already in
 //! what the walk found, one after it is not.
+//!
+//! Where the kernel has no socket iterator, [`netlink`] takes the same
+//! snapshot from the socket diagnostics.
+
+pub mod netlink;
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -24,6 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::bpf::types;
+use crate::config::SnapshotFrom;
 use crate::event::{Owner, TcpState, addresses};
 
 /// `struct snap_sock` of tcpstates.h, as the skeleton generated it.
@@ -69,6 +75,8 @@ pub struct Found {
     pub since_ns: Option<u64>,
     /// ... or that it has been in it since before the trace.
     pub before_trace: bool,
+    /// The netlink snapshot: its inode (0: none, or not known).
+    pub inode: u32,
 }
 
 impl Found {
@@ -92,6 +100,7 @@ impl Found {
             seeded: raw.flags & SNAP_F_SEEDED != 0,
             since_ns: (raw.flags & SNAP_F_SINCE != 0).then_some(raw.since_ns),
             before_trace: raw.flags & SNAP_F_BEFORE_TRACE != 0,
+            inode: 0,
         })
     }
 }
@@ -99,6 +108,8 @@ impl Found {
 /// What a snapshot found, in all.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Taken {
+    /// Where from.
+    pub source: SnapshotFrom,
     /// Full sockets found.
     pub sockets: u64,
     /// ... of which a process had open.
@@ -115,7 +126,8 @@ impl Taken {
     /// One line for -v.
     pub fn describe(&self) -> String {
         let mut line = format!(
-            "snapshot: {} sockets ({} with a holder) in {} network namespaces, {} ms",
+            "snapshot ({}): {} sockets ({} with a holder) in {} network namespaces, {} ms",
+            self.source.name(),
             self.sockets,
             self.held,
             self.namespaces,
@@ -157,38 +169,7 @@ pub fn walk(
     mut each: impl FnMut(Found),
 ) -> Result<Taken> {
     let started = Instant::now();
-    let namespaces = network_namespaces(only);
-    // An iterator walks the namespace of the thread that opens it: a
-    // thread of its own enters each one and opens its iterator there, and
-    // ends with that (entering changes the calling thread's namespace).
-    // The walks themselves are read here.
-    let (opened, missed) = std::thread::scope(|scope| {
-        scope
-            .spawn(|| -> Result<Opened> {
-                let mut opened = Vec::new();
-                let mut missed = Vec::new();
-                // The namespace the thread is in needs no entering (which
-                // takes CAP_SYS_ADMIN, even into one's own).
-                let mut current = std::fs::metadata("/proc/thread-self/ns/net")
-                    .map(|meta| meta.ino())
-                    .ok();
-                for (&inode, path) in &namespaces {
-                    if current != Some(inode) {
-                        if let Err(err) = enter(path) {
-                            missed.push(format!("{inode} ({}): {err}", path.display()));
-                            continue;
-                        }
-                        current = Some(inode);
-                    }
-                    let fd = open_iterator(sockets)
-                        .with_context(|| format!("walking the TCP sockets of namespace {inode}"))?;
-                    opened.push((inode, fd));
-                }
-                Ok((opened, missed))
-            })
-            .join()
-            .map_err(|_| anyhow!("the snapshot's thread panicked"))?
-    })?;
+    let (opened, missed) = open_in_each(only, || open_iterator(sockets))?;
     let mut taken = Taken {
         namespaces: opened.len(),
         missed,
@@ -208,7 +189,82 @@ pub fn walk(
     Ok(taken)
 }
 
-/// The walks opened, by namespace inode, and the namespaces not entered
+/// The netlink snapshot: every network namespace's TCP sockets (only
+/// `only`, when given) from the socket diagnostics, each handed to `each`,
+/// with its first holder when `holders`.
+pub fn take_netlink(
+    only: Option<u32>,
+    holders: bool,
+    mut each: impl FnMut(Found),
+) -> Result<Taken> {
+    let started = Instant::now();
+    let (opened, missed) = open_in_each(only, netlink::open)?;
+    let mut found = Vec::new();
+    for (inode, fd) in &opened {
+        let netns = u32::try_from(*inode).unwrap_or(0);
+        netlink::dump(fd, netns, |f| found.push(f))
+            .with_context(|| format!("dumping the TCP sockets of namespace {inode}"))?;
+    }
+    let holders = if holders {
+        netlink::holders(&found.iter().map(|f| f.inode).filter(|&i| i != 0).collect())
+    } else {
+        Default::default()
+    };
+    let mut taken = Taken {
+        source: SnapshotFrom::Netlink,
+        namespaces: opened.len(),
+        missed,
+        ..Taken::default()
+    };
+    for mut f in found {
+        f.holder = holders.get(&f.inode).copied();
+        taken.sockets += 1;
+        taken.held += u64::from(f.holder.is_some());
+        each(f);
+    }
+    taken.took = started.elapsed();
+    Ok(taken)
+}
+
+/// What `open` made in each network namespace (only `only`, when given),
+/// by namespace inode, and the namespaces not entered (with why). An
+/// iterator walks, and a netlink socket dumps, the namespace of the thread
+/// that opens it: a thread of its own enters each one and opens there, and
+/// ends with that (entering changes the calling thread's namespace).
+fn open_in_each(
+    only: Option<u32>,
+    open: impl Fn() -> Result<OwnedFd> + Send + Sync,
+) -> Result<Opened> {
+    let namespaces = network_namespaces(only);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> Result<Opened> {
+                let mut opened = Vec::new();
+                let mut missed = Vec::new();
+                // The namespace the thread is in needs no entering (which
+                // takes CAP_SYS_ADMIN, even into one's own).
+                let mut current = std::fs::metadata("/proc/thread-self/ns/net")
+                    .map(|meta| meta.ino())
+                    .ok();
+                for (&inode, path) in &namespaces {
+                    if current != Some(inode) {
+                        if let Err(err) = enter(path) {
+                            missed.push(format!("{inode} ({}): {err}", path.display()));
+                            continue;
+                        }
+                        current = Some(inode);
+                    }
+                    let fd = open().with_context(|| format!("in network namespace {inode}"))?;
+                    opened.push((inode, fd));
+                }
+                Ok((opened, missed))
+            })
+            .join()
+            .map_err(|_| anyhow!("the snapshot's thread panicked"))?
+    })
+}
+
+/// What was opened, by namespace inode, and the namespaces not entered
 /// (with why).
 type Opened = (Vec<(u64, OwnedFd)>, Vec<String>);
 
