@@ -134,17 +134,21 @@ fn take_netlink_snapshot(
     let mut counted = [0i64; crate::summary::STATES];
     // Sockets the map had no room for: the census is not exact then.
     let mut lost = 0u64;
-    let taken = snapshot::take_netlink(only, plan.snapshot_holders, |found| {
+    let mut raced = 0u64;
+    let mut taken = snapshot::take_netlink(only, plan.snapshot_holders, |found| {
         if let Some(seeds) = &mut seeds {
             seeds.add(&found);
         }
         if store {
+            if found.state == TcpState::Listen && plan.owners == OwnerKeeper::Kernel {
+                put_listener_owner(skel, plan, &found);
+            }
             match put_diag_seed(skel, &found) {
                 Ok(true) => {
                     let state = usize::try_from(found.state.number()).unwrap_or(0);
                     counted[state % counted.len()] += 1;
                 }
-                Ok(false) => {}
+                Ok(false) => raced += 1,
                 Err(_) => lost += 1,
             }
         }
@@ -169,6 +173,7 @@ fn take_netlink_snapshot(
             }
         }
         view.set_census_base(counted, lost == 0);
+        taken.raced = raced;
     }
     Ok((taken, seeds))
 }
@@ -181,6 +186,8 @@ type DiagSeed = types::diag_seed;
 // explicit padding: every bit pattern is a valid value.
 unsafe impl plain::Plain for DiagKey {}
 unsafe impl plain::Plain for DiagSeed {}
+unsafe impl plain::Plain for types::listener_key {}
+unsafe impl plain::Plain for types::sock_state {}
 
 const DIAG_SEED: u8 = types::diag_kinds::DIAG_SEED.0 as u8;
 const DIAG_RACED: u8 = types::diag_kinds::DIAG_RACED.0 as u8;
@@ -256,15 +263,45 @@ fn bytes_of<T: plain::Plain>(value: &T) -> &[u8] {
     unsafe { plain::as_bytes(value) }
 }
 
-/// Opens or closes the netlink snapshot's window (see `diag_window`).
+/// The holder of the listener `found` as its new children's owner (the
+/// iterators' walk puts it there as it seeds the listener; this one is
+/// seeded at its own first transition), unless a listen() since put one.
+fn put_listener_owner(skel: &TcpstatesSkel<'_>, plan: &Plan, found: &Found) {
+    let Some(h) = found.holder else {
+        return;
+    };
+    let key = types::listener_key {
+        netns: found.netns,
+        port: u32::from(found.lport),
+    };
+    let owner = types::sock_state {
+        owner_pid: h.pid,
+        owner_uid: h.uid,
+        owner_cgroup: h.cgroup_id,
+        owner_comm: h.comm.map(|c| c as _),
+        owner_known: 1,
+        // The kernel judges its group when a child takes it.
+        owner_undecided: u8::from(plan.group_table),
+        ..types::sock_state::default()
+    };
+    // Full (4,096 listeners) or there already: the children go without.
+    let _ = skel
+        .maps
+        .listener_owners
+        .update(bytes_of(&key), bytes_of(&owner), MapFlags::NO_EXIST);
+}
+
+/// Opens or closes the netlink snapshot's window (see `diag_window`: open,
+/// or when it closed).
 fn set_diag_window(skel: &TcpstatesSkel<'_>, open: bool) -> Result<()> {
+    let value = if open {
+        u64::MAX
+    } else {
+        crate::clock::monotonic_ns()
+    };
     skel.maps
         .diag_window
-        .update(
-            &0u32.to_ne_bytes(),
-            &u32::from(open).to_ne_bytes(),
-            MapFlags::ANY,
-        )
+        .update(&0u32.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)
         .context("opening the snapshot's window")
 }
 
@@ -281,6 +318,11 @@ impl Tracer {
             bail!(
                 "--stuck walks the sockets with the kernel's socket iterators: Linux 5.9 or later, \
                  with its own BTF"
+            );
+        }
+        if config.stuck.is_some() && config.snapshot_from == Some(SnapshotFrom::Netlink) {
+            bail!(
+                "--stuck judges the sockets the iterators' snapshot found: not with --snapshot-from netlink"
             );
         }
         if config.snapshot_from == Some(SnapshotFrom::Iterators)

@@ -164,18 +164,21 @@ static __always_inline bool seed(const struct event *e, struct sock *sk,
 /*
  * The netlink snapshot (src/snapshot/netlink.rs), for kernels without
  * socket iterators: user space dumps the sockets after the programs attach
- * and puts each one found in `diag`, by namespace and addresses. A socket's
- * first transition that finds it in no store takes it from there: the
- * socket is seeded as if the walk had found it (its owner, its lower bound,
- * the census's count, which user space made).
+ * and puts each one found in `diag`, by namespace and addresses, counted in
+ * the census. A socket's first transition that finds it in no store takes
+ * it from there: the socket is seeded as if the walk had found it (its
+ * owner, its lower bound; the census's count moves to the store).
  *
- * The dump comes with no time: while `diag_window` is open (from before
- * the programs attach until every socket found is in `diag`), such a
- * transition that finds nothing there leaves a DIAG_RACED mark instead,
- * and user space, finding the mark where it puts the socket, counts it no
- * more: the transition counted it, in its new state, whether the dump read
- * it before or after. A map update is atomic: the mark or the socket comes
- * first, never both.
+ * The dump comes with no time, and also finds sockets the trace saw born:
+ * while the window is open (from before the programs attach until every
+ * socket found is in `diag`), a transition of a socket the dump may have
+ * found (one in no store, or one born since the window opened, in the
+ * state it was born in) leaves a DIAG_RACED mark, unless the dump's copy
+ * is there; user space, finding the mark where it puts the copy, counts it
+ * no more: the store counts the socket, whether the dump read it before or
+ * after. A map update is atomic: the mark or the copy comes first, never
+ * both. A copy of a socket the store has is taken back (once the window is
+ * closed, too, at the first transition after the socket's birth).
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -184,11 +187,15 @@ struct {
 	__type(value, struct diag_seed);
 } diag SEC(".maps");
 
+/* DIAG_WINDOW_OPEN while open; then when it closed (bpf_ktime_get_ns()):
+ * a socket born before may have a copy in `diag`. */
+#define DIAG_WINDOW_OPEN (~0ULL)
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u32);
+	__type(value, __u64);
 } diag_window SEC(".maps");
 
 /* The inode of the socket `sk` belongs to (0: none, an orphan). */
@@ -227,21 +234,30 @@ static __always_inline void diag_key_of(struct diag_key *k,
 		k->inode = sock_inode(sk);
 }
 
+/* When the window closed (DIAG_WINDOW_OPEN: it is open; 0: never
+ * opened). */
+static __always_inline __u64 diag_window_closed(void)
+{
+	__u32 zero = 0;
+	__u64 *at = bpf_map_lookup_elem(&diag_window, &zero);
+
+	return at ? *at : 0;
+}
+
 /*
- * The socket of `e`, in no store (the map: src/plan.rs keeps no other with
- * this snapshot), as the dump found it: seeded. `scratch` is the caller's
- * room for a map entry; the key and a mark are made in it too. True when
- * it was; then the census has it once, in its dumped state (user space
- * counted it: that count is taken back).
+ * The dump's copy of the socket of `e`, taken out of `diag` (its state and
+ * holder into scratch->s, zeroed otherwise); while the window is open, a
+ * mark instead if the copy is not there yet. `scratch` is the caller's
+ * room for a map entry; the key and the mark are made in it too. True when
+ * a copy was taken: user space had counted it, and its count is taken back
+ * here.
  */
-static __always_inline bool diag_take(const struct event *e,
-				      struct close_state *scratch)
+static __always_inline bool diag_claim(const struct event *e,
+				       struct close_state *scratch)
 {
 	struct diag_key *k = (struct diag_key *)&scratch->t;
 	struct diag_seed *mark = (struct diag_seed *)&scratch->s;
 	struct diag_seed *found;
-	__u32 zero = 0, *open;
-	bool held;
 	long err;
 
 	_Static_assert(sizeof(struct diag_key) <= sizeof(struct timeline),
@@ -250,8 +266,7 @@ static __always_inline bool diag_take(const struct event *e,
 		       "a mark fits the state's room");
 	__builtin_memset(k, 0, sizeof(*k));
 	diag_key_of(k, (const struct sock *)e->skaddr, e->oldstate);
-	open = bpf_map_lookup_elem(&diag_window, &zero);
-	if (open && *open) {
+	if (diag_window_closed() == DIAG_WINDOW_OPEN) {
 		__builtin_memset(mark, 0, sizeof(*mark));
 		mark->kind = DIAG_RACED;
 		err = bpf_map_update_elem(&diag, k, mark, BPF_NOEXIST);
@@ -265,17 +280,53 @@ static __always_inline bool diag_take(const struct event *e,
 	found = bpf_map_lookup_elem(&diag, k);
 	if (!found || found->kind != DIAG_SEED)
 		return false;
-	held = found->holder_known;
 	__builtin_memset(&scratch->s, 0, sizeof(scratch->s));
-	COPY_OWNER_FIELDS(&scratch->s, found);
+	if (found->holder_known) {
+		COPY_OWNER_FIELDS(&scratch->s, found);
+		/* Held: owner_known is set by found_as when owners are kept. */
+		scratch->s.owner_known = 1;
+	}
 	scratch->s.state = found->state;
 	/* Whoever deletes it has it. */
 	if (bpf_map_delete_elem(&diag, k))
 		return false;
 	__builtin_memset(&scratch->t, 0, sizeof(scratch->t));
 	census_add(scratch->s.state, -1);
+	return true;
+}
+
+/*
+ * The socket of `e`, in no store (the map: src/plan.rs keeps no other with
+ * this snapshot), as the dump found it: seeded, counted by the store. True
+ * when it was.
+ */
+static __always_inline bool diag_take(const struct event *e,
+				      struct close_state *scratch)
+{
+	bool held;
+
+	if (!diag_claim(e, scratch))
+		return false;
+	held = scratch->s.owner_known;
+	scratch->s.owner_known = 0;
 	found_as(&scratch->s, scratch->s.state, held);
 	return seed_map(e, scratch);
+}
+
+/*
+ * The socket of `e` is in the store, `st`: a copy the dump made of it is
+ * not counted (only one born before the window closed, in the state it was
+ * born in, can have one: the census is summary mode's, which keeps
+ * born_ns).
+ */
+static __always_inline void diag_forget(const struct event *e,
+					const struct sock_state *st,
+					struct close_state *scratch)
+{
+	if (!st->born_ns || st->since_ns != st->born_ns || starts_anew(e) ||
+	    st->born_ns >= diag_window_closed())
+		return;
+	diag_claim(e, scratch);
 }
 
 /*

@@ -206,6 +206,9 @@ static __always_inline void chronicle(struct event *e, struct sock_state *st,
  * (snapshot.bpf.h). */
 static __always_inline bool diag_take(const struct event *e,
 				      struct close_state *scratch);
+static __always_inline void diag_forget(const struct event *e,
+					const struct sock_state *st,
+					struct close_state *scratch);
 
 /*
  * The one tracker: sets e's time in its old state from the socket's
@@ -242,6 +245,8 @@ static __always_inline void track(struct event *e, struct sock *sk,
 		if (!st && settings.diag_seeds && !starts_anew(e) &&
 		    diag_take(e, &fresh))
 			st = lookup_state(&key);
+		else if (st && settings.diag_seeds && settings.census)
+			diag_forget(e, st, &fresh);
 	}
 	kept = st && st->since_ns;
 	if (kept && !starts_anew(e))

@@ -114,6 +114,9 @@ pub struct Taken {
     pub sockets: u64,
     /// ... of which a process had open.
     pub held: u64,
+    /// The netlink snapshot: sockets a transition marked first while the
+    /// dump ran (the kernel's store counts them).
+    pub raced: u64,
     /// Namespaces walked.
     pub namespaces: usize,
     /// Namespaces that could not be entered, with why (one line each).
@@ -133,6 +136,9 @@ impl Taken {
             self.namespaces,
             self.took.as_millis()
         );
+        if self.raced > 0 {
+            line.push_str(&format!("; {} changed while dumped", self.raced));
+        }
         if !self.missed.is_empty() {
             line.push_str(&format!("; not entered: {}", self.missed.join("; ")));
         }

@@ -1,12 +1,14 @@
 //! The snapshot at start: sockets older than the trace get their holder as
 //! owner from their first transition, and summary mode's census equals the
-//! kernel's own listing of the sockets, namespace by namespace.
+//! kernel's own listing of the sockets, namespace by namespace. Each from
+//! the socket iterators (this kernel's default) and from the netlink socket
+//! diagnostics (the path of kernels without iterators, asked for here).
 
 use std::collections::BTreeMap;
 use std::net::{Shutdown, TcpListener};
 
 use tcpstates::census::Census;
-use tcpstates::config::{Format, TimeColumns};
+use tcpstates::config::{Format, SnapshotFrom, TimeColumns};
 use tcpstates::stuck::StuckSocket;
 use tcpstates_testkit::netns::{Namespace, ss_states, tcp_states_here};
 
@@ -82,21 +84,26 @@ fn my_comm() -> String {
 /// of every one, and of the older listener's new child, names this process
 /// as the owner, also those made in softirq; the first transition of each
 /// older socket has a lower bound.
-fn older_sockets_have_their_holders(v6: bool, kernel_keeps: bool) {
+fn older_sockets_have_their_holders(v6: bool, kernel_keeps: bool, from: SnapshotFrom) {
     let Some(_root) = root() else { return };
     let older = Older::open(v6);
-    older_sockets_named(older, kernel_keeps, None);
+    older_sockets_named(older, kernel_keeps, from, None);
 }
 
 /// The same in a second network namespace, which the snapshot enters.
-fn in_a_second_namespace(v6: bool, kernel_keeps: bool) {
+fn in_a_second_namespace(v6: bool, kernel_keeps: bool, from: SnapshotFrom) {
     let Some(_root) = root() else { return };
     let second = Namespace::new().expect("a second network namespace");
     let older = second.run(move || Older::open(v6));
-    older_sockets_named(older, kernel_keeps, Some(&second));
+    older_sockets_named(older, kernel_keeps, from, Some(&second));
 }
 
-fn older_sockets_named(older: Older, kernel_keeps: bool, second: Option<&Namespace>) {
+fn older_sockets_named(
+    older: Older,
+    kernel_keeps: bool,
+    from: SnapshotFrom,
+    second: Option<&Namespace>,
+) {
     let port = older.port;
     // A filter on every state makes the kernel keep times and owners.
     let all_states = (1..=13).fold(0, |mask, n| mask | 1 << n);
@@ -111,6 +118,7 @@ fn older_sockets_named(older: Older, kernel_keeps: bool, second: Option<&Namespa
             states: if kernel_keeps { all_states } else { 0 },
             ..Filter::default()
         },
+        snapshot_from: Some(from),
         ..Config::default()
     };
     let mut capture = Capture::start(&config);
@@ -120,6 +128,7 @@ fn older_sockets_named(older: Older, kernel_keeps: bool, second: Option<&Namespa
         .expect("a snapshot was taken")
         .clone();
     assert!(taken.sockets >= 5 && taken.held >= 5, "{taken:?}");
+    assert_eq!(taken.source, from);
     sleep(Duration::from_millis(50));
     match second {
         Some(ns) => ns.run(move || older.close()),
@@ -156,32 +165,62 @@ fn older_sockets_named(older: Older, kernel_keeps: bool, second: Option<&Namespa
 
 #[test]
 fn ipv4_older_sockets_have_their_holders_kept_by_the_reader() {
-    older_sockets_have_their_holders(false, false);
+    older_sockets_have_their_holders(false, false, SnapshotFrom::Iterators);
 }
 
 #[test]
 fn ipv6_older_sockets_have_their_holders_kept_by_the_reader() {
-    older_sockets_have_their_holders(true, false);
+    older_sockets_have_their_holders(true, false, SnapshotFrom::Iterators);
 }
 
 #[test]
 fn ipv4_older_sockets_have_their_holders_kept_by_the_kernel() {
-    older_sockets_have_their_holders(false, true);
+    older_sockets_have_their_holders(false, true, SnapshotFrom::Iterators);
 }
 
 #[test]
 fn ipv6_older_sockets_have_their_holders_kept_by_the_kernel() {
-    older_sockets_have_their_holders(true, true);
+    older_sockets_have_their_holders(true, true, SnapshotFrom::Iterators);
 }
 
 #[test]
 fn older_sockets_in_a_second_namespace_have_their_holders_kept_by_the_reader() {
-    in_a_second_namespace(false, false);
+    in_a_second_namespace(false, false, SnapshotFrom::Iterators);
 }
 
 #[test]
 fn older_sockets_in_a_second_namespace_have_their_holders_kept_by_the_kernel() {
-    in_a_second_namespace(true, true);
+    in_a_second_namespace(true, true, SnapshotFrom::Iterators);
+}
+
+#[test]
+fn netlink_ipv4_older_sockets_have_their_holders_kept_by_the_reader() {
+    older_sockets_have_their_holders(false, false, SnapshotFrom::Netlink);
+}
+
+#[test]
+fn netlink_ipv6_older_sockets_have_their_holders_kept_by_the_reader() {
+    older_sockets_have_their_holders(true, false, SnapshotFrom::Netlink);
+}
+
+#[test]
+fn netlink_ipv4_older_sockets_have_their_holders_kept_by_the_kernel() {
+    older_sockets_have_their_holders(false, true, SnapshotFrom::Netlink);
+}
+
+#[test]
+fn netlink_ipv6_older_sockets_have_their_holders_kept_by_the_kernel() {
+    older_sockets_have_their_holders(true, true, SnapshotFrom::Netlink);
+}
+
+#[test]
+fn netlink_older_sockets_in_a_second_namespace_have_their_holders_kept_by_the_reader() {
+    in_a_second_namespace(true, false, SnapshotFrom::Netlink);
+}
+
+#[test]
+fn netlink_older_sockets_in_a_second_namespace_have_their_holders_kept_by_the_kernel() {
+    in_a_second_namespace(false, true, SnapshotFrom::Netlink);
 }
 
 /// The census as the kernel listing's names go, states with none left out.
@@ -281,8 +320,7 @@ fn listing_at(path: &std::path::Path) -> BTreeMap<String, u64> {
 /// the whole host counts what the kernel lists in every namespace; one of
 /// the second namespace (--netns) what it lists there; `ss -tan` agrees
 /// (on hosts that have it).
-#[test]
-fn census_equals_the_kernels_listing_in_each_namespace() {
+fn census_equals_the_kernels_listing_in_each_namespace(from: SnapshotFrom) {
     let Some(_root) = root() else { return };
     let here = Older::open(false);
     let second = Namespace::new().expect("a second network namespace");
@@ -290,6 +328,7 @@ fn census_equals_the_kernels_listing_in_each_namespace() {
     let summary = |netns: Option<u32>| {
         let config = Config {
             mode: Mode::Summary(SummaryOutput::default()),
+            snapshot_from: Some(from),
             ..opts(
                 test_attach(),
                 Filter {
@@ -298,7 +337,9 @@ fn census_equals_the_kernels_listing_in_each_namespace() {
                 },
             )
         };
-        Tracer::start(&config, Wake::EachEvent).expect("starting a summary tracer")
+        let tracer = Tracer::start(&config, Wake::EachEvent).expect("starting a summary tracer");
+        assert_eq!(tracer.snapshot().map(|t| t.source), Some(from));
+        tracer
     };
     let host = summary(None);
     let only_second = summary(Some(second.inode));
@@ -353,11 +394,20 @@ fn census_equals_the_kernels_listing_in_each_namespace() {
     check("after closes");
 }
 
+#[test]
+fn census_equals_the_kernels_listing_in_each_namespace_from_iterators() {
+    census_equals_the_kernels_listing_in_each_namespace(SnapshotFrom::Iterators);
+}
+
+#[test]
+fn census_equals_the_kernels_listing_in_each_namespace_from_netlink() {
+    census_equals_the_kernels_listing_in_each_namespace(SnapshotFrom::Netlink);
+}
+
 /// A storm of connections while the tracer starts: no transition is lost
 /// between the snapshot and the trace, none counted twice: once the storm
 /// is over, the census equals the kernel's listing again.
-#[test]
-fn census_stays_exact_across_a_storm_at_start() {
+fn census_stays_exact_across_a_storm_at_start(from: SnapshotFrom) {
     let Some(_root) = root() else { return };
     use std::sync::atomic::{AtomicBool, Ordering};
     use tcpstates_testkit::storm::{self, Ending, Storm};
@@ -383,6 +433,7 @@ fn census_stays_exact_across_a_storm_at_start() {
         sleep(Duration::from_millis(100));
         let config = Config {
             mode: Mode::Summary(SummaryOutput::default()),
+            snapshot_from: Some(from),
             ..opts(test_attach(), Filter::default())
         };
         let tracer = Tracer::start(&config, Wake::EachEvent).expect("starting a summary tracer");
@@ -395,7 +446,18 @@ fn census_stays_exact_across_a_storm_at_start() {
     });
     let summary = tracer.view().summary().unwrap();
     assert!(summary.total() > 0, "the tracer saw none of the storm");
+    eprintln!("{}", tracer.snapshot().expect("a snapshot").describe());
     census_agrees(&tracer, "after the storm", every_namespace);
+}
+
+#[test]
+fn census_stays_exact_across_a_storm_at_start_from_iterators() {
+    census_stays_exact_across_a_storm_at_start(SnapshotFrom::Iterators);
+}
+
+#[test]
+fn census_stays_exact_across_a_storm_at_start_from_netlink() {
+    census_stays_exact_across_a_storm_at_start(SnapshotFrom::Netlink);
 }
 
 /// A server side left in CLOSE_WAIT (its client shut its side down), on
