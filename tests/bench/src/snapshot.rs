@@ -3,7 +3,8 @@
 //! attached and the snapshot taken: the first event can be decoded from
 //! then on), its peak RSS, and the memory it keeps afterwards beside a run
 //! with --no-snapshot; `ss -tan` and `ss -tanp` on the same sockets for
-//! scale.
+//! scale. From the iterators and from the netlink socket diagnostics (the
+//! path of kernels without iterators).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -17,13 +18,21 @@ use crate::stats::median;
 use crate::{Args, print_machine};
 
 /// The setups measured at each count: a name and ours' arguments.
-const SETUPS: [(&str, &[&str]); 4] = [
+const SETUPS: [(&str, &[&str]); 6] = [
     ("no snapshot (-x --no-snapshot)", &["-x", "--no-snapshot"]),
     ("default (table)", &[]),
     ("owners shown (-x): the reader keeps the holders", &["-x"]),
     (
         "summary (-S): the kernel keeps them, with the census",
         &["-S"],
+    ),
+    (
+        "netlink, owners shown (-x --snapshot-from netlink)",
+        &["-x", "--snapshot-from", "netlink"],
+    ),
+    (
+        "netlink, summary (-S --snapshot-from netlink)",
+        &["-S", "--snapshot-from", "netlink"],
     ),
 ];
 
