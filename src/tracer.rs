@@ -18,14 +18,14 @@ use crate::bpf::{OpenTcpstatesSkel, TcpstatesSkel, TcpstatesSkelBuilder};
 use crate::census::Census;
 use crate::cgroup;
 use crate::config::{AttachMode, Config, LabelBy, Labels, SnapshotFrom, Stuck};
-use crate::event::TcpState;
 use crate::host;
 use crate::identity::groups::{GroupMaps, GroupRules, GroupTable, Keeper};
 use crate::identity::names::{Names, SharedNames};
-use crate::plan::{KernelStore, OwnerKeeper, Plan, Wake};
+use crate::plan::{KernelStore, Plan, Wake};
 use crate::ports::PortLabeller;
 use crate::ring::RingReader;
-use crate::snapshot::{self, Found, Taken, Walkers};
+use crate::snapshot::start::CensusBase;
+use crate::snapshot::{self, Found, Taken};
 use crate::stats::KernelCounters;
 use crate::stuck::StuckSocket;
 use crate::summary::{ByLabel, Summary};
@@ -74,235 +74,6 @@ pub struct Tracer {
     taken: Option<Taken>,
     /// ... and its sockets' holders, when the reader keeps the owners.
     seeds: Cell<Option<Seeds>>,
-}
-
-/// Walks the sockets that exist now (the transition programs are
-/// attached): the kernel seeds its store with them; the reader gets their
-/// holders when it keeps the owners. The iterators detach after it, and
-/// the holders they left (sockets of namespaces not walked) go.
-fn take_snapshot(
-    skel: &TcpstatesSkel<'_>,
-    plan: &Plan,
-    only: Option<u32>,
-) -> Result<(Taken, Option<Seeds>)> {
-    let holders = plan
-        .snapshot_holders
-        .then(|| skel.progs.snap_holders.attach())
-        .transpose()
-        .context("attaching the snapshot's file walk")?;
-    let sockets = skel
-        .progs
-        .snap_sockets
-        .attach()
-        .context("attaching the snapshot's socket walk")?;
-    let mut seeds = (plan.owners == OwnerKeeper::Reader).then(Seeds::default);
-    let walkers = Walkers {
-        holders: holders.as_ref().map(|link| link.as_fd()),
-        sockets: sockets.as_fd(),
-    };
-    let mut taken = snapshot::take(walkers, only, |found| {
-        if let Some(seeds) = &mut seeds {
-            seeds.add(&found);
-        }
-    })?;
-    // Without records, the walk counted what it found.
-    if let Some(bss) = skel.maps.bss_data.as_deref() {
-        taken.sockets += bss.snap_walked;
-        taken.held += bss.snap_held;
-    }
-    let left: Vec<Vec<u8>> = skel.maps.holders.keys().collect();
-    for key in left {
-        // Gone already is as good.
-        let _ = skel.maps.holders.delete(&key);
-    }
-    Ok((taken, seeds))
-}
-
-/// The netlink snapshot (src/snapshot/netlink.rs): the sockets that exist
-/// now, dumped; where the kernel keeps the sockets' state, each one found
-/// into `diag`, counted in the census unless a transition of it left its
-/// mark there first (it then counted it); the reader gets their holders
-/// when it keeps the owners.
-fn take_netlink_snapshot(
-    skel: &TcpstatesSkel<'_>,
-    plan: &Plan,
-    only: Option<u32>,
-    view: &KernelView,
-) -> Result<(Taken, Option<Seeds>)> {
-    let mut seeds = (plan.owners == OwnerKeeper::Reader).then(Seeds::default);
-    let store = plan.seeds_from_netlink();
-    let mut counted = [0i64; crate::summary::STATES];
-    // Sockets the map had no room for: the census is not exact then.
-    let mut lost = 0u64;
-    let mut raced = 0u64;
-    let mut taken = snapshot::take_netlink(only, plan.snapshot_holders, |found| {
-        if let Some(seeds) = &mut seeds {
-            seeds.add(&found);
-        }
-        if store {
-            if found.state == TcpState::Listen && plan.owners == OwnerKeeper::Kernel {
-                put_listener_owner(skel, plan, &found);
-            }
-            match put_diag_seed(skel, &found) {
-                Ok(true) => {
-                    let state = usize::try_from(found.state.number()).unwrap_or(0);
-                    counted[state % counted.len()] += 1;
-                }
-                Ok(false) => raced += 1,
-                Err(_) => lost += 1,
-            }
-        }
-    })?;
-    if store {
-        set_diag_window(skel, false)?;
-        // The marks left by transitions of sockets the dump did not find
-        // (closed before it came to them) go.
-        let keys: Vec<Vec<u8>> = skel.maps.diag.keys().collect();
-        for key in keys {
-            let raced = skel
-                .maps
-                .diag
-                .lookup(&key, MapFlags::ANY)
-                .ok()
-                .flatten()
-                .and_then(|v| v.get(std::mem::offset_of!(DiagSeed, kind)).copied())
-                == Some(DIAG_RACED);
-            if raced {
-                // Gone already is as good.
-                let _ = skel.maps.diag.delete(&key);
-            }
-        }
-        view.set_census_base(counted, lost == 0);
-        taken.raced = raced;
-    }
-    Ok((taken, seeds))
-}
-
-/// `struct diag_key` and `struct diag_seed` of tcpstates.h.
-type DiagKey = types::diag_key;
-type DiagSeed = types::diag_seed;
-
-// SAFETY: `#[repr(C)]` structs of integers and integer arrays with
-// explicit padding: every bit pattern is a valid value.
-unsafe impl plain::Plain for DiagKey {}
-unsafe impl plain::Plain for DiagSeed {}
-unsafe impl plain::Plain for types::listener_key {}
-unsafe impl plain::Plain for types::sock_state {}
-
-const DIAG_SEED: u8 = types::diag_kinds::DIAG_SEED.0 as u8;
-const DIAG_RACED: u8 = types::diag_kinds::DIAG_RACED.0 as u8;
-
-/// The key the kernel makes for `found` at its first transition (diag_key_of
-/// in snapshot.bpf.h).
-fn diag_key(found: &Found) -> DiagKey {
-    let mut key = DiagKey {
-        netns: found.netns,
-        inode: if found.state == TcpState::Listen {
-            found.inode
-        } else {
-            0
-        },
-        sport: found.lport,
-        dport: found.rport,
-        ..DiagKey::default()
-    };
-    let octets = |addr: std::net::IpAddr| match addr {
-        std::net::IpAddr::V4(v4) => {
-            let mut all = [0u8; 16];
-            all[..4].copy_from_slice(&v4.octets());
-            all
-        }
-        std::net::IpAddr::V6(v6) => v6.octets(),
-    };
-    key.family = if found.laddr.is_ipv4() {
-        libc::AF_INET as u16
-    } else {
-        libc::AF_INET6 as u16
-    };
-    key.saddr = octets(found.laddr);
-    key.daddr = octets(found.raddr);
-    key
-}
-
-/// `found` into `diag`: true when it went in, false when a transition's
-/// mark was there (the mark goes; the transition counted the socket).
-fn put_diag_seed(skel: &TcpstatesSkel<'_>, found: &Found) -> libbpf_rs::Result<bool> {
-    let key = diag_key(found);
-    let mut seed = DiagSeed {
-        kind: DIAG_SEED,
-        state: u8::try_from(found.state.number()).unwrap_or(0),
-        ..DiagSeed::default()
-    };
-    if let Some(h) = found.holder {
-        seed.holder_known = 1;
-        seed.owner_pid = h.pid;
-        seed.owner_uid = h.uid;
-        seed.owner_cgroup = h.cgroup_id;
-        seed.owner_comm = h.comm.map(|c| c as _);
-    }
-    let key = bytes_of(&key);
-    match skel
-        .maps
-        .diag
-        .update(key, bytes_of(&seed), MapFlags::NO_EXIST)
-    {
-        Ok(()) => Ok(true),
-        Err(err) if err.kind() == libbpf_rs::ErrorKind::AlreadyExists => {
-            let _ = skel.maps.diag.delete(key);
-            Ok(false)
-        }
-        Err(err) => Err(err),
-    }
-}
-
-/// The bytes of a struct shared with the kernel.
-fn bytes_of<T: plain::Plain>(value: &T) -> &[u8] {
-    // SAFETY: the structs of tcpstates.h are `#[repr(C)]` integers and
-    // integer arrays with their padding declared as fields: every byte is
-    // initialized.
-    unsafe { plain::as_bytes(value) }
-}
-
-/// The holder of the listener `found` as its new children's owner (the
-/// iterators' walk puts it there as it seeds the listener; this one is
-/// seeded at its own first transition), unless a listen() since put one.
-fn put_listener_owner(skel: &TcpstatesSkel<'_>, plan: &Plan, found: &Found) {
-    let Some(h) = found.holder else {
-        return;
-    };
-    let key = types::listener_key {
-        netns: found.netns,
-        port: u32::from(found.lport),
-    };
-    let owner = types::sock_state {
-        owner_pid: h.pid,
-        owner_uid: h.uid,
-        owner_cgroup: h.cgroup_id,
-        owner_comm: h.comm.map(|c| c as _),
-        owner_known: 1,
-        // The kernel judges its group when a child takes it.
-        owner_undecided: u8::from(plan.group_table),
-        ..types::sock_state::default()
-    };
-    // Full (4,096 listeners) or there already: the children go without.
-    let _ = skel
-        .maps
-        .listener_owners
-        .update(bytes_of(&key), bytes_of(&owner), MapFlags::NO_EXIST);
-}
-
-/// Opens or closes the netlink snapshot's window (see `diag_window`: open,
-/// or when it closed).
-fn set_diag_window(skel: &TcpstatesSkel<'_>, open: bool) -> Result<()> {
-    let value = if open {
-        u64::MAX
-    } else {
-        crate::clock::monotonic_ns()
-    };
-    skel.maps
-        .diag_window
-        .update(&0u32.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)
-        .context("opening the snapshot's window")
 }
 
 impl Tracer {
@@ -384,7 +155,7 @@ impl Tracer {
         if plan.seeds_from_netlink() {
             // Open before the first transition program attaches: every
             // transition that may race the dump leaves its mark.
-            set_diag_window(&skel, true)?;
+            snapshot::start::set_diag_window(&skel, true)?;
         }
         for prog in programs!(mode, &skel.progs) {
             links.push(prog.attach().with_context(|| {
@@ -436,16 +207,13 @@ impl Tracer {
             stuck,
         )?);
         let (taken, seeds) = if plan.snapshot {
-            let taking = match plan.snapshot_from {
-                SnapshotFrom::Iterators => take_snapshot(&skel, &plan, config.filter.netns),
-                SnapshotFrom::Netlink => {
-                    take_netlink_snapshot(&skel, &plan, config.filter.netns, &view)
-                }
-            };
-            let (taken, seeds) = taking.context(
+            let started = snapshot::start::take(&skel, &plan, config.filter.netns).context(
                 "taking the snapshot of the sockets that exist (--no-snapshot skips it)",
             )?;
-            (Some(taken), seeds)
+            if let Some(base) = started.census_base {
+                view.set_census_base(base);
+            }
+            (Some(started.taken), started.seeds)
         } else {
             (None, None)
         };
@@ -567,7 +335,7 @@ pub struct KernelView {
     census: Option<MapHandle>,
     /// ... and what user space counted of the netlink snapshot's sockets,
     /// by state, with whether all found went in.
-    census_base: Mutex<Option<([i64; crate::summary::STATES], bool)>>,
+    census_base: Mutex<Option<CensusBase>>,
     /// With --stuck: the walk.
     stuck: Option<StuckWalker>,
 }
@@ -622,8 +390,8 @@ impl KernelView {
     /// What user space counted of the netlink snapshot's sockets (the
     /// kernel takes each back as it seeds it), and whether every socket
     /// found went into the kernel's map.
-    fn set_census_base(&self, counted: [i64; crate::summary::STATES], all_in: bool) {
-        *self.census_base.lock().unwrap_or_else(|e| e.into_inner()) = Some((counted, all_in));
+    fn set_census_base(&self, base: CensusBase) {
+        *self.census_base.lock().unwrap_or_else(|e| e.into_inner()) = Some(base);
     }
 
     /// With --stuck: its options.
@@ -673,7 +441,7 @@ impl KernelView {
             .unwrap_or_default();
         let mut all_in = true;
         if let Some((counted, all)) = *self.census_base.lock().unwrap_or_else(|e| e.into_inner()) {
-            per_cpu.push(bytes_of(&types::census { sockets: counted }).to_vec());
+            per_cpu.push(snapshot::start::bytes_of(&types::census { sockets: counted }).to_vec());
             all_in = all;
         }
         let exact = all_in

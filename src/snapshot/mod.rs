@@ -17,6 +17,7 @@
 //! snapshot from the socket diagnostics.
 
 pub mod netlink;
+pub mod start;
 
 use std::collections::BTreeMap;
 use std::fs::File;
