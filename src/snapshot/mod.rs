@@ -124,6 +124,8 @@ pub struct Taken {
     pub missed: Vec<String>,
     /// From the first walk's start to the last one's end.
     pub took: Duration,
+    /// The netlink snapshot: of which the holders from /proc/*/fd.
+    pub holders_took: Option<Duration>,
 }
 
 impl Taken {
@@ -137,6 +139,12 @@ impl Taken {
             self.namespaces,
             self.took.as_millis()
         );
+        if let Some(holders) = self.holders_took {
+            line.push_str(&format!(
+                " ({} ms of it for the holders)",
+                holders.as_millis()
+            ));
+        }
         if self.raced > 0 {
             line.push_str(&format!("; {} changed while dumped", self.raced));
         }
@@ -212,13 +220,16 @@ pub fn take_netlink(
         netlink::dump(fd, netns, |f| found.push(f))
             .with_context(|| format!("dumping the TCP sockets of namespace {inode}"))?;
     }
-    let holders = if holders {
-        netlink::holders(&found.iter().map(|f| f.inode).filter(|&i| i != 0).collect())
+    let (holders, holders_took) = if holders {
+        let started = Instant::now();
+        let wanted = found.iter().map(|f| f.inode).filter(|&i| i != 0).collect();
+        (netlink::holders(&wanted), Some(started.elapsed()))
     } else {
-        Default::default()
+        (Default::default(), None)
     };
     let mut taken = Taken {
         source: SnapshotFrom::Netlink,
+        holders_took,
         namespaces: opened.len(),
         missed,
         ..Taken::default()

@@ -13,7 +13,7 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 
@@ -195,10 +195,9 @@ fn decode(msg: &[u8], netns: u32) -> Option<Found> {
 
 /// The first holder of each socket inode in `wanted`: the process of
 /// lowest pid with it open (as the kernel's task walk finds it), from
-/// `/proc/*/fd`.
+/// `/proc/*/fd`, read by a few threads (each fd's link costs the kernel a
+/// lookup: most of the time with many sockets).
 pub fn holders(wanted: &HashSet<u32>) -> HashMap<u32, Owner> {
-    let mut found = HashMap::new();
-    let mut groups = GroupIds::new();
     let mut pids: Vec<u32> = std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
@@ -206,16 +205,52 @@ pub fn holders(wanted: &HashSet<u32>) -> HashMap<u32, Owner> {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     pids.sort_unstable();
-    for pid in pids {
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4);
+    let shares: Vec<Vec<u32>> = (0..threads)
+        .map(|t| pids.iter().copied().skip(t).step_by(threads).collect())
+        .collect();
+    let found: Vec<HashMap<u32, Owner>> = std::thread::scope(|scope| {
+        let readers: Vec<_> = shares
+            .iter()
+            .map(|share| scope.spawn(|| holders_among(share, wanted)))
+            .collect();
+        readers
+            .into_iter()
+            .map(|reader| reader.join().unwrap_or_default())
+            .collect()
+    });
+    let mut all = HashMap::with_capacity(wanted.len());
+    for share in found {
+        for (inode, owner) in share {
+            all.entry(inode)
+                .and_modify(|first: &mut Owner| {
+                    if owner.pid < first.pid {
+                        *first = owner;
+                    }
+                })
+                .or_insert(owner);
+        }
+    }
+    all
+}
+
+/// The first holder among the processes `pids` (ascending) of each socket
+/// inode in `wanted`.
+fn holders_among(pids: &[u32], wanted: &HashSet<u32>) -> HashMap<u32, Owner> {
+    let mut found = HashMap::new();
+    let mut groups = GroupIds::new();
+    let mut link = [0u8; 64];
+    for &pid in pids {
+        let path = format!("/proc/{pid}/fd");
+        let (Ok(fds), Ok(dir)) = (std::fs::read_dir(&path), std::fs::File::open(&path)) else {
             continue;
         };
         let mut owner = None;
         for fd in fds.flatten() {
-            let Ok(link) = std::fs::read_link(fd.path()) else {
-                continue;
-            };
-            let Some(inode) = socket_inode(&link) else {
+            let Some(inode) = read_link_at(&dir, &fd.file_name(), &mut link).and_then(socket_inode)
+            else {
                 continue;
             };
             if !wanted.contains(&inode) || found.contains_key(&inode) {
@@ -230,11 +265,32 @@ pub fn holders(wanted: &HashSet<u32>) -> HashMap<u32, Owner> {
     found
 }
 
+/// The target of the link `name` in the folder `dir` (into `buf`; None if
+/// it is gone or longer).
+fn read_link_at<'a>(
+    dir: &std::fs::File,
+    name: &std::ffi::OsStr,
+    buf: &'a mut [u8],
+) -> Option<&'a [u8]> {
+    let name = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(name)).ok()?;
+    // SAFETY: readlinkat reads a NUL-terminated name relative to an open
+    // folder and writes at most `buf.len()` bytes into a live buffer.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+        )
+    };
+    let n = usize::try_from(n).ok()?;
+    (n < buf.len()).then(|| &buf[..n])
+}
+
 /// The inode of a `socket:[N]` link.
-fn socket_inode(link: &Path) -> Option<u32> {
-    link.to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
+fn socket_inode(link: &[u8]) -> Option<u32> {
+    std::str::from_utf8(link.strip_prefix(b"socket:[")?.strip_suffix(b"]")?)
+        .ok()?
         .parse()
         .ok()
 }
@@ -338,8 +394,9 @@ mod tests {
 
     #[test]
     fn socket_links_name_their_inode() {
-        assert_eq!(socket_inode(Path::new("socket:[123]")), Some(123));
-        assert_eq!(socket_inode(Path::new("pipe:[123]")), None);
-        assert_eq!(socket_inode(Path::new("/dev/null")), None);
+        assert_eq!(socket_inode(b"socket:[123]"), Some(123));
+        assert_eq!(socket_inode(b"pipe:[123]"), None);
+        assert_eq!(socket_inode(b"/dev/null"), None);
+        assert_eq!(socket_inode(b"socket:[]"), None);
     }
 }

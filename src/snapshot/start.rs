@@ -96,11 +96,7 @@ fn take_walk(
 /// into `diag`, counted in the census unless a transition of it left its
 /// mark there first (it then counted it); the reader gets their holders
 /// when it keeps the owners.
-fn take_dump(
-    skel: &TcpstatesSkel<'_>,
-    plan: &Plan,
-    only: Option<u32>,
-) -> Result<Started> {
+fn take_dump(skel: &TcpstatesSkel<'_>, plan: &Plan, only: Option<u32>) -> Result<Started> {
     let mut seeds = (plan.owners == OwnerKeeper::Reader).then(Seeds::default);
     let store = plan.seeds_from_netlink();
     let mut counted = [0i64; STATES];
@@ -125,25 +121,14 @@ fn take_dump(
             }
         }
     })?;
+    if let Some(seeds) = &mut seeds {
+        seeds.sort();
+    }
     if store {
         set_diag_window(skel, false)?;
-        // The marks left by transitions of sockets the dump did not find
-        // (closed before it came to them) go.
-        let keys: Vec<Vec<u8>> = skel.maps.diag.keys().collect();
-        for key in keys {
-            let raced = skel
-                .maps
-                .diag
-                .lookup(&key, MapFlags::ANY)
-                .ok()
-                .flatten()
-                .and_then(|v| v.get(std::mem::offset_of!(DiagSeed, kind)).copied())
-                == Some(DIAG_RACED);
-            if raced {
-                // Gone already is as good.
-                let _ = skel.maps.diag.delete(&key);
-            }
-        }
+        // Marks left by transitions of sockets the dump did not find (gone
+        // before it came to them) stay: the map is preallocated, its room
+        // is needed no more, and a mark is no copy to take.
         taken.raced = raced;
     }
     Ok(Started {
@@ -165,7 +150,6 @@ unsafe impl plain::Plain for types::listener_key {}
 unsafe impl plain::Plain for types::sock_state {}
 
 const DIAG_SEED: u8 = types::diag_kinds::DIAG_SEED.0 as u8;
-const DIAG_RACED: u8 = types::diag_kinds::DIAG_RACED.0 as u8;
 
 /// The key the kernel makes for `found` at its first transition (diag_key_of
 /// in snapshot.bpf.h).

@@ -2,8 +2,7 @@
 //! (the kernel's rules in `src/bpf/track.bpf.h`).
 
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
-use std::net::IpAddr;
+use std::hash::{BuildHasher, BuildHasherDefault};
 
 use super::times::{AddressHasher, remove_and_shrink};
 use crate::event::{Event, Owner, TcpState};
@@ -69,7 +68,8 @@ impl Owners {
     pub fn observe(&mut self, ev: &Event) -> Option<Owner> {
         let is_new = ev.old == TcpState::Close
             || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv);
-        if let Some(holder) = self.seeds.take(ev, is_new) {
+        let known = self.by_socket.contains_key(&ev.skaddr);
+        if let Some(holder) = self.seeds.take(ev, is_new, known) {
             let room = self.by_socket.len() < self.limit;
             if !is_new && room {
                 self.by_socket.entry(ev.skaddr).or_insert(holder);
@@ -267,6 +267,85 @@ mod tests {
         );
     }
 
+    /// What the netlink dump found: no address, no time.
+    fn dumped(lport: u16, rport: u16, state: TcpState, holder: Option<Owner>) -> Found {
+        let ev = event(0, state, state, 0, lport);
+        Found {
+            skaddr: 0,
+            ts_ns: 0,
+            state,
+            netns: ev.netns,
+            lport,
+            rport,
+            laddr: ev.laddr,
+            raddr: ev.raddr,
+            holder,
+            seeded: false,
+            since_ns: None,
+            before_trace: false,
+            inode: 7,
+        }
+    }
+
+    #[test]
+    fn the_dumps_holders_go_to_the_first_transitions_by_addresses() {
+        let mut seeds = Seeds::default();
+        seeds.add(&dumped(80, 40000, CloseWait, Some(owner(10))));
+        seeds.add(&dumped(80, 40001, Established, Some(owner(11))));
+        // Listeners sharing a port: the same holder stays, two give none.
+        seeds.add(&dumped(81, 0, Listen, Some(owner(12))));
+        seeds.add(&dumped(81, 0, Listen, Some(owner(12))));
+        seeds.add(&dumped(82, 0, Listen, Some(owner(13))));
+        seeds.add(&dumped(82, 0, Listen, Some(owner(14))));
+        seeds.add(&dumped(83, 40002, Established, None));
+        seeds.sort();
+        assert_eq!(seeds.len(), 3, "one entry per addresses with a holder");
+        let mut o = Owners::new(None);
+        o.seed(seeds);
+        let at = |skaddr, old, new, lport, rport| {
+            let mut ev = event(skaddr, old, new, 0, lport);
+            ev.rport = rport;
+            ev
+        };
+        // Softirq, first seen: the holder, kept after.
+        assert_eq!(
+            o.observe(&at(SK, CloseWait, CloseWait, 80, 40000)),
+            Some(owner(10))
+        );
+        assert_eq!(
+            o.observe(&at(SK, CloseWait, LastAck, 80, 40000))
+                .map(|o| o.pid),
+            Some(0)
+        );
+        // A new socket with a dumped one's addresses takes nothing (the
+        // dumped one has not moved): its own owner moment names it.
+        assert_eq!(
+            o.observe(&at(SK + 64, Close, SynSent, 80, 40001)),
+            Some(owner(0))
+        );
+        assert_eq!(
+            o.observe(&at(SK + 128, Established, CloseWait, 80, 40001)),
+            Some(owner(11))
+        );
+        // Once only.
+        assert_eq!(
+            o.observe(&at(SK + 192, Established, CloseWait, 80, 40001)),
+            None
+        );
+        // A listener's holder goes to its children; two listeners of
+        // different holders on a port give theirs to none.
+        assert_eq!(
+            o.observe(&at(SK + 256, Listen, SynRecv, 81, 50000)),
+            Some(owner(12))
+        );
+        assert_eq!(
+            o.observe(&at(SK + 320, Established, FinWait1, 82, 0))
+                .map(|o| o.pid),
+            Some(0)
+        );
+        assert_eq!(o.seeds.len(), 1, "the port 81 listener's copy waits");
+    }
+
     #[test]
     fn owners_memory_shrinks_when_sockets_close() {
         let mut o = Owners::new(None);
@@ -286,17 +365,21 @@ mod tests {
     }
 }
 
-/// A socket as the netlink dump names it: namespace, local address and
-/// port, remote address and port.
-type Addresses = (u32, IpAddr, u16, IpAddr, u16);
+/// A holder's index that stands for none: sockets found whose addresses
+/// hash the same give none unless their holder is the same.
+const AMBIGUOUS: u32 = u32::MAX;
 
 /// The snapshot's sockets with a holder, for the reader: by socket, when
 /// the walk read it and its holder (one copy of each holder); or, from the
-/// netlink dump, by addresses.
+/// netlink dump, by a hash of their addresses (keyed at random per run),
+/// sorted: 16 bytes a socket.
 #[derive(Debug, Default)]
 pub struct Seeds {
     by_socket: HashMap<u64, (u64, u32), BuildHasherDefault<AddressHasher>>,
-    by_addresses: HashMap<Addresses, u32>,
+    by_addresses: Vec<(u64, u32)>,
+    /// How many of those are still to be taken.
+    addresses_left: usize,
+    hashing: std::hash::RandomState,
     owners: Vec<Owner>,
     index: HashMap<Owner, u32>,
     /// Listeners found, by (netns, port): (address, holder).
@@ -317,17 +400,14 @@ impl Seeds {
         if found.skaddr != 0 {
             self.by_socket.insert(found.skaddr, (found.ts_ns, index));
         } else {
-            // Listeners sharing a port (SO_REUSEPORT) have the same
-            // addresses: the first one's holder stands for them.
-            self.by_addresses
-                .entry((
-                    found.netns,
-                    found.laddr,
-                    found.lport,
-                    found.raddr,
-                    found.rport,
-                ))
-                .or_insert(index);
+            let hash = self.hashing.hash_one((
+                found.netns,
+                found.laddr,
+                found.lport,
+                found.raddr,
+                found.rport,
+            ));
+            self.by_addresses.push((hash, index));
         }
         if found.state == TcpState::Listen {
             self.listeners
@@ -336,33 +416,74 @@ impl Seeds {
         }
     }
 
+    /// Sorts what the dump found for finding (once all is added). The same
+    /// addresses twice are listeners sharing a port (SO_REUSEPORT): they
+    /// keep their holder if it is the same, else give none (their own
+    /// transitions name their owner: listen and close are system calls),
+    /// as do two addresses whose hashes are alike (one in 2^64 a pair).
+    pub fn sort(&mut self) {
+        // Stable: the first one found stays first.
+        self.by_addresses.sort_by_key(|&(hash, _)| hash);
+        self.by_addresses.dedup_by(|later, kept| {
+            if later.0 != kept.0 {
+                return false;
+            }
+            if later.1 != kept.1 {
+                kept.1 = AMBIGUOUS;
+            }
+            true
+        });
+        self.by_addresses.shrink_to_fit();
+        self.addresses_left = self
+            .by_addresses
+            .iter()
+            .filter(|&&(_, index)| index != AMBIGUOUS)
+            .count();
+    }
+
     /// The holder of the socket of `ev`, once: from the walk, only for a
     /// transition after the walk read it (one before it may be an earlier
     /// socket's at the same address); from the dump, for the first
     /// transition of a socket with its addresses that is not new (two
-    /// sockets never have the same four at once).
-    fn take(&mut self, ev: &Event, is_new: bool) -> Option<Owner> {
+    /// sockets never have the same four at once), whose owner is not known
+    /// (`known`).
+    fn take(&mut self, ev: &Event, is_new: bool, known: bool) -> Option<Owner> {
         let index = match self.by_socket.get(&ev.skaddr) {
             Some(&(read_ns, index)) if ev.ts_ns > read_ns => {
                 remove_and_shrink(&mut self.by_socket, ev.skaddr);
                 index
             }
             Some(_) => return None,
-            None if is_new || self.by_addresses.is_empty() => return None,
-            None => self
-                .by_addresses
-                .remove(&(ev.netns, ev.laddr, ev.lport, ev.raddr, ev.rport))?,
+            None if is_new || known || self.addresses_left == 0 => return None,
+            None => {
+                let hash = self
+                    .hashing
+                    .hash_one((ev.netns, ev.laddr, ev.lport, ev.raddr, ev.rport));
+                let at = self
+                    .by_addresses
+                    .binary_search_by_key(&hash, |&(h, _)| h)
+                    .ok()?;
+                let index = std::mem::replace(&mut self.by_addresses[at].1, AMBIGUOUS);
+                if index == AMBIGUOUS {
+                    return None;
+                }
+                self.addresses_left -= 1;
+                if self.addresses_left == 0 {
+                    self.by_addresses = Vec::new();
+                }
+                index
+            }
         };
         self.owners.get(index as usize).copied()
     }
 
     /// Sockets whose holder waits for their first transition.
     pub fn len(&self) -> usize {
-        self.by_socket.len() + self.by_addresses.len()
+        self.by_socket.len() + self.addresses_left
     }
 
     /// Whether none does.
     pub fn is_empty(&self) -> bool {
-        self.by_socket.is_empty() && self.by_addresses.is_empty()
+        self.len() == 0
     }
 }
