@@ -127,7 +127,7 @@ pub struct Plan {
     pub rank_ports: bool,
     /// The host's page size: the smallest ring buffer.
     pub page_bytes: u32,
-    /// The sockets that exist at start are walked (src/snapshot.rs): for
+    /// The sockets that exist at start are walked (src/snapshot/): for
     /// their owners, or the kernel's store (and so the census).
     pub snapshot: bool,
     /// ... from the socket iterators or the netlink socket diagnostics.

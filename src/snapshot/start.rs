@@ -113,8 +113,12 @@ fn take_dump(skel: &TcpstatesSkel<'_>, plan: &Plan, only: Option<u32>) -> Result
             }
             match put_diag_seed(skel, &found) {
                 Ok(true) => {
-                    let state = usize::try_from(found.state.number()).unwrap_or(0);
-                    counted[state % counted.len()] += 1;
+                    // A number out of range counts as 0, as in the kernel.
+                    let state = usize::try_from(found.state.number())
+                        .ok()
+                        .filter(|&n| n < STATES)
+                        .unwrap_or(0);
+                    counted[state] += 1;
                 }
                 Ok(false) => raced += 1,
                 Err(_) => lost += 1,
