@@ -576,21 +576,6 @@ fn hold_idle(addr: SocketAddr, n: usize, stop: &std::sync::atomic::AtomicBool) -
     reopened
 }
 
-/// Raises this process's open-file limit to its hard limit.
-fn raise_file_limit() -> libc::rlim_t {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit with a valid rlimit.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
-        limit.rlim_cur = limit.rlim_max;
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-    limit.rlim_cur
-}
-
 /// One scrape of `url` through curl (`tls`: its TLS arguments), checked.
 fn scrape_with_curl(url: &str, tls: &[&str]) -> Result<(), String> {
     let (code, status, body) = curl(&[tls, &[url]].concat());
@@ -606,7 +591,7 @@ fn scrape_with_curl(url: &str, tls: &[&str]) -> Result<(), String> {
 fn no_lockout(args: &[&str], scrape: impl Fn(SocketAddr) -> Result<(), String>) {
     const HOSTILE: usize = 2500;
     assert!(
-        raise_file_limit() > HOSTILE as u64 + 100,
+        tcpstates_testkit::host::raise_file_limit() > HOSTILE as u64 + 100,
         "too few descriptors"
     );
     let tracer = tracer(&[&["--metrics", "127.0.0.1:0"], args].concat());

@@ -49,9 +49,13 @@ struct {
 	__type(value, struct holder);
 } holders SEC(".maps");
 
+/* Holders the map could not take (no memory). */
+volatile __u64 snap_holders_lost = 0;
+
 SEC("?iter/task_file")
 int snap_holders(struct bpf_iter__task_file *ctx)
 {
+	long err;
 	struct task_struct *task = ctx->task;
 	struct file *file = ctx->file;
 	struct holder h = {};
@@ -78,7 +82,9 @@ int snap_holders(struct bpf_iter__task_file *ctx)
 	BPF_CORE_READ_INTO(&h.owner_comm, task, comm);
 	/* The first holder found stays (a socket passed to, or inherited
 	 * by, other processes has several). */
-	bpf_map_update_elem(&holders, &key, &h, BPF_NOEXIST);
+	err = bpf_map_update_elem(&holders, &key, &h, BPF_NOEXIST);
+	if (err && err != -17 /* EEXIST */)
+		snap_holders_lost++;
 	return 0;
 }
 
@@ -387,11 +393,15 @@ int snap_sockets(struct bpf_iter__tcp *ctx)
 	if (settings.track_sockets &&
 	    seed(&e, (struct sock *)tp, r.state, h, &scratch))
 		r.flags |= SNAP_F_SEEDED;
-	if (h)
-		bpf_map_delete_elem(&holders, &r.skaddr);
 	if (settings.snap_records) {
-		bpf_seq_write(ctx->meta->seq, &r, sizeof(r));
+		/* A record that does not fit the walk's buffer is made again,
+		 * by a second run for the socket once user space has read the
+		 * buffer: the holder goes only with a record that went. */
+		if (bpf_seq_write(ctx->meta->seq, &r, sizeof(r)) == 0 && h)
+			bpf_map_delete_elem(&holders, &r.skaddr);
 	} else {
+		if (h)
+			bpf_map_delete_elem(&holders, &r.skaddr);
 		/* One walk at a time: user space runs them in turn. */
 		snap_walked++;
 		if (h)

@@ -126,6 +126,8 @@ pub struct Taken {
     pub took: Duration,
     /// The netlink snapshot: of which the holders from /proc/*/fd.
     pub holders_took: Option<Duration>,
+    /// Holders the kernel's map could not take (no memory).
+    pub holders_lost: u64,
 }
 
 impl Taken {
@@ -143,6 +145,12 @@ impl Taken {
             line.push_str(&format!(
                 " ({} ms of it for the holders)",
                 holders.as_millis()
+            ));
+        }
+        if self.holders_lost > 0 {
+            line.push_str(&format!(
+                "; {} holders not kept (no memory)",
+                self.holders_lost
             ));
         }
         if self.raced > 0 {

@@ -82,6 +82,7 @@ fn take_walk(
     if let Some(bss) = skel.maps.bss_data.as_deref() {
         taken.sockets += bss.snap_walked;
         taken.held += bss.snap_held;
+        taken.holders_lost = bss.snap_holders_lost;
     }
     let left: Vec<Vec<u8>> = skel.maps.holders.keys().collect();
     for key in left {

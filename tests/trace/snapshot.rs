@@ -223,6 +223,66 @@ fn netlink_older_sockets_in_a_second_namespace_have_their_holders_kept_by_the_ke
     in_a_second_namespace(false, true, SnapshotFrom::Netlink);
 }
 
+/// A walk larger than the iterator's buffer (a record that does not fit is
+/// made again, by a second run for its socket): in a namespace of its own,
+/// a listener and 500 connections, all held by this process: every socket
+/// found has its holder.
+fn every_socket_of_a_big_walk_has_its_holder(from: SnapshotFrom) {
+    let Some(_root) = root() else { return };
+    const CONNECTIONS: usize = 500;
+    assert!(
+        tcpstates_testkit::host::raise_file_limit() > 2 * CONNECTIONS as u64 + 100,
+        "too few open files allowed"
+    );
+    let second = Namespace::new().expect("a second network namespace");
+    let held = second.run(|| {
+        let (listener, _) = listen(false);
+        let addr = listener.local_addr().unwrap();
+        let pairs: Vec<(TcpStream, TcpStream)> = (0..CONNECTIONS)
+            .map(|_| {
+                let client = TcpStream::connect(addr).unwrap();
+                (client, listener.accept().unwrap().0)
+            })
+            .collect();
+        (listener, pairs)
+    });
+    let config = Config {
+        // -x: the reader keeps the holders, the walk sends a record each.
+        format: Format::Table {
+            times: TimeColumns::default(),
+            wide: false,
+            extended: true,
+        },
+        snapshot_from: Some(from),
+        ..opts(
+            test_attach(),
+            Filter {
+                netns: Some(second.inode),
+                ..Filter::default()
+            },
+        )
+    };
+    let tracer = Tracer::start(&config, Wake::EachEvent).expect("starting the tracer");
+    let taken = tracer.snapshot().expect("a snapshot").clone();
+    assert_eq!(taken.source, from);
+    assert_eq!(
+        (taken.sockets, taken.held),
+        (2 * CONNECTIONS as u64 + 1, 2 * CONNECTIONS as u64 + 1),
+        "{taken:?}"
+    );
+    drop((tracer, held));
+}
+
+#[test]
+fn every_socket_of_a_big_walk_has_its_holder_from_iterators() {
+    every_socket_of_a_big_walk_has_its_holder(SnapshotFrom::Iterators);
+}
+
+#[test]
+fn every_socket_of_a_big_walk_has_its_holder_from_netlink() {
+    every_socket_of_a_big_walk_has_its_holder(SnapshotFrom::Netlink);
+}
+
 /// The census as the kernel listing's names go, states with none left out.
 fn named(census: &Census) -> BTreeMap<String, u64> {
     census
