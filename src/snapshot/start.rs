@@ -266,5 +266,9 @@ pub fn set_diag_window(skel: &TcpstatesSkel<'_>, open: bool) -> Result<()> {
     skel.maps
         .diag_window
         .update(&0u32.to_ne_bytes(), &value.to_ne_bytes(), MapFlags::ANY)
-        .context("opening the snapshot's window")
+        .context(if open {
+            "opening the snapshot's window"
+        } else {
+            "closing the snapshot's window"
+        })
 }

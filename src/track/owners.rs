@@ -68,8 +68,7 @@ impl Owners {
     pub fn observe(&mut self, ev: &Event) -> Option<Owner> {
         let is_new = ev.old == TcpState::Close
             || (ev.old == TcpState::Listen && ev.new == TcpState::SynRecv);
-        let known = self.by_socket.contains_key(&ev.skaddr);
-        if let Some(holder) = self.seeds.take(ev, is_new, known) {
+        if let Some(holder) = self.seeds.take(ev, is_new, &self.by_socket) {
             let room = self.by_socket.len() < self.limit;
             if !is_new && room {
                 self.by_socket.entry(ev.skaddr).or_insert(holder);
@@ -445,16 +444,23 @@ impl Seeds {
     /// transition after the walk read it (one before it may be an earlier
     /// socket's at the same address); from the dump, for the first
     /// transition of a socket with its addresses that is not new (two
-    /// sockets never have the same four at once), whose owner is not known
-    /// (`known`).
-    fn take(&mut self, ev: &Event, is_new: bool, known: bool) -> Option<Owner> {
+    /// sockets never have the same four at once), whose owner is not in
+    /// `known` (looked at only while the dump's holders wait).
+    fn take(
+        &mut self,
+        ev: &Event,
+        is_new: bool,
+        known: &HashMap<u64, Owner, BuildHasherDefault<AddressHasher>>,
+    ) -> Option<Owner> {
         let index = match self.by_socket.get(&ev.skaddr) {
             Some(&(read_ns, index)) if ev.ts_ns > read_ns => {
                 remove_and_shrink(&mut self.by_socket, ev.skaddr);
                 index
             }
             Some(_) => return None,
-            None if is_new || known || self.addresses_left == 0 => return None,
+            None if is_new || self.addresses_left == 0 || known.contains_key(&ev.skaddr) => {
+                return None;
+            }
             None => {
                 let hash = self
                     .hashing
