@@ -335,7 +335,7 @@ pub struct KernelView {
     census: Option<MapHandle>,
     /// ... and what user space counted of the netlink snapshot's sockets,
     /// by state, with whether all found went in.
-    census_base: Mutex<Option<CensusBase>>,
+    census_base: std::sync::OnceLock<CensusBase>,
     /// With --stuck: the walk.
     stuck: Option<StuckWalker>,
 }
@@ -382,7 +382,7 @@ impl KernelView {
             census: census
                 .then(|| MapHandle::try_from(&skel.maps.census))
                 .transpose()?,
-            census_base: Mutex::new(None),
+            census_base: std::sync::OnceLock::new(),
             stuck,
         })
     }
@@ -391,7 +391,8 @@ impl KernelView {
     /// kernel takes each back as it seeds it), and whether every socket
     /// found went into the kernel's map.
     fn set_census_base(&self, base: CensusBase) {
-        *self.census_base.lock().unwrap_or_else(|e| e.into_inner()) = Some(base);
+        // Once, at start.
+        let _ = self.census_base.set(base);
     }
 
     /// With --stuck: its options.
@@ -440,7 +441,7 @@ impl KernelView {
             .context("reading the census map")?
             .unwrap_or_default();
         let mut all_in = true;
-        if let Some((counted, all)) = *self.census_base.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(&(counted, all)) = self.census_base.get() {
             per_cpu.push(snapshot::start::bytes_of(&types::census { sockets: counted }).to_vec());
             all_in = all;
         }
