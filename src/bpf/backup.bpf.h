@@ -15,6 +15,10 @@ struct transition_id {
 	__s32 newstate;
 	/* When handle_tp_btf handled it (0: it left it out at once). */
 	__u64 at_ns;
+	/* The socket's ports: a socket freed and another allocated at its
+	 * address (within microseconds in a storm) makes the same transitions,
+	 * on other ports. */
+	__u32 ports;
 };
 
 /* The ones not yet taken by the backup, in a few slots: see below why more
@@ -30,6 +34,10 @@ struct handled {
 	 * for a transition that interrupts it, so nothing would take that
 	 * transition's record. */
 	__u32 in_backup;
+	/* handle_tp_btf is running on this CPU: the kernel skips it for a
+	 * transition that interrupts it, which the backup then handles without
+	 * looking for a record. */
+	__u32 in_main;
 };
 
 /* A record older than this was left by a transition whose backup the
@@ -53,11 +61,25 @@ struct {
  * a softirq that interrupts handle_tp_btf and changes another socket's state
  * would be lost, counted only as the program's "recursion miss". So tp_btf
  * mode attaches two programs, in this order, and both run for every
- * transition. handle_tp_btf handles it and then records which transition it
- * was. handle_tp_btf_missed, right after it, finds that record and stops
- * there; when it does not, handle_tp_btf did not run for this transition
- * (the kernel skipped it: the transition interrupted it, anywhere from its
- * entry to its exit), and handles it instead.
+ * transition. handle_tp_btf raises in_main while it runs, handles the
+ * transition and records which one it was. handle_tp_btf_missed, right
+ * after it, handles the transition when handle_tp_btf did not run for it:
+ *   - in_main is raised: the transition interrupted handle_tp_btf on this
+ *     CPU, so the kernel skipped it;
+ *   - else when it finds no record of it: the transition interrupted the
+ *     few instructions the kernel runs around handle_tp_btf, before in_main
+ *     is raised or after it is lowered.
+ * Looking for a record only in that second case matters: a record whose
+ * backup never came (the transition interrupted the backup, at its edges,
+ * where in_backup is not raised yet or no longer) stays until it is stale,
+ * and a socket allocated at the same address makes the same transitions.
+ * Before in_main, the backup looked for a record of every transition, and a
+ * record of the same socket address and states left by an earlier socket
+ * made it take an interrupted transition as handled: the likely cause of 4
+ * transitions of 20,000 lost, once, in a storm with every CPU busy (a
+ * softirq that interrupts the backup's edges with a batch of transitions
+ * leaves a record of each). The socket's ports in the record keep even the
+ * second case from matching another connection.
  *
  * A few records, not one: when a softirq interrupts handle_tp_btf_missed
  * before it reads the record, handle_tp_btf handles the transitions of that
@@ -65,22 +87,31 @@ struct {
  * still be found. So a record goes into a free slot (the backup frees its
  * record when it takes it), never over one still waiting for its backup
  * while a free one exists; and no record is left for a transition that
- * interrupts the backup, which the kernel skips for it. A stale record
- * filled the slots over time, and overwriting one still waiting made the
- * backup handle its transition a second time (a duplicate line, seen when
- * a host closed 36,000 connections at once). A transition is lost only if
- * it interrupts both programs; user space counts those from the kernel's
- * miss counter and COUNTER_NESTED.
+ * interrupts the backup, which the kernel skips for it. A transition is
+ * lost only if it interrupts both programs; user space counts those from
+ * the kernel's miss counter and COUNTER_NESTED.
  */
-static __always_inline void record_handled(const struct sock *sk, int oldstate,
-					   int newstate, __u64 now)
+static __always_inline struct handled *enter_main(void)
 {
-	__u32 zero = 0, i, slot;
+	__u32 zero = 0;
 	struct handled *h = bpf_map_lookup_elem(&last_handled, &zero);
+
+	if (h)
+		h->in_main = 1;
+	return h;
+}
+
+/* handle_tp_btf's end: records the transition it handled, lowers in_main. */
+static __always_inline void leave_main(struct handled *h, const struct sock *sk,
+				       int oldstate, int newstate, __u64 now)
+{
+	__u32 i, slot;
 	struct transition_id *id;
 
-	if (!h || h->in_backup)
+	if (!h)
 		return;
+	if (h->in_backup)
+		goto out;
 	/* Left out before handle() read the clock: rare (another protocol,
 	 * family or namespace), so the read is paid only then. */
 	if (!now)
@@ -98,8 +129,11 @@ static __always_inline void record_handled(const struct sock *sk, int oldstate,
 	id->oldstate = oldstate;
 	id->newstate = newstate;
 	id->at_ns = now;
+	id->ports = sk->__sk_common.skc_portpair;
 	h->newest = slot;
 	h->next = slot + 1;
+out:
+	h->in_main = 0;
 }
 
 /* Whether `id` is this transition; forgets it if so. */
@@ -108,7 +142,8 @@ static __always_inline bool take_if_same(struct transition_id *id,
 					 int newstate)
 {
 	if (id->skaddr != (__u64)sk || id->oldstate != oldstate ||
-	    id->newstate != newstate)
+	    id->newstate != newstate ||
+	    id->ports != sk->__sk_common.skc_portpair)
 		return false;
 	id->skaddr = 0;
 	return true;

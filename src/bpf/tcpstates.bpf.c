@@ -154,8 +154,10 @@ SEC("?tp_btf/inet_sock_set_state")
 int BPF_PROG(handle_tp_btf, const struct sock *sk, const int oldstate,
 	     const int newstate)
 {
-	record_handled(sk, oldstate, newstate,
-		       handle_btf(sk, oldstate, newstate));
+	struct handled *h = enter_main();
+
+	leave_main(h, sk, oldstate, newstate,
+		   handle_btf(sk, oldstate, newstate));
 	return 0;
 }
 
@@ -169,7 +171,7 @@ int BPF_PROG(handle_tp_btf_missed, const struct sock *sk, const int oldstate,
 	if (!h)
 		return 0;
 	h->in_backup = 1;
-	if (!take_handled(h, sk, oldstate, newstate)) {
+	if (h->in_main || !take_handled(h, sk, oldstate, newstate)) {
 		count(COUNTER_NESTED);
 		handle_btf(sk, oldstate, newstate);
 	}

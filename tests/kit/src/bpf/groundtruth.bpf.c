@@ -34,6 +34,7 @@ struct transition_id {
 	__s32 oldstate;
 	__s32 newstate;
 	__u64 at_ns;
+	__u32 ports;
 };
 
 #define SEEN_RING 32
@@ -43,6 +44,8 @@ struct seen {
 	__u32 next;
 	/* count_nested is running on this CPU. */
 	__u32 in_backup;
+	/* count_transition is running on this CPU. */
+	__u32 in_main;
 };
 
 struct {
@@ -126,15 +129,17 @@ int BPF_PROG(count_transition, const struct sock *sk, const int oldstate,
 {
 	__u32 zero = 0, i, slot;
 	struct transition_id *id;
-	struct seen *s;
+	struct seen *s = bpf_map_lookup_elem(&last_seen, &zero);
 	__u64 now;
 
+	if (!s)
+		return 0;
+	s->in_main = 1;
 	count(sk, oldstate, newstate);
-	s = bpf_map_lookup_elem(&last_seen, &zero);
 	/* The kernel skips count_nested for a transition that interrupts it:
 	 * no record, nothing would take it. */
-	if (!s || s->in_backup)
-		return 0;
+	if (s->in_backup)
+		goto out;
 	now = bpf_ktime_get_ns();
 	slot = s->next % SEEN_RING;
 	for (i = 0; i < SEEN_RING; i++) {
@@ -149,7 +154,10 @@ int BPF_PROG(count_transition, const struct sock *sk, const int oldstate,
 	id->oldstate = oldstate;
 	id->newstate = newstate;
 	id->at_ns = now;
+	id->ports = sk->__sk_common.skc_portpair;
 	s->next = slot + 1;
+out:
+	s->in_main = 0;
 	return 0;
 }
 
@@ -162,7 +170,8 @@ static __always_inline bool take(struct seen *s, const struct sock *sk,
 	for (i = 0; i < SEEN_RING; i++) {
 		if (s->last[i].skaddr == (__u64)sk &&
 		    s->last[i].oldstate == oldstate &&
-		    s->last[i].newstate == newstate) {
+		    s->last[i].newstate == newstate &&
+		    s->last[i].ports == sk->__sk_common.skc_portpair) {
 			s->last[i].skaddr = 0;
 			return true;
 		}
@@ -185,13 +194,16 @@ int BPF_PROG(count_nested, const struct sock *sk, const int oldstate,
 	if (!s)
 		return 0;
 	s->in_backup = 1;
-	taken = take(s, sk, oldstate, newstate);
+	/* In count_transition's run on this CPU (it raises in_main): the
+	 * kernel skipped it, and a record found would be an earlier socket's
+	 * at the same address. */
+	taken = !s->in_main && take(s, sk, oldstate, newstate);
 	/*
 	 * Not on this CPU: the task may have moved to another CPU between the
 	 * two programs (tracepoint probes can run preemptibly), leaving the
 	 * record on the CPU count_transition ran on.
 	 */
-	for (cpu = 0; !taken && cpu < cpus && cpu < MAX_CPUS; cpu++) {
+	for (cpu = 0; !taken && !s->in_main && cpu < cpus && cpu < MAX_CPUS; cpu++) {
 		other = bpf_map_lookup_percpu_elem(&last_seen, &zero, cpu);
 		if (other && other != s)
 			taken = take(other, sk, oldstate, newstate);
