@@ -33,11 +33,12 @@ struct handled {
 	/* handle_tp_btf_missed is running on this CPU: the kernel will skip it
 	 * for a transition that interrupts it, so nothing would take that
 	 * transition's record. */
-	__u32 in_backup;
+	volatile __u32 in_backup;
 	/* handle_tp_btf is running on this CPU: the kernel skips it for a
 	 * transition that interrupts it, which the backup then handles without
-	 * looking for a record. */
-	__u32 in_main;
+	 * looking for a record. Both flags volatile: the compiler must store
+	 * each where it is written, as an interrupt may read it anywhere. */
+	volatile __u32 in_main;
 };
 
 /* A record older than this was left by a transition whose backup the

@@ -43,9 +43,9 @@ struct seen {
 	struct transition_id last[SEEN_RING];
 	__u32 next;
 	/* count_nested is running on this CPU. */
-	__u32 in_backup;
+	volatile __u32 in_backup;
 	/* count_transition is running on this CPU. */
-	__u32 in_main;
+	volatile __u32 in_main;
 };
 
 struct {
