@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, BuildHasherDefault};
+use std::net::IpAddr;
 
 use super::times::{AddressHasher, remove_and_shrink};
 use crate::event::{Event, Owner, TcpState};
@@ -399,13 +400,11 @@ impl Seeds {
         if found.skaddr != 0 {
             self.by_socket.insert(found.skaddr, (found.ts_ns, index));
         } else {
-            let hash = self.hashing.hash_one((
+            let hash = self.addresses_hash(
                 found.netns,
-                found.laddr,
-                found.lport,
-                found.raddr,
-                found.rport,
-            ));
+                (found.laddr, found.lport),
+                (found.raddr, found.rport),
+            );
             self.by_addresses.push((hash, index));
         }
         if found.state == TcpState::Listen {
@@ -413,6 +412,12 @@ impl Seeds {
                 .entry((found.netns, found.lport))
                 .or_insert((found.skaddr, index));
         }
+    }
+
+    /// The keyed hash a socket is found by in `by_addresses`: the same for
+    /// the dump's copy (`add`) and the socket's transition (`take`).
+    fn addresses_hash(&self, netns: u32, local: (IpAddr, u16), remote: (IpAddr, u16)) -> u64 {
+        self.hashing.hash_one((netns, local, remote))
     }
 
     /// Sorts what the dump found for finding (once all is added). The same
@@ -462,9 +467,8 @@ impl Seeds {
                 return None;
             }
             None => {
-                let hash = self
-                    .hashing
-                    .hash_one((ev.netns, ev.laddr, ev.lport, ev.raddr, ev.rport));
+                let hash =
+                    self.addresses_hash(ev.netns, (ev.laddr, ev.lport), (ev.raddr, ev.rport));
                 let at = self
                     .by_addresses
                     .binary_search_by_key(&hash, |&(h, _)| h)
